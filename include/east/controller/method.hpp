@@ -1,0 +1,72 @@
+#pragma once
+// Method: the policies of one sparse-training method, as already-built value objects.
+// Presets (presets.hpp) are Methods with particular policies; users compose their own.
+#include <type_traits>
+#include <utility>
+
+#include "../core/parameter_set.hpp"
+#include "../criteria/criteria.hpp"
+#include "../distributions/distributions.hpp"
+#include "../schedules/schedules.hpp"
+
+namespace east {
+
+template <class Distribution, class DensitySchedule, class DropSchedule, class UpdateSchedule,
+          class PruneCriterion = MagnitudePrune, class RegrowCriterion = GradientRegrow,
+          class GrowInit = ZeroInit>
+struct Method {
+  Distribution distribution;
+  DensitySchedule density;
+  DropSchedule drop;
+  UpdateSchedule update;
+  PruneCriterion prune{};
+  RegrowCriterion regrow{};
+  GrowInit grow_init{};
+};
+
+template <class D, class S, class F, class U>
+Method(D, S, F, U) -> Method<D, S, F, U>;
+template <class D, class S, class F, class U, class P>
+Method(D, S, F, U, P) -> Method<D, S, F, U, P>;
+template <class D, class S, class F, class U, class P, class R>
+Method(D, S, F, U, P, R) -> Method<D, S, F, U, P, R>;
+template <class D, class S, class F, class U, class P, class R, class I>
+Method(D, S, F, U, P, R, I) -> Method<D, S, F, U, P, R, I>;
+
+namespace detail {
+// Compile-time checks with messages that name the missing method and its doc page.
+template <class T, class = void> struct is_distribution : std::false_type {};
+template <class T> struct is_distribution<T, std::void_t<decltype(std::declval<const T&>().relative_densities(std::declval<const ParameterSet&>()))>> : std::true_type {};
+template <class T, class = void> struct is_density_schedule : std::false_type {};
+template <class T> struct is_density_schedule<T, std::void_t<decltype(double(std::declval<const T&>().density(std::int64_t{})))>> : std::true_type {};
+template <class T, class = void> struct is_drop_schedule : std::false_type {};
+template <class T> struct is_drop_schedule<T, std::void_t<decltype(double(std::declval<const T&>().drop_fraction(std::int64_t{})))>> : std::true_type {};
+template <class T, class = void> struct is_update_schedule : std::false_type {};
+template <class T> struct is_update_schedule<T, std::void_t<decltype(bool(std::declval<const T&>().is_update_step(std::int64_t{})))>> : std::true_type {};
+template <class T, class = void> struct is_prune_criterion : std::false_type {};
+template <class T> struct is_prune_criterion<T, std::void_t<decltype(Scores(std::declval<const T&>().prune_scores(std::declval<const LayerContext&>())))>> : std::true_type {};
+template <class T, class = void> struct is_regrow_criterion : std::false_type {};
+template <class T> struct is_regrow_criterion<T, std::void_t<decltype(Scores(std::declval<const T&>().regrow_scores(std::declval<const LayerContext&>())))>> : std::true_type {};
+template <class T, class = void> struct is_grow_init : std::false_type {};
+template <class T> struct is_grow_init<T, std::void_t<decltype(std::declval<const T&>().initialize(std::declval<const LayerView&>(), std::declval<const std::uint64_t*>()))>> : std::true_type {};
+template <class T, class = void> struct has_reads_gradient : std::false_type {};
+template <class T> struct has_reads_gradient<T, std::void_t<decltype(bool(std::declval<const T&>().reads_gradient()))>> : std::true_type {};
+
+template <class M> struct method_traits;
+template <class D, class S, class F, class U, class P, class R, class I>
+struct method_traits<Method<D, S, F, U, P, R, I>> {
+  static_assert(is_distribution<D>::value, "east: a Distribution needs `std::vector<double> relative_densities(const ParameterSet&) const` (docs/distributions.md)");
+  static_assert(is_density_schedule<S>::value, "east: a DensitySchedule needs `double density(std::int64_t) const` (docs/schedules.md)");
+  static_assert(is_drop_schedule<F>::value, "east: a DropSchedule needs `double drop_fraction(std::int64_t) const` (docs/schedules.md)");
+  static_assert(is_update_schedule<U>::value, "east: an UpdateSchedule needs `bool is_update_step(std::int64_t) const` (docs/schedules.md)");
+  static_assert(is_prune_criterion<P>::value, "east: a PruneCriterion needs `Scores prune_scores(const LayerContext&) const` (docs/criteria.md)");
+  static_assert(is_regrow_criterion<R>::value, "east: a RegrowCriterion needs `Scores regrow_scores(const LayerContext&) const` (docs/criteria.md)");
+  static_assert(is_grow_init<I>::value, "east: a GrowInit needs `void initialize(const LayerView&, const std::uint64_t*) const` (docs/criteria.md)");
+  static constexpr bool regrow_reads_gradient() {
+    if constexpr (has_reads_gradient<R>::value) return R{}.reads_gradient();
+    else return true;  // unknown user criterion: assume it may read gradients
+  }
+};
+}  // namespace detail
+
+}  // namespace east

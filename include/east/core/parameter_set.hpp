@@ -1,0 +1,120 @@
+#pragma once
+// ParameterSet: non-owning views of the user's tensors. east never allocates or copies model
+// weights; adapters (Eigen, xtensor, libtorch) only build these views.
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+
+namespace east {
+
+/// Shape of a tensor, outermost dimension first (PyTorch order: conv weights are
+/// {C_out, C_in, k_h, k_w}, linear weights {n_out, n_in}).
+using Shape = std::vector<std::int64_t>;
+
+inline std::size_t shape_size(const Shape& s) {
+  std::size_t n = 1;
+  for (auto d : s) n *= static_cast<std::size_t>(d);
+  return n;
+}
+
+/// How a registered layer takes part in sparse training.
+enum class LayerRole {
+  sparse,    ///< masked; its nonzero count comes from the distribution
+  dense,     ///< masked with all ones; its weights count toward the budget
+  excluded,  ///< registered but ignored by distributions, budgets and updates
+};
+
+/// One prunable weight tensor, as views of the user's memory.
+struct LayerView {
+  std::string name;
+  Shape shape;
+  float* weight = nullptr;          ///< contiguous, shape_size(shape) floats
+  float* grad = nullptr;            ///< same size; may be null until regrowth needs it
+  std::vector<float*> state;        ///< optimizer buffers (momentum…) masked like the weight
+  std::size_t uses = 1;             ///< how many places of the network use this tensor (sharing)
+  LayerRole role = LayerRole::sparse;
+
+  std::size_t size() const { return shape_size(shape); }
+};
+
+/// The set of tensors east manages. Cheap to copy (views only).
+class ParameterSet {
+ public:
+  /// Registers a weight tensor. @param name unique name  @param weight the user's weights
+  /// @param shape outermost first  @param grad the user's gradient buffer (may be null if the
+  /// chosen regrow criterion does not read gradients)
+  LayerView& add(std::string name, float* weight, Shape shape, float* grad = nullptr) {
+    constexpr const char* where = "east::ParameterSet::add()";
+    detail::require(!name.empty(), where, "layer name is empty (valid: a unique non-empty name)");
+    detail::require(find(name) == npos, where, "layer name '", name, "' is already registered");
+    detail::require(weight != nullptr, where, "weight pointer of layer '", name, "' is null");
+    detail::require(!shape.empty(), where, "shape of layer '", name, "' is empty (valid: 1 to 8 dims)");
+    for (auto d : shape)
+      detail::require(d > 0, where, "layer '", name, "' has dimension ", d, " (valid: >= 1)");
+    layers_.push_back(LayerView{std::move(name), std::move(shape), weight, grad, {}, 1, LayerRole::sparse});
+    return layers_.back();
+  }
+
+  /// Registers an optimizer buffer (e.g. SGD momentum) that must be masked with `name`'s weight.
+  void add_state(const std::string& name, float* buffer) {
+    detail::require(buffer != nullptr, "east::ParameterSet::add_state()", "buffer of layer '", name,
+                    "' is null");
+    at(name).state.push_back(buffer);
+  }
+  /// Points a layer's gradient view at a (new) buffer, e.g. an accumulated or all-reduced one.
+  void set_grad(const std::string& name, float* grad) { at(name).grad = grad; }
+  /// Declares that `name` is used `uses` times in the network (residual weight sharing):
+  /// budgets count every use, the single stored tensor and its mask serve them all.
+  void set_uses(const std::string& name, std::size_t uses) {
+    detail::require(uses >= 1, "east::ParameterSet::set_uses()", "uses ", uses, " of layer '", name,
+                    "' (valid: >= 1)");
+    at(name).uses = uses;
+  }
+  void set_role(const std::string& name, LayerRole role) { at(name).role = role; }
+
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+  std::size_t find(const std::string& name) const {
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      if (layers_[i].name == name) return i;
+    return npos;
+  }
+  LayerView& at(const std::string& name) {
+    const auto i = find(name);
+    detail::require(i != npos, "east::ParameterSet", "unknown layer name '", name, "'");
+    return layers_[i];
+  }
+  const LayerView& at(const std::string& name) const { return const_cast<ParameterSet*>(this)->at(name); }
+  LayerView& operator[](std::size_t i) { return layers_[i]; }
+  const LayerView& operator[](std::size_t i) const { return layers_[i]; }
+  std::size_t size() const { return layers_.size(); }
+  bool empty() const { return layers_.empty(); }
+  auto begin() { return layers_.begin(); }
+  auto end() { return layers_.end(); }
+  auto begin() const { return layers_.begin(); }
+  auto end() const { return layers_.end(); }
+
+  /// Stored weights of non-excluded layers.
+  std::size_t stored_size() const {
+    std::size_t n = 0;
+    for (const auto& l : layers_)
+      if (l.role != LayerRole::excluded) n += l.size();
+    return n;
+  }
+  /// Weights counting every use of shared tensors: the size the sparsity is defined against.
+  std::size_t logical_size() const {
+    std::size_t n = 0;
+    for (const auto& l : layers_)
+      if (l.role != LayerRole::excluded) n += l.size() * l.uses;
+    return n;
+  }
+
+ private:
+  std::vector<LayerView> layers_;
+};
+
+}  // namespace east

@@ -1,0 +1,17 @@
+# Installs east into a scratch prefix, then configures, builds and runs a consumer project
+# that only knows find_package(east).
+file(REMOVE_RECURSE ${WORK_DIR})
+file(MAKE_DIRECTORY ${WORK_DIR})
+function(run)
+  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "command failed (${rc}): ${ARGV}\n${out}\n${err}")
+  endif()
+endfunction()
+run(${CMAKE_COMMAND} -S ${EAST_SOURCE_DIR} -B ${WORK_DIR}/east-build -DEAST_BUILD_TESTS=OFF
+    -DEAST_BUILD_EXAMPLES=OFF -DEAST_BUILD_BENCHMARKS=OFF -DEAST_CUDA=OFF -DCMAKE_INSTALL_PREFIX=${WORK_DIR}/prefix)
+run(${CMAKE_COMMAND} --install ${WORK_DIR}/east-build)
+run(${CMAKE_COMMAND} -S ${EAST_SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/consumer-build
+    -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
+run(${WORK_DIR}/consumer-build/consumer)
