@@ -17,7 +17,7 @@ Selection select_by(KeyFn key, std::size_t n, std::size_t k, Extreme extreme,
   cand.reserve(among == Among::all ? n : 0);
   for (std::size_t i = 0; i < n; ++i)
     if (is_candidate(mask, among, i)) cand.emplace_back(key(i), i);
-  detail::require(k <= cand.size(), "east::kernels::select", "k = ", k,
+  ::east::detail::require(k <= cand.size(), "east::kernels::select", "k = ", k,
                   " exceeds the number of candidates ", cand.size(), " (valid: 0..", cand.size(), ")");
   Selection s;
   s.k = k;
