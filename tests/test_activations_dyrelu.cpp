@@ -252,36 +252,40 @@ TEST_CASE("DyReLU-B parameter gradients accumulate and dx may alias dy", "[dyrel
 }
 
 TEST_CASE("DyReLU-B results do not depend on the thread count", "[dyrelu]") {
-  const Shape s{64, 64, 4, 4};  // large enough to take every threaded loop
-  std::mt19937_64 rng(3);
-  auto flat = random_params<float>(s.C, rng);
-  auto x = random_vector<float>(s.size(), rng);
-  auto dy = random_vector<float>(s.size(), rng);
-  const auto params = east::dyrelu_params_from_flat(flat.data(), s.C);
-  auto run = [&](std::vector<float>& y, std::vector<float>& dx, std::vector<float>& g) {
-    east::DyReLUWorkspace<float> ws;
-    y.assign(x.size(), 0.0f);
-    dx.assign(x.size(), 0.0f);
-    g.assign(flat.size(), 0.0f);
-    const auto grads = east::dyrelu_grads_from_flat(g.data(), s.C);
-    east::dyrelu_forward(params, x.data(), y.data(), s.B, s.C, s.H, s.W, 0.6, ws);
-    east::dyrelu_backward(params, x.data(), dy.data(), dx.data(), s.B, s.C, s.H, s.W, ws, &grads);
-  };
-  std::vector<float> y1, dx1, g1, y2, dx2, g2;
+  // 64 samples take the per-sample loop, 2 samples with 3 threads the per-plane loop; both are
+  // large enough to be threaded, and both must give the bits of one thread.
+  for (const Shape s : {Shape{64, 64, 4, 4}, Shape{2, 24, 40, 40}}) {
+    INFO("B=" << s.B);
+    std::mt19937_64 rng(3);
+    auto flat = random_params<float>(s.C, rng);
+    auto x = random_vector<float>(s.size(), rng);
+    auto dy = random_vector<float>(s.size(), rng);
+    const auto params = east::dyrelu_params_from_flat(flat.data(), s.C);
+    auto run = [&](std::vector<float>& y, std::vector<float>& dx, std::vector<float>& g) {
+      east::DyReLUWorkspace<float> ws;
+      y.assign(x.size(), 0.0f);
+      dx.assign(x.size(), 0.0f);
+      g.assign(flat.size(), 0.0f);
+      const auto grads = east::dyrelu_grads_from_flat(g.data(), s.C);
+      east::dyrelu_forward(params, x.data(), y.data(), s.B, s.C, s.H, s.W, 0.6, ws);
+      east::dyrelu_backward(params, x.data(), dy.data(), dx.data(), s.B, s.C, s.H, s.W, ws, &grads);
+    };
+    std::vector<float> y1, dx1, g1, y2, dx2, g2;
 #if defined(_OPENMP)
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
-  run(y1, dx1, g1);
-  omp_set_num_threads(3);
-  run(y2, dx2, g2);
-  omp_set_num_threads(saved);
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    run(y1, dx1, g1);
+    omp_set_num_threads(3);
+    run(y2, dx2, g2);
+    omp_set_num_threads(saved);
 #else
-  run(y1, dx1, g1);
-  run(y2, dx2, g2);
+    run(y1, dx1, g1);
+    run(y2, dx2, g2);
 #endif
-  REQUIRE(y1 == y2);
-  REQUIRE(dx1 == dx2);
-  REQUIRE(g1 == g2);
+    REQUIRE(y1 == y2);
+    REQUIRE(dx1 == dx2);
+    REQUIRE(g1 == g2);
+  }
 }
 
 TEST_CASE("DyReLU-B rejects bad arguments with a clear message", "[dyrelu]") {

@@ -24,6 +24,10 @@
 #include "../core/error.hpp"
 #include "../core/random.hpp"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace east {
 
 /// Hidden width of DyReLU-B's hyper-network for C channels: max(1, floor(C / reduction)).
@@ -183,6 +187,128 @@ void resize_at_least(std::vector<T>& v, std::size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
+inline int dyrelu_max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// The per-plane and per-sample steps below are shared by the two loop orders (fused per sample,
+// or phase by phase over all planes), so both give the same bits.
+
+// Hyper-network of one sample: theta (C) -> u (hidden) -> d, coef (4C).
+template <class T>
+void dyrelu_hyper_forward(const DyReLUParams<T>& p, int C, int hidden, T beta, const T* theta,
+                          T* u, T* d, T* coef) {
+  for (int i = 0; i < hidden; ++i) {
+    const T* w = p.fc1_weight + static_cast<std::int64_t>(i) * C;
+    T acc = p.fc1_bias[i];
+    for (int c = 0; c < C; ++c) acc += w[c] * theta[c];
+    u[i] = acc;
+  }
+  for (int o = 0; o < 4 * C; ++o) {
+    const T* w = p.fc2_weight + static_cast<std::int64_t>(o) * hidden;
+    T acc = p.fc2_bias[o];
+    for (int i = 0; i < hidden; ++i) acc += w[i] * (u[i] > T(0) ? u[i] : T(0));
+    // 2 sigmoid(z) - 1 == tanh(z / 2), which stays accurate for large |z|.
+    const T dv = std::tanh(acc / T(2));
+    d[o] = dv;
+    const int j = o & 3;
+    const T lambda = j < 2 ? T(1) : T(0.5);
+    coef[o] = (j == 0 ? T(1) : T(0)) + beta * lambda * dv;
+  }
+}
+
+// y = max(a1 x + b1, a2 x + b2) over one plane; y may alias x.
+template <class T>
+void dyrelu_plane_apply(const T* coef, const T* x, T* y, std::int64_t hw) {
+  const T a1 = coef[0], a2 = coef[1], b1 = coef[2], b2 = coef[3];
+  for (std::int64_t p = 0; p < hw; ++p) {
+    const T xv = x[p];
+    const T y1 = a1 * xv + b1, y2 = a2 * xv + b2;
+    y[p] = y1 >= y2 ? y1 : y2;
+  }
+}
+
+// dL/d[a1, a2, b1, b2] of one plane: sum dy x and sum dy over the pixels each piece wins.
+// Pixels are summed in kLanes T lanes (vectorisable) over chunks of kChunk pixels, each chunk's
+// lanes then added to double totals in a fixed order: accurate on long planes, thread-free.
+template <class T>
+void dyrelu_plane_coef_grad(const T* coef, const T* EAST_RESTRICT x, const T* EAST_RESTRICT dy,
+                            std::int64_t hw, T* dcoef) {
+  constexpr int kLanes = 16;
+  constexpr std::int64_t kChunk = 1024;
+  const T a1 = coef[0], a2 = coef[1], b1 = coef[2], b2 = coef[3];
+  // Sums over all pixels and over piece-2 pixels; piece 1 gets their difference.
+  double gx_all = 0.0, g_all = 0.0, gx2 = 0.0, g2 = 0.0;
+  for (std::int64_t lo = 0; lo < hw; lo += kChunk) {
+    const std::int64_t hi = std::min(hw, lo + kChunk);
+    T lgx[kLanes] = {}, lg[kLanes] = {}, lgx2[kLanes] = {}, lg2[kLanes] = {};
+    auto add = [&](std::int64_t q, int l) {
+      const T xv = x[q], g = dy[q];
+      const T second = a2 * xv + b2 > a1 * xv + b1 ? T(1) : T(0);
+      lgx[l] += g * xv;
+      lg[l] += g;
+      lgx2[l] += second * (g * xv);
+      lg2[l] += second * g;
+    };
+    std::int64_t p = lo;
+    for (; p + kLanes <= hi; p += kLanes)
+      for (int l = 0; l < kLanes; ++l) add(p + l, l);
+    for (int l = 0; p < hi; ++p, ++l) add(p, l);
+    for (int l = 0; l < kLanes; ++l) {
+      gx_all += static_cast<double>(lgx[l]);
+      g_all += static_cast<double>(lg[l]);
+      gx2 += static_cast<double>(lgx2[l]);
+      g2 += static_cast<double>(lg2[l]);
+    }
+  }
+  dcoef[0] = static_cast<T>(gx_all - gx2);
+  dcoef[1] = static_cast<T>(gx2);
+  dcoef[2] = static_cast<T>(g_all - g2);
+  dcoef[3] = static_cast<T>(g2);
+}
+
+// Hyper-network backward of one sample: dcoef (4C, overwritten with dL/dz) -> du (hidden)
+// -> dtheta (C).
+template <class T>
+void dyrelu_hyper_backward(const DyReLUParams<T>& p, int C, int hidden, T beta, const T* u,
+                           const T* d, T* dz, T* du, T* dtheta) {
+  for (int o = 0; o < 4 * C; ++o) {
+    const T lambda = (o & 3) < 2 ? T(1) : T(0.5);
+    // d(2 sigmoid(z) - 1)/dz = (1 - d^2) / 2.
+    dz[o] = dz[o] * beta * lambda * (T(1) - d[o] * d[o]) / T(2);
+  }
+  for (int i = 0; i < hidden; ++i) du[i] = T(0);
+  for (int o = 0; o < 4 * C; ++o) {  // dh = W2^T dz, row by row for contiguous W2 reads
+    const T* w = p.fc2_weight + static_cast<std::int64_t>(o) * hidden;
+    const T g = dz[o];
+    for (int i = 0; i < hidden; ++i) du[i] += w[i] * g;
+  }
+  for (int i = 0; i < hidden; ++i) du[i] = u[i] > T(0) ? du[i] : T(0);
+  for (int c = 0; c < C; ++c) dtheta[c] = T(0);
+  for (int i = 0; i < hidden; ++i) {  // dtheta = W1^T du
+    const T* w = p.fc1_weight + static_cast<std::int64_t>(i) * C;
+    const T g = du[i];
+    for (int c = 0; c < C; ++c) dtheta[c] += w[c] * g;
+  }
+}
+
+// dx = dy * slope of the winning piece + dtheta / HW (the pool spreads its gradient evenly)
+// over one plane; dx may alias dy.
+template <class T>
+void dyrelu_plane_dx(const T* coef, T pool, const T* EAST_RESTRICT x, const T* dy, T* dx,
+                     std::int64_t hw) {
+  const T a1 = coef[0], a2 = coef[1], b1 = coef[2], b2 = coef[3];
+  for (std::int64_t p = 0; p < hw; ++p) {
+    const T xv = x[p];
+    const T slope = a2 * xv + b2 > a1 * xv + b1 ? a2 : a1;
+    dx[p] = dy[p] * slope + pool;
+  }
+}
+
 }  // namespace detail
 
 /// DyReLU-B forward with phasing.
@@ -190,7 +316,8 @@ void resize_at_least(std::vector<T>& v, std::size_t n) {
 /// beta = 1 is full DyReLU-B, beta = 0 is exactly ReLU (fast path: the hyper-network is not
 /// evaluated and `params` may be all null), in between the coefficients are blended toward
 /// ReLU's [1, 0, 0, 0]. `y` may alias `x` when no backward pass follows (backward needs x).
-/// Threads (OpenMP, when enabled) split planes and samples; results do not depend on the count.
+/// Threads (OpenMP, when enabled) split samples, or planes when there are fewer samples than
+/// threads; every plane and sample is computed the same way, so results do not depend on threads.
 /// @tparam T float or double.
 /// @param params hyper-network parameters (ignored when beta = 0).
 /// @param x input, B x C x H x W contiguous.  @param y output, same shape.
@@ -232,57 +359,39 @@ void dyrelu_forward(const DyReLUParams<T>& params, const T* x, T* y, int B, int 
   T* const d = ws.d.data();
   T* const coef = ws.coef.data();
   const double inv_hw = 1.0 / static_cast<double>(hw);
-
-  // 1. Global average pool of every plane.
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (total >= detail::kDyReLUParallelMin)
-#endif
-  for (std::int64_t pl = 0; pl < planes; ++pl)
-    theta[pl] = static_cast<T>(detail::plane_sum(x + pl * hw, hw) * inv_hw);
-
-  // 2. Hyper-network per sample (tiny: C*hidden*5 multiply-adds).
   const T tb = static_cast<T>(beta);
-  const std::int64_t hyper_work = static_cast<std::int64_t>(B) * C * hidden * 5;
+  auto pool = [&](std::int64_t pl) {
+    theta[pl] = static_cast<T>(detail::plane_sum(x + pl * hw, hw) * inv_hw);
+  };
+  auto hyper = [&](std::int64_t b) {
+    detail::dyrelu_hyper_forward(params, C, hidden, tb, theta + b * C, u + b * hidden,
+                                 d + b * 4 * C, coef + b * 4 * C);
+  };
+  auto apply = [&](std::int64_t pl) {
+    detail::dyrelu_plane_apply(coef + pl * 4, x + pl * hw, y + pl * hw, hw);
+  };
+  const bool parallel = total >= detail::kDyReLUParallelMin;
+  if (!parallel || B >= detail::dyrelu_max_threads()) {
+    // Sample by sample: its planes are still in cache when the activation reads them again.
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (hyper_work >= detail::kDyReLUParallelMin)
+#pragma omp parallel for schedule(static) if (parallel)
 #endif
-  for (int b = 0; b < B; ++b) {
-    const T* th = theta + static_cast<std::int64_t>(b) * C;
-    T* ub = u + static_cast<std::int64_t>(b) * hidden;
-    for (int i = 0; i < hidden; ++i) {
-      const T* w = params.fc1_weight + static_cast<std::int64_t>(i) * C;
-      T acc = params.fc1_bias[i];
-      for (int c = 0; c < C; ++c) acc += w[c] * th[c];
-      ub[i] = acc;
+    for (std::int64_t b = 0; b < B; ++b) {
+      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) pool(pl);
+      hyper(b);
+      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) apply(pl);
     }
-    T* db = d + static_cast<std::int64_t>(b) * 4 * C;
-    T* cb = coef + static_cast<std::int64_t>(b) * 4 * C;
-    for (int o = 0; o < 4 * C; ++o) {
-      const T* w = params.fc2_weight + static_cast<std::int64_t>(o) * hidden;
-      T acc = params.fc2_bias[o];
-      for (int i = 0; i < hidden; ++i) acc += w[i] * (ub[i] > T(0) ? ub[i] : T(0));
-      // 2 sigmoid(z) - 1 == tanh(z / 2), which stays accurate for large |z|.
-      const T dv = std::tanh(acc / T(2));
-      db[o] = dv;
-      const int j = o & 3;
-      const T lambda = j < 2 ? T(1) : T(0.5);
-      cb[o] = (j == 0 ? T(1) : T(0)) + tb * lambda * dv;
-    }
-  }
-
-  // 3. The activation itself, plane by plane.
+  } else {
+    // Fewer samples than threads: split planes instead, phase by phase.
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (total >= detail::kDyReLUParallelMin)
+#pragma omp parallel for schedule(static)
 #endif
-  for (std::int64_t pl = 0; pl < planes; ++pl) {
-    const T a1 = coef[pl * 4 + 0], a2 = coef[pl * 4 + 1];
-    const T b1 = coef[pl * 4 + 2], b2 = coef[pl * 4 + 3];
-    const T* EAST_RESTRICT xp = x + pl * hw;
-    T* EAST_RESTRICT yp = y + pl * hw;
-    for (std::int64_t p = 0; p < hw; ++p) {
-      const T y1 = a1 * xp[p] + b1, y2 = a2 * xp[p] + b2;
-      yp[p] = y1 >= y2 ? y1 : y2;
-    }
+    for (std::int64_t pl = 0; pl < planes; ++pl) pool(pl);
+    for (std::int64_t b = 0; b < B; ++b) hyper(b);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (std::int64_t pl = 0; pl < planes; ++pl) apply(pl);
   }
   ws.ready = true;
 }
@@ -344,74 +453,45 @@ void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* 
   T* const du = ws.du.data();
   T* const dtheta = ws.dtheta.data();
 
-  // 1. Per plane: dL/da_k = sum dy x and dL/db_k = sum dy over the pixels where piece k wins.
-  //    Eight double lanes per sum keep it vectorisable and independent of threads.
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (total >= detail::kDyReLUParallelMin)
-#endif
-  for (std::int64_t pl = 0; pl < planes; ++pl) {
-    const T a1 = coef[pl * 4 + 0], a2 = coef[pl * 4 + 1];
-    const T b1 = coef[pl * 4 + 2], b2 = coef[pl * 4 + 3];
-    const T* EAST_RESTRICT xp = x + pl * hw;
-    const T* EAST_RESTRICT gp = dy + pl * hw;
-    // Sums over all pixels and over piece-2 pixels; piece 1 is their difference.
-    double sgx[8] = {0}, sg[8] = {0}, sgx2[8] = {0}, sg2[8] = {0};
-    std::int64_t p = 0;
-    auto step = [&](std::int64_t q, int l) {
-      const T xv = xp[q], g = gp[q];
-      const bool second = a2 * xv + b2 > a1 * xv + b1;
-      const double gx = static_cast<double>(g) * static_cast<double>(xv);
-      sgx[l] += gx;
-      sg[l] += static_cast<double>(g);
-      sgx2[l] += second ? gx : 0.0;
-      sg2[l] += second ? static_cast<double>(g) : 0.0;
-    };
-    for (; p + 8 <= hw; p += 8)
-      for (int l = 0; l < 8; ++l) step(p + l, l);
-    for (int l = 0; p < hw; ++p, ++l) step(p, l);
-    auto fold = [](const double* v) {
-      return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-    };
-    const double gx_all = fold(sgx), g_all = fold(sg), gx2 = fold(sgx2), g2 = fold(sg2);
-    dz[pl * 4 + 0] = static_cast<T>(gx_all - gx2);
-    dz[pl * 4 + 1] = static_cast<T>(gx2);
-    dz[pl * 4 + 2] = static_cast<T>(g_all - g2);
-    dz[pl * 4 + 3] = static_cast<T>(g2);
-  }
-
-  // 2. Hyper-network backward per sample: coef -> d -> z -> h -> u -> theta.
   const T tb = static_cast<T>(ws.beta);
-  const std::int64_t hyper_work = static_cast<std::int64_t>(B) * C * hidden * 5;
+  const T inv_hw = static_cast<T>(1.0 / static_cast<double>(hw));
+  auto coef_grad = [&](std::int64_t pl) {
+    detail::dyrelu_plane_coef_grad(coef + pl * 4, x + pl * hw, dy + pl * hw, hw, dz + pl * 4);
+  };
+  auto hyper = [&](std::int64_t b) {
+    detail::dyrelu_hyper_backward(params, C, hidden, tb, u + b * hidden, d + b * 4 * C,
+                                  dz + b * 4 * C, du + b * hidden, dtheta + b * C);
+  };
+  auto input_grad = [&](std::int64_t pl) {
+    detail::dyrelu_plane_dx(coef + pl * 4, dtheta[pl] * inv_hw, x + pl * hw, dy + pl * hw,
+                            dx + pl * hw, hw);
+  };
+  // 1-2. Coefficient gradients per plane, then the hyper-network backward per sample, then dx;
+  // the same loop-order choice as the forward pass.
+  const bool parallel = total >= detail::kDyReLUParallelMin;
+  if (!parallel || B >= detail::dyrelu_max_threads()) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (hyper_work >= detail::kDyReLUParallelMin)
+#pragma omp parallel for schedule(static) if (parallel)
 #endif
-  for (int b = 0; b < B; ++b) {
-    T* dzb = dz + static_cast<std::int64_t>(b) * 4 * C;
-    const T* db = d + static_cast<std::int64_t>(b) * 4 * C;
-    for (int o = 0; o < 4 * C; ++o) {
-      const T lambda = (o & 3) < 2 ? T(1) : T(0.5);
-      // d(2 sigmoid(z) - 1)/dz = (1 - d^2) / 2.
-      dzb[o] = dzb[o] * tb * lambda * (T(1) - db[o] * db[o]) / T(2);
+    for (std::int64_t b = 0; b < B; ++b) {
+      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) coef_grad(pl);
+      hyper(b);
+      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) input_grad(pl);
     }
-    const T* ub = u + static_cast<std::int64_t>(b) * hidden;
-    T* dub = du + static_cast<std::int64_t>(b) * hidden;
-    for (int i = 0; i < hidden; ++i) dub[i] = T(0);
-    for (int o = 0; o < 4 * C; ++o) {  // dh = W2^T dz, row by row for contiguous W2 reads
-      const T* w = params.fc2_weight + static_cast<std::int64_t>(o) * hidden;
-      const T g = dzb[o];
-      for (int i = 0; i < hidden; ++i) dub[i] += w[i] * g;
-    }
-    for (int i = 0; i < hidden; ++i) dub[i] = ub[i] > T(0) ? dub[i] : T(0);
-    T* dth = dtheta + static_cast<std::int64_t>(b) * C;
-    for (int c = 0; c < C; ++c) dth[c] = T(0);
-    for (int i = 0; i < hidden; ++i) {  // dtheta = W1^T du
-      const T* w = params.fc1_weight + static_cast<std::int64_t>(i) * C;
-      const T g = dub[i];
-      for (int c = 0; c < C; ++c) dth[c] += w[c] * g;
-    }
+  } else {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (std::int64_t pl = 0; pl < planes; ++pl) coef_grad(pl);
+    for (std::int64_t b = 0; b < B; ++b) hyper(b);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (std::int64_t pl = 0; pl < planes; ++pl) input_grad(pl);
   }
 
   // 3. Parameter gradients, summed over the batch in sample order (deterministic).
+  const std::int64_t hyper_work = static_cast<std::int64_t>(B) * C * hidden * 5;
   if (grads != nullptr) {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (hyper_work >= detail::kDyReLUParallelMin)
@@ -440,25 +520,6 @@ void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* 
         for (int c = 0; c < C; ++c) gw[c] += g * th[c];
       }
       grads->fc1_bias[i] += gb;
-    }
-  }
-
-  // 4. dx = dy * a_k(winning piece) + dtheta / HW (the pool spreads its gradient evenly).
-  const T inv_hw = static_cast<T>(1.0 / static_cast<double>(hw));
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (total >= detail::kDyReLUParallelMin)
-#endif
-  for (std::int64_t pl = 0; pl < planes; ++pl) {
-    const T a1 = coef[pl * 4 + 0], a2 = coef[pl * 4 + 1];
-    const T b1 = coef[pl * 4 + 2], b2 = coef[pl * 4 + 3];
-    const T pool = dtheta[pl] * inv_hw;
-    const T* EAST_RESTRICT xp = x + pl * hw;
-    const T* gp = dy + pl * hw;  // may alias dx
-    T* dxp = dx + pl * hw;
-    for (std::int64_t p = 0; p < hw; ++p) {
-      const T xv = xp[p];
-      const T slope = a2 * xv + b2 > a1 * xv + b1 ? a2 : a1;
-      dxp[p] = gp[p] * slope + pool;
     }
   }
 }
