@@ -185,7 +185,8 @@ EAST_TARGET_AVX512 inline void masked_sgd(float* w, const float* g, float* buf, 
       const __m512 wn = _mm512_maskz_mov_ps(m, _mm512_fmadd_ps(vnlr, d, wi));
       _mm512_mask_storeu_ps(w + i, v, wn);
       if (hist) {
-        _mm512_store_si512(bins, _mm512_srli_epi32(_mm512_and_si512(_mm512_castps_si512(wn), vabs), 20));
+        // maskz form: the plain one trips -Wmaybe-uninitialized in GCC 12 headers
+        _mm512_store_si512(bins, _mm512_maskz_srli_epi32(__mmask16(0xFFFF), _mm512_and_si512(_mm512_castps_si512(wn), vabs), 20));
         for (unsigned mm = m; mm; mm &= mm - 1) ++hist[bins[__builtin_ctz(mm)]];
       }
     }
