@@ -491,7 +491,7 @@ void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* 
   }
 
   // 3. Parameter gradients, summed over the batch in sample order (deterministic).
-  const std::int64_t hyper_work = static_cast<std::int64_t>(B) * C * hidden * 5;
+  [[maybe_unused]] const std::int64_t hyper_work = static_cast<std::int64_t>(B) * C * hidden * 5;
   if (grads != nullptr) {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (hyper_work >= detail::kDyReLUParallelMin)
