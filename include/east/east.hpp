@@ -14,3 +14,8 @@
 #include "controller/controller.hpp"
 #include "controller/presets.hpp"
 #include "io/checkpoint.hpp"
+#include "activations/phase_schedule.hpp"
+#include "activations/dyrelu.hpp"
+#include "sharing/shared_weight.hpp"
+#include "sharing/shared_tensor.hpp"
+#include "presets/east.hpp"
