@@ -29,10 +29,11 @@ EAST_TARGET_AVX2 EAST_ALWAYS_INLINE __m256i lane_mask(unsigned bits) {
 EAST_TARGET_AVX2 EAST_ALWAYS_INLINE unsigned lane_bits(__m256i v) {
   return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(v)));
 }
-/// Loads the lanes in `lm` (others 0) without touching memory outside them.
-EAST_TARGET_AVX2 EAST_ALWAYS_INLINE __m256i load_lanes(const void* p, unsigned bits, __m256i lm) {
-  return bits == 0xFFu ? _mm256_loadu_si256(static_cast<const __m256i*>(p))
-                       : _mm256_maskload_epi32(static_cast<const int*>(p), lm);
+/// Loads 8 lanes; a masked load (slow on AMD) only at the array's end, where `lm` holds the
+/// lanes inside the array.
+EAST_TARGET_AVX2 EAST_ALWAYS_INLINE __m256i load_lanes(const void* p, bool full, __m256i lm) {
+  return full ? _mm256_loadu_si256(static_cast<const __m256i*>(p))
+              : _mm256_maskload_epi32(static_cast<const int*>(p), lm);
 }
 EAST_TARGET_AVX2 inline std::size_t hsum(__m256i v) {
   alignas(32) std::uint32_t a[8];
@@ -60,11 +61,12 @@ EAST_TARGET_AVX2 inline void filter(const KeySource& src, std::size_t begin, std
     }
     const std::uint64_t cw = candidate_word(mask, among, b, end);
     if (cw == 0) continue;
+    const bool full = b + 64 <= end;
     for (int q = 0; q < 8; ++q) {
       const unsigned bits = static_cast<unsigned>(cw >> (8 * q)) & 0xFFu;
       if (bits == 0) continue;
       const __m256i lm = lane_mask(bits);
-      const __m256i x = load_lanes(p + b + 8 * q, bits, lm);
+      const __m256i x = load_lanes(p + b + 8 * q, full, lm);
       const __m256i tb = _mm256_xor_si256(_mm256_and_si256(x, vand), vxorb);  // biased key
       acc_lt = _mm256_sub_epi32(acc_lt, _mm256_and_si256(_mm256_cmpgt_epi32(vlo, tb), lm));
       acc_el = _mm256_sub_epi32(acc_el, _mm256_and_si256(_mm256_cmpeq_epi32(tb, vlo), lm));
@@ -95,12 +97,13 @@ EAST_TARGET_AVX2 inline std::size_t mark(const KeySource& src, std::size_t begin
   for (std::size_t b = begin; b < end; b += 64) {
     const std::uint64_t cw = candidate_word(mask, among, b, end);
     if (cw == 0) continue;
+    const bool full = b + 64 <= end;
     std::uint64_t lt = 0, eq = 0;
     for (int q = 0; q < 8; ++q) {
       const unsigned bits = static_cast<unsigned>(cw >> (8 * q)) & 0xFFu;
       if (bits == 0) continue;
       const __m256i lm = lane_mask(bits);
-      const __m256i tb = _mm256_xor_si256(_mm256_and_si256(load_lanes(p + b + 8 * q, bits, lm), vand), vxorb);
+      const __m256i tb = _mm256_xor_si256(_mm256_and_si256(load_lanes(p + b + 8 * q, full, lm), vand), vxorb);
       lt |= static_cast<std::uint64_t>(lane_bits(_mm256_cmpgt_epi32(vt, tb)) & bits) << (8 * q);
       eq |= static_cast<std::uint64_t>(lane_bits(_mm256_cmpeq_epi32(tb, vt)) & bits) << (8 * q);
     }
@@ -125,12 +128,13 @@ EAST_TARGET_AVX2 inline void apply_mask(float* x, const std::uint64_t* mask, std
   for (std::size_t b = begin; b < end; b += 64) {
     const std::uint64_t off = ~mask[b >> 6] & valid_word(b, end);
     if (off == 0) continue;
+    const bool full = b + 64 <= end;
     for (int q = 0; q < 8; ++q) {
       const unsigned bits = static_cast<unsigned>(off >> (8 * q)) & 0xFFu;
       if (bits == 0) continue;
       float* px = x + b + 8 * q;
       const __m256i lm = lane_mask(bits);
-      const __m256i nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(px, bits, lm), zero), lm);
+      const __m256i nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(px, full, lm), zero), lm);
       if (lane_bits(nz)) _mm256_maskstore_ps(px, nz, _mm256_setzero_ps());
     }
   }
@@ -143,12 +147,13 @@ EAST_TARGET_AVX2 inline void fill_where(float* x, const std::uint64_t* where, st
   for (std::size_t b = begin; b < end; b += 64) {
     const std::uint64_t on = where[b >> 6] & valid_word(b, end);
     if (on == 0) continue;
+    const bool full = b + 64 <= end;
     for (int q = 0; q < 8; ++q) {
       const unsigned bits = static_cast<unsigned>(on >> (8 * q)) & 0xFFu;
       if (bits == 0) continue;
       float* px = x + b + 8 * q;
       const __m256i lm = lane_mask(bits);
-      const __m256i ne = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(px, bits, lm), vb), lm);
+      const __m256i ne = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(px, full, lm), vb), lm);
       if (lane_bits(ne)) _mm256_maskstore_ps(px, ne, vv);
     }
   }
@@ -191,22 +196,22 @@ EAST_TARGET_AVX2 inline void masked_sgd(float* w, const float* g, float* buf, co
       const std::size_t i = b + 8 * q;
       const __m256i lv = lane_mask(v);
       if (m == 0) {  // all inactive: read-only unless something is not zero yet
-        const __m256i nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(w + i, v, lv), zero), lv);
+        const __m256i nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(w + i, v == 0xFFu, lv), zero), lv);
         if (lane_bits(nz)) _mm256_maskstore_ps(w + i, nz, _mm256_setzero_ps());
         if (mom) {
-          const __m256i nzb = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(buf + i, v, lv), zero), lv);
+          const __m256i nzb = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(buf + i, v == 0xFFu, lv), zero), lv);
           if (lane_bits(nzb)) _mm256_maskstore_ps(buf + i, nzb, _mm256_setzero_ps());
         }
         continue;
       }
       const __m256 lm = _mm256_castsi256_ps(lane_mask(m));
-      const __m256 wi = _mm256_castsi256_ps(load_lanes(w + i, v, lv));
-      __m256 gi = _mm256_castsi256_ps(load_lanes(g + i, v, lv));
+      const __m256 wi = _mm256_castsi256_ps(load_lanes(w + i, v == 0xFFu, lv));
+      __m256 gi = _mm256_castsi256_ps(load_lanes(g + i, v == 0xFFu, lv));
       if (wd) gi = _mm256_fmadd_ps(vwd, wi, gi);
       __m256 d = gi;
       if (mom) {
         const __m256 bi =
-            _mm256_fmadd_ps(vmu, _mm256_castsi256_ps(load_lanes(buf + i, v, lv)), _mm256_mul_ps(vd1, gi));
+            _mm256_fmadd_ps(vmu, _mm256_castsi256_ps(load_lanes(buf + i, v == 0xFFu, lv)), _mm256_mul_ps(vd1, gi));
         const __m256 bo = _mm256_and_ps(bi, lm);
         if (v == 0xFFu) _mm256_storeu_ps(buf + i, bo); else _mm256_maskstore_ps(buf + i, lv, bo);
         d = nest ? _mm256_fmadd_ps(vmu, bi, gi) : bi;
