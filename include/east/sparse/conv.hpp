@@ -1,0 +1,254 @@
+#pragma once
+// Sparse 2-D convolution (NCHW activations, CsrWeight weights, dilation 1, no groups) whose cost
+// is proportional to the nonzeros: every kernel visits only the stored entries, and for each one
+// does a shifted multiply-add over an output plane ("direct sparse convolution"). Activations
+// stay dense in PyTorch's layout, so no conversion is needed at the layer boundary.
+//
+// Work per call: nnz · N · H_out · W_out multiply-adds (the dense layer does C_out·C_in·k_h·k_w
+// times that divided by nnz), plus one pass over the output (forward), the input gradient, or
+// nothing (weight gradient). Threads: forward over (image, output channel), input gradient over
+// (image, input channel), weight gradient over output channels; results are identical for any
+// thread count.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "../config.hpp"
+#include "../core/error.hpp"
+#include "csr.hpp"
+#include "detail/parallel.hpp"
+
+namespace east::sparse {
+
+/// Shapes of one convolution: input {batch, c_in, h, w}, weight {c_out, c_in, kh, kw}.
+struct Conv2dGeometry {
+  std::size_t batch = 1, c_in = 1, h = 1, w = 1;
+  std::size_t c_out = 1, kh = 1, kw = 1;
+  std::size_t stride_h = 1, stride_w = 1;
+  std::size_t pad_h = 0, pad_w = 0;
+
+  /// Square kernel, stride and padding, as ResNets use.
+  static Conv2dGeometry square(std::size_t batch, std::size_t c_in, std::size_t hw, std::size_t c_out,
+                               std::size_t k, std::size_t stride, std::size_t pad) {
+    return {batch, c_in, hw, hw, c_out, k, k, stride, stride, pad, pad};
+  }
+  std::size_t out_h() const { return (h + 2 * pad_h - kh) / stride_h + 1; }
+  std::size_t out_w() const { return (w + 2 * pad_w - kw) / stride_w + 1; }
+  std::size_t input_size() const { return batch * c_in * h * w; }
+  std::size_t output_size() const { return batch * c_out * out_h() * out_w(); }
+  std::size_t weight_size() const { return c_out * c_in * kh * kw; }
+
+  /// Throws InvalidArgument naming `where` unless the geometry is usable.
+  void check(const char* where) const {
+    ::east::detail::require(batch >= 1 && c_in >= 1 && h >= 1 && w >= 1 && c_out >= 1 && kh >= 1 && kw >= 1,
+                            where, "every size must be >= 1 (got batch ", batch, ", c_in ", c_in, ", h ", h,
+                            ", w ", w, ", c_out ", c_out, ", kernel ", kh, "x", kw, ")");
+    ::east::detail::require(stride_h >= 1 && stride_w >= 1, where, "stride ", stride_h, "x", stride_w,
+                            " (valid: >= 1)");
+    ::east::detail::require(h + 2 * pad_h >= kh && w + 2 * pad_w >= kw, where, "kernel ", kh, "x", kw,
+                            " is larger than the padded input ", h + 2 * pad_h, "x", w + 2 * pad_w);
+  }
+  /// Throws unless `wt` is this layer's weight (C_out rows, C_in·kh·kw columns, groups of kh·kw).
+  void check_weight(const CsrWeight& wt, const char* where) const {
+    check(where);
+    ::east::detail::require(wt.rows() == c_out && wt.cols() == c_in * kh * kw && wt.group_size() == kh * kw,
+                            where, "weight is ", wt.rows(), " x ", wt.cols(), " in groups of ", wt.group_size(),
+                            " (valid: ", c_out, " x ", c_in * kh * kw, " in groups of ", kh * kw, ")");
+  }
+};
+
+namespace detail {
+
+/// Output positions o in [lo, hi) whose input position o·stride − pad + k lies in [0, in).
+struct Span {
+  std::size_t lo, hi;
+};
+inline Span valid_span(std::size_t in, std::size_t out, std::size_t k, std::size_t stride, std::size_t pad) {
+  const auto p = static_cast<std::ptrdiff_t>(pad), kk = static_cast<std::ptrdiff_t>(k);
+  const auto s = static_cast<std::ptrdiff_t>(stride);
+  const std::ptrdiff_t first = p - kk > 0 ? (p - kk + s - 1) / s : 0;     // o·s ≥ pad − k
+  const std::ptrdiff_t last_in = static_cast<std::ptrdiff_t>(in) - 1 + p - kk;  // o·s ≤ in − 1 + pad − k
+  if (last_in < 0) return {0, 0};
+  const std::ptrdiff_t hi = std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(out), last_in / s + 1);
+  if (hi <= first) return {0, 0};
+  return {static_cast<std::size_t>(first), static_cast<std::size_t>(hi)};
+}
+
+/// Per-layer tables of the valid output spans of every kernel row r and column s.
+struct ConvSpans {
+  std::vector<Span> rows, cols;
+  explicit ConvSpans(const Conv2dGeometry& g) {
+    for (std::size_t r = 0; r < g.kh; ++r) rows.push_back(valid_span(g.h, g.out_h(), r, g.stride_h, g.pad_h));
+    for (std::size_t s = 0; s < g.kw; ++s) cols.push_back(valid_span(g.w, g.out_w(), s, g.stride_w, g.pad_w));
+  }
+};
+
+/// Offset in the input plane of output (oh, ow) for kernel tap (r, s); valid inside the spans.
+EAST_ALWAYS_INLINE std::size_t in_offset(const Conv2dGeometry& g, std::size_t oh, std::size_t ow, std::size_t r,
+                                         std::size_t s) {
+  return (oh * g.stride_h + r - g.pad_h) * g.w + (ow * g.stride_w + s - g.pad_w);
+}
+
+// y[i] += v · x[i·stride] for i < n: the inner loop of the forward pass.
+EAST_ALWAYS_INLINE void axpy_strided(float v, const float* EAST_RESTRICT x, std::size_t stride,
+                                     float* EAST_RESTRICT y, std::size_t n) {
+  if (stride == 1) {
+    for (std::size_t i = 0; i < n; ++i) y[i] += v * x[i];
+  } else {
+    for (std::size_t i = 0; i < n; ++i) y[i] += v * x[i * stride];
+  }
+}
+// x[i·stride] += v · y[i]: the inner loop of the input gradient.
+EAST_ALWAYS_INLINE void axpy_scatter(float v, const float* EAST_RESTRICT y, std::size_t stride,
+                                     float* EAST_RESTRICT x, std::size_t n) {
+  if (stride == 1) {
+    for (std::size_t i = 0; i < n; ++i) x[i] += v * y[i];
+  } else {
+    for (std::size_t i = 0; i < n; ++i) x[i * stride] += v * y[i];
+  }
+}
+// Σ y[i] · x[i·stride]: the inner loop of the weight gradient (8 partial sums so it vectorizes
+// without -ffast-math; the order is fixed, so results do not depend on threads).
+EAST_ALWAYS_INLINE float dot_strided(const float* EAST_RESTRICT y, const float* EAST_RESTRICT x, std::size_t stride,
+                                     std::size_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  if (stride == 1) {
+    for (; i + 8 <= n; i += 8)
+      for (std::size_t l = 0; l < 8; ++l) acc[l] += y[i + l] * x[i + l];
+  } else {
+    for (; i + 8 <= n; i += 8)
+      for (std::size_t l = 0; l < 8; ++l) acc[l] += y[i + l] * x[(i + l) * stride];
+  }
+  for (std::size_t l = 0; i < n; ++i, ++l) acc[l] += y[i] * x[i * stride];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/// Σ over the valid outputs of tap (r, s) of dy(oh, ow) · x(in_offset): one weight's gradient
+/// contribution from one image plane.
+inline float tap_dot(const Conv2dGeometry& g, const ConvSpans& sp, const float* dy, const float* x, std::size_t r,
+                     std::size_t s) {
+  const Span sh = sp.rows[r], sw = sp.cols[s];
+  const std::size_t wo = g.out_w();
+  float acc = 0.0f;
+  if (sw.hi <= sw.lo) return acc;
+  for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
+    acc += dot_strided(dy + oh * wo + sw.lo, x + in_offset(g, oh, sw.lo, r, s), g.stride_w, sw.hi - sw.lo);
+  return acc;
+}
+
+}  // namespace detail
+
+/// Forward pass: y = conv2d(x, W) with W compact. @param x input {batch, c_in, h, w}
+/// @param y output {batch, c_out, out_h, out_w}, overwritten (bias, if any, is added after
+/// by the caller or given here: c_out floats).
+inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWeight& wt, float* y,
+                           const float* bias = nullptr) {
+  g.check_weight(wt, "east::sparse::conv2d_forward()");
+  const detail::ConvSpans sp(g);
+  const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, ho = g.out_h(), wo = g.out_w(), hwo = ho * wo;
+  const std::uint32_t* rp = wt.row_ptr();
+  const std::uint32_t* col = wt.col();
+  const float* val = wt.values();
+  const double work = static_cast<double>(wt.nnz()) * g.batch * hwo + static_cast<double>(g.output_size());
+  detail::parallel_for(g.batch * g.c_out, work, [&](std::size_t item) {
+    const std::size_t n = item / g.c_out, co = item % g.c_out;
+    float* yp = y + item * hwo;
+    std::fill(yp, yp + hwo, bias ? bias[co] : 0.0f);
+    const float* xn = x + n * g.c_in * hw;
+    for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
+      const std::size_t c = col[j], ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
+      const detail::Span sh = sp.rows[r], sw = sp.cols[s];
+      if (sw.hi <= sw.lo) continue;
+      const float v = val[j];
+      const float* xp = xn + ci * hw;
+      for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
+        detail::axpy_strided(v, xp + detail::in_offset(g, oh, sw.lo, r, s), g.stride_w, yp + oh * wo + sw.lo,
+                             sw.hi - sw.lo);
+    }
+  });
+}
+
+/// Gradient of the input: dx = conv2d_transpose(dy, W). @param dy {batch, c_out, out_h, out_w}
+/// @param dx {batch, c_in, h, w}, overwritten.
+inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const CsrWeight& wt, float* dx) {
+  g.check_weight(wt, "east::sparse::conv2d_grad_input()");
+  const detail::ConvSpans sp(g);
+  const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, wo = g.out_w(), hwo = g.out_h() * wo;
+  const std::uint32_t* gp = wt.group_ptr();
+  const std::uint32_t* trow = wt.t_row();
+  const std::uint32_t* tpos = wt.t_pos();
+  const std::uint32_t* col = wt.col();
+  const float* val = wt.values();
+  const double work = static_cast<double>(wt.nnz()) * g.batch * hwo + static_cast<double>(g.input_size());
+  detail::parallel_for(g.batch * g.c_in, work, [&](std::size_t item) {
+    const std::size_t n = item / g.c_in, ci = item % g.c_in;
+    float* xp = dx + item * hw;
+    std::fill(xp, xp + hw, 0.0f);
+    const float* dyn = dy + n * g.c_out * hwo;
+    for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
+      const std::uint32_t j = tpos[t];
+      const std::size_t rs = col[j] - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
+      const detail::Span sh = sp.rows[r], sw = sp.cols[s];
+      if (sw.hi <= sw.lo) continue;
+      const float v = val[j];
+      const float* yp = dyn + trow[t] * hwo;
+      for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
+        detail::axpy_scatter(v, yp + oh * wo + sw.lo, g.stride_w, xp + detail::in_offset(g, oh, sw.lo, r, s),
+                             sw.hi - sw.lo);
+    }
+  });
+}
+
+/// Gradient of the weights at the stored (active) positions only: gw[j] = ∂L/∂values[j],
+/// nnz floats, overwritten. @param x the forward input  @param dy the output gradient.
+inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const float* dy, const CsrWeight& wt,
+                               float* gw) {
+  g.check_weight(wt, "east::sparse::conv2d_grad_weight()");
+  const detail::ConvSpans sp(g);
+  const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, hwo = g.out_h() * g.out_w();
+  const std::uint32_t* rp = wt.row_ptr();
+  const std::uint32_t* col = wt.col();
+  const double work = static_cast<double>(wt.nnz()) * g.batch * hwo;
+  detail::parallel_for(g.c_out, work, [&](std::size_t co) {
+    const std::uint32_t b = rp[co], e = rp[co + 1];
+    std::fill(gw + b, gw + e, 0.0f);
+    for (std::size_t n = 0; n < g.batch; ++n) {
+      const float* dyp = dy + (n * g.c_out + co) * hwo;
+      const float* xn = x + n * g.c_in * hw;
+      for (std::uint32_t j = b; j < e; ++j) {
+        const std::size_t c = col[j], ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
+        gw[j] += detail::tap_dot(g, sp, dyp, xn + ci * hw, r, s);
+      }
+    }
+  });
+}
+
+/// Dense weight gradient of output channels [row_begin, row_end): out holds
+/// (row_end − row_begin) · c_in·kh·kw floats, row-major like the weight. Used at mask updates
+/// to score inactive positions one block at a time; costs the dense weight-gradient FLOPs of
+/// those rows (N · H_out · W_out multiply-adds per weight).
+inline void conv2d_grad_weight_rows(const Conv2dGeometry& g, const float* x, const float* dy, std::size_t row_begin,
+                                    std::size_t row_end, float* out) {
+  g.check("east::sparse::conv2d_grad_weight_rows()");
+  ::east::detail::require(row_begin <= row_end && row_end <= g.c_out, "east::sparse::conv2d_grad_weight_rows()",
+                          "rows [", row_begin, ", ", row_end, ") (valid: within [0, ", g.c_out, "])");
+  const detail::ConvSpans sp(g);
+  const std::size_t khw = g.kh * g.kw, cols = g.c_in * khw, hw = g.h * g.w, hwo = g.out_h() * g.out_w();
+  const double work = static_cast<double>(row_end - row_begin) * cols * g.batch * hwo;
+  detail::parallel_for(row_end - row_begin, work, [&](std::size_t i) {
+    const std::size_t co = row_begin + i;
+    float* o = out + i * cols;
+    std::fill(o, o + cols, 0.0f);
+    for (std::size_t n = 0; n < g.batch; ++n) {
+      const float* dyp = dy + (n * g.c_out + co) * hwo;
+      const float* xn = x + n * g.c_in * hw;
+      for (std::size_t ci = 0; ci < g.c_in; ++ci)
+        for (std::size_t r = 0; r < g.kh; ++r)
+          for (std::size_t s = 0; s < g.kw; ++s)
+            o[ci * khw + r * g.kw + s] += detail::tap_dot(g, sp, dyp, xn + ci * hw, r, s);
+    }
+  });
+}
+
+}  // namespace east::sparse

@@ -1,0 +1,49 @@
+#pragma once
+// Work splitting for the sparse kernels. Every output element is owned by one work item and
+// each item is computed by one thread in a fixed order, so results do not depend on the number
+// of threads (kernels::set_threads) nor on the OpenMP schedule.
+#include <atomic>
+#include <cstddef>
+
+#include "../../kernels/dispatch.hpp"
+
+namespace east::sparse::detail {
+
+/// Below this many multiply-adds a call stays on one thread (waking a team costs ~µs). Tests
+/// lower it to run the threaded paths on small shapes.
+inline std::atomic<double>& min_parallel_work() noexcept {
+  static std::atomic<double> v{1 << 15};
+  return v;
+}
+
+/// Runs body(i) for i in [0, items), on kernels::threads() OpenMP threads when `work` (about
+/// the multiply-adds of the call) is large enough. Bodies must not throw.
+template <class Body>
+void parallel_for(std::size_t items, double work, Body&& body) {
+  const int t = ::east::kernels::threads();
+  if (t <= 1 || items <= 1 || work < min_parallel_work().load(std::memory_order_relaxed)) {
+    for (std::size_t i = 0; i < items; ++i) body(i);
+    return;
+  }
+#if defined(EAST_KERNELS_OPENMP)
+  const auto n = static_cast<std::ptrdiff_t>(items);
+  // dynamic: items (output channels, images) have very unequal nonzero counts.
+#pragma omp parallel for num_threads(t) schedule(dynamic, 1)
+  for (std::ptrdiff_t i = 0; i < n; ++i) body(static_cast<std::size_t>(i));
+#else
+  for (std::size_t i = 0; i < items; ++i) body(i);
+#endif
+}
+
+/// out[c * rows + r] = in[r * cols + c]: a plain blocked transpose (dense activations).
+inline void transpose(const float* in, std::size_t rows, std::size_t cols, float* out) {
+  constexpr std::size_t B = 32;
+  for (std::size_t r0 = 0; r0 < rows; r0 += B)
+    for (std::size_t c0 = 0; c0 < cols; c0 += B) {
+      const std::size_t r1 = r0 + B < rows ? r0 + B : rows, c1 = c0 + B < cols ? c0 + B : cols;
+      for (std::size_t r = r0; r < r1; ++r)
+        for (std::size_t c = c0; c < c1; ++c) out[c * rows + r] = in[r * cols + c];
+    }
+}
+
+}  // namespace east::sparse::detail

@@ -1,0 +1,13 @@
+#pragma once
+// east::sparse — training whose cost scales with the nonzeros (docs/sparse.md):
+//   CsrWeight               compact masked weight (CSR by output channel), rebuilt at mask updates
+//   conv2d_* / linear_*     forward, input gradient, weight gradient at active positions only
+//   top_inactive_gradient   regrowth scores (top-k |dW| at inactive positions), block by block
+//   sgd_step                SGD with momentum over the compact values
+//   Crossover               per-layer sparse/dense switch at the measured crossover density
+#include "csr.hpp"
+#include "conv.hpp"
+#include "linear.hpp"
+#include "policy.hpp"
+#include "regrow.hpp"
+#include "sgd.hpp"

@@ -1,0 +1,332 @@
+// Sparse conv2d kernels (east/sparse) against a dense reference with the mask applied: forward,
+// input gradient, weight gradient at active positions, dense gradient rows, regrowth top-k, the
+// compact format's round trips and the compact SGD step; 1 and 2 threads give identical bits.
+#include <catch2/catch.hpp>
+
+#include <east/east.hpp>
+#include <east/kernels/reference/sgd.hpp>
+#include <east/sparse/sparse.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace {
+
+using east::BitMask;
+using east::sparse::Conv2dGeometry;
+using east::sparse::CsrWeight;
+
+std::vector<float> randn(std::size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Mask of the given density; row `empty_row` (if < rows) and input channel `empty_in` are
+// cleared so empty filters and empty transposed groups are always covered.
+BitMask random_mask(std::size_t rows, std::size_t cols, std::size_t group, double density, std::mt19937& rng,
+                    std::size_t empty_row, std::size_t empty_in) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  BitMask m(rows * cols);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c)
+      if (r != empty_row && c / group != empty_in && u(rng) < density) m.set(r * cols + c);
+  return m;
+}
+
+struct Dense {
+  // Reference sums in double; `mag` holds Σ|terms| for a tolerance that scales with the sum.
+  static void forward(const Conv2dGeometry& g, const float* x, const float* w, std::vector<double>& y,
+                      std::vector<double>& mag) {
+    const std::size_t ho = g.out_h(), wo = g.out_w();
+    y.assign(g.output_size(), 0.0);
+    mag.assign(g.output_size(), 0.0);
+    for (std::size_t n = 0; n < g.batch; ++n)
+      for (std::size_t co = 0; co < g.c_out; ++co)
+        for (std::size_t oh = 0; oh < ho; ++oh)
+          for (std::size_t ow = 0; ow < wo; ++ow) {
+            const std::size_t yi = ((n * g.c_out + co) * ho + oh) * wo + ow;
+            for (std::size_t ci = 0; ci < g.c_in; ++ci)
+              for (std::size_t r = 0; r < g.kh; ++r)
+                for (std::size_t s = 0; s < g.kw; ++s) {
+                  const long ih = static_cast<long>(oh * g.stride_h + r) - static_cast<long>(g.pad_h);
+                  const long iw = static_cast<long>(ow * g.stride_w + s) - static_cast<long>(g.pad_w);
+                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w)) continue;
+                  const double t = static_cast<double>(w[((co * g.c_in + ci) * g.kh + r) * g.kw + s]) *
+                                   x[((n * g.c_in + ci) * g.h + ih) * g.w + iw];
+                  y[yi] += t;
+                  mag[yi] += std::fabs(t);
+                }
+          }
+  }
+  static void grad_input(const Conv2dGeometry& g, const float* dy, const float* w, std::vector<double>& dx,
+                         std::vector<double>& mag) {
+    const std::size_t ho = g.out_h(), wo = g.out_w();
+    dx.assign(g.input_size(), 0.0);
+    mag.assign(g.input_size(), 0.0);
+    for (std::size_t n = 0; n < g.batch; ++n)
+      for (std::size_t co = 0; co < g.c_out; ++co)
+        for (std::size_t oh = 0; oh < ho; ++oh)
+          for (std::size_t ow = 0; ow < wo; ++ow)
+            for (std::size_t ci = 0; ci < g.c_in; ++ci)
+              for (std::size_t r = 0; r < g.kh; ++r)
+                for (std::size_t s = 0; s < g.kw; ++s) {
+                  const long ih = static_cast<long>(oh * g.stride_h + r) - static_cast<long>(g.pad_h);
+                  const long iw = static_cast<long>(ow * g.stride_w + s) - static_cast<long>(g.pad_w);
+                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w)) continue;
+                  const std::size_t xi = ((n * g.c_in + ci) * g.h + ih) * g.w + iw;
+                  const double t = static_cast<double>(w[((co * g.c_in + ci) * g.kh + r) * g.kw + s]) *
+                                   dy[((n * g.c_out + co) * ho + oh) * wo + ow];
+                  dx[xi] += t;
+                  mag[xi] += std::fabs(t);
+                }
+  }
+  static void grad_weight(const Conv2dGeometry& g, const float* x, const float* dy, std::vector<double>& dw,
+                          std::vector<double>& mag) {
+    const std::size_t ho = g.out_h(), wo = g.out_w();
+    dw.assign(g.weight_size(), 0.0);
+    mag.assign(g.weight_size(), 0.0);
+    for (std::size_t n = 0; n < g.batch; ++n)
+      for (std::size_t co = 0; co < g.c_out; ++co)
+        for (std::size_t oh = 0; oh < ho; ++oh)
+          for (std::size_t ow = 0; ow < wo; ++ow)
+            for (std::size_t ci = 0; ci < g.c_in; ++ci)
+              for (std::size_t r = 0; r < g.kh; ++r)
+                for (std::size_t s = 0; s < g.kw; ++s) {
+                  const long ih = static_cast<long>(oh * g.stride_h + r) - static_cast<long>(g.pad_h);
+                  const long iw = static_cast<long>(ow * g.stride_w + s) - static_cast<long>(g.pad_w);
+                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w)) continue;
+                  const std::size_t wi = ((co * g.c_in + ci) * g.kh + r) * g.kw + s;
+                  const double t = static_cast<double>(dy[((n * g.c_out + co) * ho + oh) * wo + ow]) *
+                                   x[((n * g.c_in + ci) * g.h + ih) * g.w + iw];
+                  dw[wi] += t;
+                  mag[wi] += std::fabs(t);
+                }
+  }
+};
+
+void check_close(const std::vector<float>& got, const std::vector<double>& want, const std::vector<double>& mag) {
+  REQUIRE(got.size() == want.size());
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(got[i] - want[i]) <= 1e-5 * mag[i] + 1e-6)) ++bad;
+  CHECK(bad == 0);
+}
+
+struct ThreadGuard {
+  ~ThreadGuard() {
+    east::kernels::set_threads(1);
+    east::sparse::detail::min_parallel_work() = 1 << 15;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("sparse conv2d matches the masked dense reference", "[sparse][conv]") {
+  ThreadGuard guard;
+  east::sparse::detail::min_parallel_work() = 0;  // run the threaded paths on small shapes too
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::size_t> dim(1, 9), ch(1, 12), bs(1, 4);
+  const double densities[] = {0.5, 0.1, 0.01, 0.001, 0.0001};
+  int cases = 0;
+  for (std::size_t k : {1u, 3u})
+    for (std::size_t stride : {1u, 2u})
+      for (std::size_t pad : {0u, 1u})
+        for (double d : densities) {
+          Conv2dGeometry g = Conv2dGeometry::square(bs(rng), ch(rng), std::max<std::size_t>(k, dim(rng)), ch(rng),
+                                                    k, stride, pad);
+          g.w = std::max<std::size_t>(k, dim(rng));  // non-square input
+          if (d <= 0.001) g.c_in = g.c_out = 48;     // enough weights for a few nonzeros
+          INFO("k " << k << " stride " << stride << " pad " << pad << " density " << d << " batch " << g.batch
+                    << " c_in " << g.c_in << " c_out " << g.c_out << " h " << g.h << " w " << g.w);
+          const std::size_t cols = g.c_in * k * k;
+          const BitMask mask = random_mask(g.c_out, cols, k * k, d, rng, g.c_out > 1 ? 0 : 99, g.c_in > 1 ? 1 : 99);
+          auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+          mask.apply(w.data());
+          const CsrWeight wt = CsrWeight::from_shape(w.data(), mask,
+                                                     {static_cast<long>(g.c_out), static_cast<long>(g.c_in),
+                                                      static_cast<long>(k), static_cast<long>(k)});
+          REQUIRE(wt.nnz() == mask.count());
+
+          std::vector<double> ref, mag;
+          std::vector<float> y(g.output_size()), y2(g.output_size(), 7.0f);
+          Dense::forward(g, x.data(), w.data(), ref, mag);
+          east::kernels::set_threads(1);
+          east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+          check_close(y, ref, mag);
+          east::kernels::set_threads(2);
+          east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
+          CHECK(y == y2);
+
+          std::vector<float> dx(g.input_size(), 3.0f), dx2(g.input_size());
+          Dense::grad_input(g, dy.data(), w.data(), ref, mag);
+          east::kernels::set_threads(1);
+          east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+          check_close(dx, ref, mag);
+          east::kernels::set_threads(2);
+          east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+          CHECK(dx == dx2);
+
+          Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+          std::vector<float> gw(wt.nnz(), 5.0f), gw2(wt.nnz());
+          east::kernels::set_threads(1);
+          east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+          east::kernels::set_threads(2);
+          east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
+          CHECK(gw == gw2);
+          std::vector<double> ref_c(wt.nnz()), mag_c(wt.nnz());
+          for (std::size_t j = 0; j < wt.nnz(); ++j) {
+            ref_c[j] = ref[wt.position(j)];
+            mag_c[j] = mag[wt.position(j)];
+          }
+          check_close(gw, ref_c, mag_c);
+
+          // Dense gradient rows (for regrowth) over every position, in two uneven blocks.
+          std::vector<float> rows(g.weight_size());
+          const std::size_t split = g.c_out / 3;
+          east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), 0, split, rows.data());
+          east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), split, g.c_out, rows.data() + split * cols);
+          check_close(rows, ref, mag);
+          ++cases;
+        }
+  CHECK(cases == 40);
+}
+
+TEST_CASE("sparse conv2d: a ResNet-shaped layer at 0.01% and an empty weight", "[sparse][conv]") {
+  std::mt19937 rng(11);
+  const auto g = Conv2dGeometry::square(2, 64, 8, 128, 3, 2, 1);
+  const std::size_t cols = 64 * 9;
+  for (double d : {0.0001, 0.0}) {
+    const BitMask mask = random_mask(128, cols, 9, d, rng, 128, 64);
+    auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+    mask.apply(w.data());
+    const CsrWeight wt(w.data(), mask, 128, cols, 9);
+    std::vector<double> ref, mag;
+    std::vector<float> y(g.output_size(), 1.0f), dx(g.input_size(), 1.0f), gw(wt.nnz());
+    east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+    Dense::forward(g, x.data(), w.data(), ref, mag);
+    check_close(y, ref, mag);
+    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+    Dense::grad_input(g, dy.data(), w.data(), ref, mag);
+    check_close(dx, ref, mag);
+    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+    Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+    for (std::size_t j = 0; j < wt.nnz(); ++j) CHECK(std::fabs(gw[j] - ref[wt.position(j)]) <= 1e-5 * mag[wt.position(j)] + 1e-6);
+  }
+}
+
+TEST_CASE("CsrWeight round-trips and remaps", "[sparse][format]") {
+  std::mt19937 rng(3);
+  for (double d : {0.5, 0.05, 0.0001}) {
+    const std::size_t rows = 37, cols = 5 * 9;  // rows·cols not a multiple of 64
+    const BitMask mask = random_mask(rows, cols, 9, d, rng, 4, 2);
+    auto w = randn(rows * cols, rng);
+    CsrWeight wt(w.data(), mask, rows, cols, 9);
+    REQUIRE(wt.nnz() == mask.count());
+    std::vector<float> back(rows * cols, 9.0f);
+    wt.scatter(back.data());
+    for (std::size_t i = 0; i < rows * cols; ++i) CHECK(back[i] == (mask.test(i) ? w[i] : 0.0f));
+    std::size_t j = 0;
+    mask.for_each_active([&](std::size_t i) { CHECK(wt.position(j++) == i); });
+    // transposed index: every entry once, grouped by input channel, in increasing dense index
+    std::vector<int> seen(wt.nnz(), 0);
+    for (std::size_t c = 0; c < wt.groups(); ++c)
+      for (std::uint32_t t = wt.group_ptr()[c]; t < wt.group_ptr()[c + 1]; ++t) {
+        ++seen[wt.t_pos()[t]];
+        CHECK(wt.col()[wt.t_pos()[t]] / 9 == c);
+        CHECK(wt.position(wt.t_pos()[t]) / cols == wt.t_row()[t]);
+        if (t > wt.group_ptr()[c]) CHECK(wt.t_pos()[t] > wt.t_pos()[t - 1]);
+      }
+    CHECK(std::all_of(seen.begin(), seen.end(), [](int s) { return s == 1; }));
+
+    // remap: kept positions carry value and momentum, new ones start at 0
+    const BitMask next = random_mask(rows, cols, 9, d, rng, 5, 3);
+    std::vector<float> mom(wt.nnz());
+    for (std::size_t i = 0; i < mom.size(); ++i) mom[i] = static_cast<float>(i) + 0.5f;
+    std::vector<float> dense_mom(rows * cols, 0.0f);
+    wt.scatter_array(mom.data(), dense_mom.data());
+    const CsrWeight nw = wt.remap(next, {&mom});
+    REQUIRE(nw.nnz() == next.count());
+    REQUIRE(mom.size() == nw.nnz());
+    for (std::size_t k = 0; k < nw.nnz(); ++k) {
+      const std::size_t i = nw.position(k);
+      CHECK(nw.values()[k] == (mask.test(i) ? w[i] : 0.0f));
+      CHECK(mom[k] == (mask.test(i) ? dense_mom[i] : 0.0f));
+    }
+  }
+  CHECK_THROWS_AS(CsrWeight(nullptr, BitMask(10), 3, 3), east::InvalidArgument);
+  CHECK_THROWS_AS(CsrWeight(nullptr, BitMask(12), 3, 4, 3), east::InvalidArgument);
+  const auto g = Conv2dGeometry::square(1, 2, 4, 3, 3, 1, 1);
+  const CsrWeight wrong(nullptr, BitMask(3 * 2 * 9), 3, 18, 1);
+  std::vector<float> buf(1000);
+  CHECK_THROWS_AS(east::sparse::conv2d_forward(g, buf.data(), wrong, buf.data()), east::InvalidArgument);
+}
+
+TEST_CASE("top_inactive_gradient equals a full sort of the inactive gradients", "[sparse][regrow]") {
+  std::mt19937 rng(5);
+  for (std::size_t block : {0u, 1u, 3u, 100u}) {
+    const std::size_t rows = 13, cols = 27;
+    const BitMask mask = random_mask(rows, cols, 9, 0.2, rng, 99, 99);
+    auto g = randn(rows * cols, rng);
+    for (std::size_t i = 0; i < g.size(); i += 7) g[i] = 0.25f;  // ties, broken by lower index
+    std::vector<std::size_t> order;
+    mask.for_each_inactive([&](std::size_t i) { order.push_back(i); });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return std::fabs(g[a]) > std::fabs(g[b]); });
+    for (std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{10}, order.size()}) {
+      auto got = east::sparse::top_inactive_gradient(
+          mask, rows, cols, k,
+          [&](std::size_t r0, std::size_t r1, float* out) {
+            std::copy(g.begin() + r0 * cols, g.begin() + r1 * cols, out);
+          },
+          block);
+      std::vector<std::size_t> want(order.begin(), order.begin() + k);
+      std::sort(want.begin(), want.end());
+      CHECK(got.index == want);
+      for (std::size_t i = 0; i < got.index.size(); ++i) CHECK(got.grad[i] == g[got.index[i]]);
+    }
+  }
+  CHECK_THROWS_AS(east::sparse::top_inactive_gradient(BitMask(4, true), 2, 2, 1, [](std::size_t, std::size_t, float*) {}),
+                  east::InvalidArgument);
+}
+
+TEST_CASE("compact SGD equals the masked dense SGD step", "[sparse][sgd]") {
+  std::mt19937 rng(9);
+  const std::size_t n = 5000;
+  const BitMask mask = random_mask(50, 100, 1, 0.1, rng, 3, 99);
+  auto w = randn(n, rng), g = randn(n, rng), buf = randn(n, rng);
+  mask.apply(w.data());
+  mask.apply(buf.data());
+  for (bool nesterov : {false, true}) {
+    east::kernels::SgdParams p;
+    p.lr = 0.1f;
+    p.momentum = 0.9f;
+    p.weight_decay = 5e-4f;
+    p.nesterov = nesterov;
+    CsrWeight wt(w.data(), mask, 50, 100);
+    std::vector<float> cg(wt.nnz()), cb(wt.nnz());
+    wt.gather_array(g.data(), cg.data());
+    wt.gather_array(buf.data(), cb.data());
+    auto dw = w, db = buf;
+    east::kernels::reference::masked_sgd(dw.data(), g.data(), db.data(), mask.words(), n, p);
+    east::sparse::sgd_step(wt.values(), cg.data(), cb.data(), wt.nnz(), p);
+    std::vector<float> back(n), backb(n);
+    wt.scatter(back.data());
+    wt.scatter_array(cb.data(), backb.data());
+    CHECK(back == dw);
+    CHECK(backb == db);
+  }
+  CHECK_THROWS_AS(east::sparse::sgd_step(w.data(), g.data(), nullptr, n, east::kernels::SgdParams{0.1f, 0.9f}),
+                  east::InvalidArgument);
+}
+
+TEST_CASE("Crossover picks sparse below the crossover density", "[sparse][policy]") {
+  east::sparse::Crossover c;
+  c.conv = 0.05;
+  CHECK(c.for_conv(0.001) == east::sparse::Backend::sparse);
+  CHECK(c.for_conv(0.5) == east::sparse::Backend::dense);
+  CHECK_THROWS_AS(c.for_linear(1.5), east::InvalidArgument);
+}
