@@ -138,8 +138,8 @@ TORCH_MODULE(DyReLUB);
 
 /// Sets β (and the freeze flag) of every DyReLUB module inside `module`.
 inline void set_dyrelu_phase(torch::nn::Module& module, double beta, bool frozen = false) {
-  for (const auto& m : module.modules(true))
-    if (auto* d = m->as<DyReLUBImpl>()) {
+  for (const auto& item : detail::all_modules(module))
+    if (auto* d = item.second->as<DyReLUBImpl>()) {
       d->set_beta(beta);
       d->set_frozen(frozen);
     }
@@ -147,8 +147,8 @@ inline void set_dyrelu_phase(torch::nn::Module& module, double beta, bool frozen
 
 /// Selects the backend of every DyReLUB module inside `module`.
 inline void set_dyrelu_backend(torch::nn::Module& module, DyReLUBackend backend) {
-  for (const auto& m : module.modules(true))
-    if (auto* d = m->as<DyReLUBImpl>()) d->set_backend(backend);
+  for (const auto& item : detail::all_modules(module))
+    if (auto* d = item.second->as<DyReLUBImpl>()) d->set_backend(backend);
 }
 
 }  // namespace torch_adapter

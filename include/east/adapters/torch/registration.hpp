@@ -63,6 +63,13 @@ inline void require_cpu_float(const torch::Tensor& t, const std::string& name, c
 inline bool is_conv(const torch::nn::Module& m) {
   return m.as<torch::nn::Conv1d>() || m.as<torch::nn::Conv2d>() || m.as<torch::nn::Conv3d>();
 }
+/// The module itself (name "") and every descendant, without needing the module to live in a
+/// shared_ptr (modules(include_self = true) would throw for a module on the stack).
+inline std::vector<std::pair<std::string, torch::nn::Module*>> all_modules(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, torch::nn::Module*>> out{{"", &module}};
+  for (const auto& item : module.named_modules("", /*include_self=*/false)) out.emplace_back(item.key(), item.value().get());
+  return out;
+}
 }  // namespace detail
 
 /// One registered tensor: its east name (the module's parameter name) and the tensor itself.
@@ -75,14 +82,12 @@ struct RegisteredTensor {
 inline std::vector<RegisteredTensor> prunable_parameters(torch::nn::Module& module, const RegisterOptions& options = {}) {
   std::vector<RegisteredTensor> out;
   std::vector<std::string> skipped_prefixes;
-  for (const auto& item : module.named_modules("", /*include_self=*/true)) {
-    const std::string& mname = item.key();
-    const auto& m = item.value();
+  for (const auto& [mname, m] : detail::all_modules(module)) {
     bool under_skipped = false;
     for (const auto& p : skipped_prefixes)
       if (mname == p || mname.compare(0, p.size() + 1, p + ".") == 0) under_skipped = true;
     if (under_skipped) continue;
-    if (dynamic_cast<const NeverPruned*>(m.get())) {
+    if (dynamic_cast<const NeverPruned*>(m)) {
       skipped_prefixes.push_back(mname);
       continue;
     }
@@ -124,8 +129,8 @@ inline ParameterSet make_parameter_set(torch::nn::Module& module, const Register
                         "weights that pass RegisterOptions::include)");
   for (const auto& name : options.dense) params.set_role(name, LayerRole::dense);
   std::map<std::string, std::size_t> uses;
-  for (const auto& m : module.modules(/*include_self=*/true))
-    if (const auto* s = dynamic_cast<const SharesWeights*>(m.get()))
+  for (const auto& item : detail::all_modules(module))
+    if (const auto* s = dynamic_cast<const SharesWeights*>(item.second))
       for (const auto& t : s->borrowed_weights()) {
         const auto it = by_impl.find(t.unsafeGetTensorImpl());
         if (it != by_impl.end()) ++uses[it->second];
