@@ -169,6 +169,9 @@ UpdateTable(const Ctl&, std::vector<std::size_t>, int) -> UpdateTable<Ctl>;
 int main() try {
   constexpr std::int64_t steps = 600;
   constexpr int batch = 32;
+  // east::east links OpenMP when available, which Eigen then uses; for matrices this small a
+  // thread team only costs time (and spins on a loaded machine).
+  Eigen::setNbThreads(1);
   Mlp student(1);
   const Mlp teacher(2);
 
