@@ -119,7 +119,7 @@ void check_close(const std::vector<float>& got, const std::vector<double>& want,
 struct ThreadGuard {
   ~ThreadGuard() {
     east::kernels::set_threads(1);
-    east::sparse::detail::min_parallel_work() = 1 << 15;
+    east::sparse::detail::min_parallel_work() = 1 << 18;
   }
 };
 

@@ -27,7 +27,7 @@ bool close(float got, double want, double mag) { return std::fabs(got - want) <=
 struct ThreadGuard {
   ~ThreadGuard() {
     east::kernels::set_threads(1);
-    east::sparse::detail::min_parallel_work() = 1 << 15;
+    east::sparse::detail::min_parallel_work() = 1 << 18;
   }
 };
 

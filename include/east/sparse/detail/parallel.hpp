@@ -2,6 +2,7 @@
 // Work splitting for the sparse kernels. Every output element is owned by one work item and
 // each item is computed by one thread in a fixed order, so results do not depend on the number
 // of threads (kernels::set_threads) nor on the OpenMP schedule.
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 
@@ -12,7 +13,7 @@ namespace east::sparse::detail {
 /// Below this many multiply-adds a call stays on one thread (waking a team costs ~µs). Tests
 /// lower it to run the threaded paths on small shapes.
 inline std::atomic<double>& min_parallel_work() noexcept {
-  static std::atomic<double> v{1 << 15};
+  static std::atomic<double> v{1 << 18};
   return v;
 }
 
@@ -27,8 +28,10 @@ void parallel_for(std::size_t items, double work, Body&& body) {
   }
 #if defined(EAST_KERNELS_OPENMP)
   const auto n = static_cast<std::ptrdiff_t>(items);
-  // dynamic: items (output channels, images) have very unequal nonzero counts.
-#pragma omp parallel for num_threads(t) schedule(dynamic, 1)
+  // dynamic: items (output channels, images) have very unequal nonzero counts; chunks of about
+  // 1/8 of a thread's share keep the scheduling traffic small.
+  const auto chunk = static_cast<int>(std::max<std::ptrdiff_t>(1, n / (8 * t)));
+#pragma omp parallel for num_threads(t) schedule(dynamic, chunk)
   for (std::ptrdiff_t i = 0; i < n; ++i) body(static_cast<std::size_t>(i));
 #else
   for (std::size_t i = 0; i < items; ++i) body(i);
