@@ -50,28 +50,34 @@ struct StatePtrs {
   int count;
 };
 
-// Word-level commit plus element zeroing; skipped entirely when any layer failed.
-__global__ void update_commit_kernel(float* w, std::uint64_t* mask, std::uint64_t* ever,
-                                     const std::uint64_t* dropped, const std::uint64_t* grown,
-                                     StatePtrs state, std::size_t n, const int* failed) {
+// Commit, element pass: zero weights and state at grown positions and at positions inactive in
+// the new mask (computed from the old words, which the word pass below overwrites afterwards).
+// Coalesced, one thread per element; skipped entirely when any layer failed.
+__global__ void update_zero_kernel(float* w, const std::uint64_t* mask, const std::uint64_t* dropped,
+                                   const std::uint64_t* grown, StatePtrs state, std::size_t n,
+                                   const int* failed) {
   if (*failed) return;
-  const std::size_t words = words_for(n);
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    const std::size_t wi = i >> 6;
+    const std::uint64_t gw = grown[wi], nw = (mask[wi] & ~dropped[wi]) | gw;
+    const std::uint64_t zero = ~nw | gw;  // positions whose weight and state become 0
+    if (!((zero >> (i & 63)) & 1u)) continue;
+    if (__float_as_uint(w[i]) != 0u) w[i] = 0.0f;
+    for (int s = 0; s < state.count; ++s)
+      if (__float_as_uint(state.p[s][i]) != 0u) state.p[s][i] = 0.0f;
+  }
+}
+
+// Commit, word pass: mask = (mask & ~dropped) | grown; ever_active |= mask.
+__global__ void update_words_kernel(std::uint64_t* mask, std::uint64_t* ever, const std::uint64_t* dropped,
+                                    const std::uint64_t* grown, std::size_t words, const int* failed) {
+  if (*failed) return;
   for (std::size_t wi = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; wi < words;
        wi += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    const std::uint64_t gw = grown[wi];
-    const std::uint64_t nw = (mask[wi] & ~dropped[wi]) | gw;
+    const std::uint64_t nw = (mask[wi] & ~dropped[wi]) | grown[wi];
     mask[wi] = nw;
     if (ever) ever[wi] |= nw;
-    std::uint64_t zero = ~nw | gw;  // positions whose weight and state become 0
-    const std::size_t base = wi * 64;
-    if (base + 64 > n) zero &= (std::uint64_t{1} << (n - base)) - 1;
-    while (zero) {
-      const std::size_t i = base + static_cast<std::size_t>(__ffsll(static_cast<long long>(zero)) - 1);
-      zero &= zero - 1;
-      if (__float_as_uint(w[i]) != 0u) w[i] = 0.0f;
-      for (int s = 0; s < state.count; ++s)
-        if (__float_as_uint(state.p[s][i]) != 0u) state.p[s][i] = 0.0f;
-    }
   }
 }
 
@@ -84,28 +90,38 @@ __global__ void update_commit_kernel(float* w, std::uint64_t* mask, std::uint64_
 /// @param d_failed  one int (device): 0 if the update was committed, 1 if nothing changed.
 /// The caller synchronises and reads *d_failed (and d_status for the reason); nothing else of the
 /// model is read back here, so the call is asynchronous like every other call of the backend.
-/// Mask words that differ per thread are written by exactly one thread: no atomics on masks.
+/// Every mask word is written by exactly one thread: no atomics on masks, no races.
 inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const LayerUpdate* layers,
                                std::size_t L, MaskUpdateStatus* d_status, int* d_failed,
                                cudaStream_t stream = 0) {
+  if (L > 0 && layers == nullptr) return cudaErrorInvalidValue;
   std::size_t max_n = 0, total_words = 0;
   for (std::size_t l = 0; l < L; ++l) {
     max_n = layers[l].n > max_n ? layers[l].n : max_n;
     total_words += detail::words_for(layers[l].n);
   }
+  // Temporary storage of the largest per-layer selection and marking, reused layer by layer
+  // (stream order makes the reuse safe).
   std::size_t sel_bytes = 0, mark_bytes = 0;
-  cudaError_t err = select_abs(nullptr, sel_bytes, nullptr, max_n, 0, Extreme::largest, nullptr,
-                               Among::all, nullptr, stream);
-  if (err != cudaSuccess) return err;
-  err = mark_selected_abs(nullptr, mark_bytes, nullptr, max_n, nullptr, Extreme::largest, nullptr,
-                          Among::all, nullptr, stream);
-  if (err != cudaSuccess) return err;
+  cudaError_t err = cudaSuccess;
+  for (std::size_t l = 0; l <= L; ++l) {
+    const std::size_t n = l < L ? layers[l].n : max_n;
+    std::size_t sb = 0, mb = 0;
+    if ((err = select_abs(nullptr, sb, nullptr, n, 0, Extreme::largest, nullptr, Among::all, nullptr, stream)) !=
+        cudaSuccess)
+      return err;
+    if ((err = mark_selected_abs(nullptr, mb, nullptr, n, nullptr, Extreme::largest, nullptr, Among::all, nullptr,
+                                 stream)) != cudaSuccess)
+      return err;
+    sel_bytes = sb > sel_bytes ? sb : sel_bytes;
+    mark_bytes = mb > mark_bytes ? mb : mark_bytes;
+  }
   void* parts[4] = {nullptr, nullptr, nullptr, nullptr};
   const std::size_t sizes[4] = {sizeof(std::uint64_t) * total_words, sizeof(std::uint64_t) * total_words,
                                 sel_bytes, mark_bytes};
   err = detail::alias_temporaries(d_temp, temp_bytes, parts, sizes);
   if (err != cudaSuccess || d_temp == nullptr) return err;
-  if (d_status == nullptr || d_failed == nullptr || (L > 0 && layers == nullptr)) return cudaErrorInvalidValue;
+  if (d_status == nullptr || d_failed == nullptr) return cudaErrorInvalidValue;
   for (std::size_t l = 0; l < L; ++l) {
     const LayerUpdate& u = layers[l];
     if (u.n > 0 && (u.weight == nullptr || u.mask == nullptr)) return cudaErrorInvalidValue;
@@ -117,7 +133,7 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
   auto* dropped_all = static_cast<std::uint64_t*>(parts[0]);
   auto* grown_all = static_cast<std::uint64_t*>(parts[1]);
   if ((err = cudaMemsetAsync(d_failed, 0, sizeof(int), stream)) != cudaSuccess) return err;
-  if ((err = cudaMemsetAsync(parts[0], 0, sizes[0] + 0, stream)) != cudaSuccess) return err;
+  if ((err = cudaMemsetAsync(parts[0], 0, sizes[0], stream)) != cudaSuccess) return err;
   if ((err = cudaMemsetAsync(parts[1], 0, sizes[1], stream)) != cudaSuccess) return err;
 
   // Phase 1: decide every layer's dropped and grown sets; change nothing.
@@ -167,9 +183,12 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
     sp.count = u.num_state;
     for (int s = 0; s < u.num_state; ++s) sp.p[s] = u.state[s];
     const std::size_t words = detail::words_for(u.n);
-    if (words > 0)
-      detail::update_commit_kernel<<<detail::grid_for(detail::div_up(words, 256), 16), 256, 0, stream>>>(
-          u.weight, u.mask, u.ever_active, dropped_all + off, grown_all + off, sp, u.n, d_failed);
+    if (words > 0) {
+      detail::update_zero_kernel<<<detail::elt_grid(u.n), detail::kEltThreads, 0, stream>>>(
+          u.weight, u.mask, dropped_all + off, grown_all + off, sp, u.n, d_failed);
+      detail::update_words_kernel<<<detail::grid_for(detail::div_up(words, 256), 16), 256, 0, stream>>>(
+          u.mask, u.ever_active, dropped_all + off, grown_all + off, words, d_failed);
+    }
     off += words;
   }
   return cudaGetLastError();
