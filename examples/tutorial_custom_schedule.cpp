@@ -76,7 +76,6 @@ struct JitteredGradientRegrow {
     }
     return east::Scores{nullptr, ctx.scratch.data()};  // rank by key: the largest are grown
   }
-  static constexpr bool reads_gradient() { return true; }
 };
 // [regrow-criterion]
 

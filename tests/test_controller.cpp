@@ -195,7 +195,8 @@ TEST_CASE("Bad configuration gets clear errors", "[controller][errors]") {
   auto ctl = make_rigl(p, DstConfig{0.5, 10, 100});  // no gradient buffer registered
   CHECK_THROWS_WITH(ctl.update(10), Catch::Contains("no gradient buffer"));
   auto snfs = make_snfs(p, DstConfig{0.5, 10, 100});
-  CHECK_THROWS_WITH(snfs.update(10), Catch::Contains("state_index 0"));
+  CHECK_THROWS_WITH(snfs.update(10), Catch::Contains("no gradient has been observed"));
+  CHECK_THROWS_WITH(make_snfs(p, DstConfig{0.5, 10, 100}, {}, ErdosRenyiKernel{}, 1.0), Catch::Contains("beta 1"));
 }
 
 TEST_CASE("Data-parallel ranks with the same averaged gradient agree without communication",

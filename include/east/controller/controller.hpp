@@ -36,13 +36,15 @@ struct ControllerState {
   std::uint64_t updates = 0;
   double density = 0;  ///< overall density the masks were last moved to
   std::vector<std::string> names;
-  std::vector<std::uint64_t> sizes;
+  std::vector<std::uint64_t> sizes, uses;
+  std::vector<std::uint8_t> roles;
+  std::vector<std::string> policy_states;  ///< one per policy of the Method, in declaration order
   std::vector<std::vector<std::uint64_t>> masks, ever_active;
 };
 
 template <class MethodT>
 class Controller {
-  using Traits = detail::method_traits<MethodT>;
+  static_assert(detail::method_traits<MethodT>::ok);  // names any missing policy method
 
  public:
   /// Builds the initial masks: counts from the distribution at density(0), positions chosen
@@ -82,6 +84,9 @@ class Controller {
   /// Call after backward, before the optimizer step. Masks gradients except on update steps.
   template <class... Callbacks>
   void before_optimizer_step(std::int64_t step, Callbacks&&...) {
+    detail::for_each_policy(method_, [&](auto& policy) {
+      if constexpr (detail::has_observe<std::decay_t<decltype(policy)>>::value) policy.observe(step, params_);
+    });
     if (is_update_step(step)) return;
     for (std::size_t l = 0; l < params_.size(); ++l)
       if (params_[l].grad && params_[l].role != LayerRole::excluded) masks_[l].apply(params_[l].grad);
@@ -139,10 +144,10 @@ class Controller {
         std::size_t k = static_cast<std::size_t>(std::ceil(f * static_cast<double>(std::min(c, t)) - 1e-9));
         k = std::min(k, n - std::max(c, t));
         const std::size_t n_drop = (c > t ? c - t : 0) + k, n_grow = (t > c ? t - c : 0) + k;
-        LayerContext prune_ctx{layer, mask, stream.derive(l).derive(1), scratch_};
+        LayerContext prune_ctx{layer, l, mask, stream.derive(l).derive(1), scratch_};
         if (n_drop > 0) select_into(method_.prune.prune_scores(prune_ctx), layer, mask, n_drop,
                                     kernels::Extreme::smallest, kernels::Among::active, dropped[l]);
-        LayerContext grow_ctx{layer, mask, stream.derive(l).derive(2), scratch_};
+        LayerContext grow_ctx{layer, l, mask, stream.derive(l).derive(2), scratch_};
         if (n_grow > 0) select_into(method_.regrow.regrow_scores(grow_ctx), layer, mask, n_grow,
                                     kernels::Extreme::largest, kernels::Among::inactive, grown[l]);
       }
@@ -168,6 +173,9 @@ class Controller {
         method_.grow_init.initialize(layer, gw);
         for (float* s : layer.state) kernels::fill_where(s, gw, layer.size(), 0.0f);
       }
+    }
+    for (std::size_t l = 0; l < L; ++l) {
+      report.layers[l].nnz = masks_[l].count();
       report.layers[l].ever_active_fraction = ever_active_[l].density();
     }
     apply_masks();
@@ -247,9 +255,15 @@ class Controller {
     for (std::size_t l = 0; l < masks_.size(); ++l) {
       s.names.push_back(params_[l].name);
       s.sizes.push_back(params_[l].size());
+      s.uses.push_back(params_[l].uses);
+      s.roles.push_back(static_cast<std::uint8_t>(params_[l].role));
       s.masks.emplace_back(masks_[l].words(), masks_[l].words() + masks_[l].word_count());
       s.ever_active.emplace_back(ever_active_[l].words(), ever_active_[l].words() + ever_active_[l].word_count());
     }
+    detail::for_each_policy(method_, [&](const auto& policy) {
+      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value) s.policy_states.push_back(policy.save_state());
+      else s.policy_states.emplace_back();
+    });
     return s;
   }
 
@@ -260,16 +274,30 @@ class Controller {
     detail::require(s.names.size() == params_.size(), where, "state has ", s.names.size(),
                     " layers, the parameter set ", params_.size());
     detail::require(s.sizes.size() == s.names.size() && s.masks.size() == s.names.size() &&
-                        s.ever_active.size() == s.names.size(), where, "inconsistent layer tables");
+                        s.ever_active.size() == s.names.size() && s.uses.size() == s.names.size() &&
+                        s.roles.size() == s.names.size() && s.policy_states.size() == 7,
+                    where, "inconsistent layer or policy tables");
     for (std::size_t l = 0; l < params_.size(); ++l) {
       detail::require(s.names[l] == params_[l].name, where, "layer ", l, " is '", s.names[l], "', expected '",
                       params_[l].name, "'");
       detail::require(s.sizes[l] == params_[l].size(), where, "layer '", s.names[l], "' has size ", s.sizes[l],
                       ", expected ", params_[l].size());
+      detail::require(s.uses[l] == params_[l].uses && s.roles[l] == static_cast<std::uint8_t>(params_[l].role), where,
+                      "layer '", s.names[l], "' was saved with ", s.uses[l], " uses and role ", int(s.roles[l]),
+                      ", the model has ", params_[l].uses, " and ", int(params_[l].role));
       const auto words = kernels::words_for(params_[l].size());
       detail::require(s.masks[l].size() == words && s.ever_active[l].size() == words, where, "layer '",
                       s.names[l], "' has ", s.masks[l].size(), " mask words, expected ", words);
     }
+    // Policy state goes into a copy first, so a bad blob leaves this controller untouched.
+    MethodT method = method_;
+    std::size_t k = 0;
+    detail::for_each_policy(method, [&](auto& policy) {
+      const std::string& blob = s.policy_states[k++];
+      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value) policy.load_state(blob);
+      else detail::require(blob.empty(), where, "policy ", k - 1, " has saved state but takes none");
+    });
+    method_ = std::move(method);
     for (std::size_t l = 0; l < params_.size(); ++l) {
       masks_[l].assign_words(s.masks[l].data());
       ever_active_[l].assign_words(s.ever_active[l].data());

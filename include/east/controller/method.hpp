@@ -1,6 +1,7 @@
 #pragma once
 // Method: the policies of one sparse-training method, as already-built value objects.
 // Presets (presets.hpp) are Methods with particular policies; users compose their own.
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -49,8 +50,6 @@ template <class T, class = void> struct is_regrow_criterion : std::false_type {}
 template <class T> struct is_regrow_criterion<T, std::void_t<decltype(Scores(std::declval<const T&>().regrow_scores(std::declval<const LayerContext&>())))>> : std::true_type {};
 template <class T, class = void> struct is_grow_init : std::false_type {};
 template <class T> struct is_grow_init<T, std::void_t<decltype(std::declval<const T&>().initialize(std::declval<const LayerView&>(), std::declval<const std::uint64_t*>()))>> : std::true_type {};
-template <class T, class = void> struct has_reads_gradient : std::false_type {};
-template <class T> struct has_reads_gradient<T, std::void_t<decltype(bool(std::declval<const T&>().reads_gradient()))>> : std::true_type {};
 
 template <class M> struct method_traits;
 template <class D, class S, class F, class U, class P, class R, class I>
@@ -62,11 +61,23 @@ struct method_traits<Method<D, S, F, U, P, R, I>> {
   static_assert(is_prune_criterion<P>::value, "east: a PruneCriterion needs `Scores prune_scores(const LayerContext&) const` (docs/criteria.md)");
   static_assert(is_regrow_criterion<R>::value, "east: a RegrowCriterion needs `Scores regrow_scores(const LayerContext&) const` (docs/criteria.md)");
   static_assert(is_grow_init<I>::value, "east: a GrowInit needs `void initialize(const LayerView&, const std::uint64_t*) const` (docs/criteria.md)");
-  static constexpr bool regrow_reads_gradient() {
-    if constexpr (has_reads_gradient<R>::value) return R{}.reads_gradient();
-    else return true;  // unknown user criterion: assume it may read gradients
-  }
+  static constexpr bool ok = true;
 };
+// Optional policy hooks, detected at compile time:
+//   void observe(std::int64_t step, const ParameterSet&)  — sees the dense gradients every step,
+//                                                           before they are masked (SNFS momentum)
+//   std::string save_state() const; void load_state(const std::string&) — policy state in checkpoints
+template <class T, class = void> struct has_observe : std::false_type {};
+template <class T> struct has_observe<T, std::void_t<decltype(std::declval<T&>().observe(std::int64_t{}, std::declval<const ParameterSet&>()))>> : std::true_type {};
+template <class T, class = void> struct has_saved_state : std::false_type {};
+template <class T> struct has_saved_state<T, std::void_t<decltype(std::string(std::declval<const T&>().save_state())),
+                                                        decltype(std::declval<T&>().load_state(std::declval<const std::string&>()))>> : std::true_type {};
+
+/// Calls f on every policy of a Method, in declaration order.
+template <class M, class F>
+void for_each_policy(M& m, F&& f) {
+  f(m.distribution), f(m.density), f(m.drop), f(m.update), f(m.prune), f(m.regrow), f(m.grow_init);
+}
 }  // namespace detail
 
 }  // namespace east

@@ -1,5 +1,5 @@
 #pragma once
-// Named presets: the same Controller with particular policies (docs/presets.md).
+// Named presets: the same Controller with particular policies (docs/controller.md).
 //   make_static  fixed random mask                  make_set   random regrowth (SET)
 //   make_rigl    gradient regrowth (RigL)           make_snfs  momentum regrowth (SNFS)
 //   make_gmp     gradual magnitude pruning (Zhu & Gupta)
@@ -52,12 +52,13 @@ auto make_set(ParameterSet params, const DstConfig& c, ControllerOptions opt = {
                                               MagnitudePrune{}, RandomRegrow{}, ZeroInit{}}, opt);
 }
 
-/// SNFS regrowth reads the momentum buffer registered as optimizer state `momentum_index`.
+/// SNFS regrowth by the momentum (coefficient `beta`) of the dense gradient, kept by the criterion.
 template <class Distribution = ErdosRenyiKernel>
 auto make_snfs(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {},
-               std::size_t momentum_index = 0) {
+               double beta = 0.9) {
+  detail::require(beta >= 0 && beta < 1, "east::make_snfs()", "beta ", beta, " (valid: [0, 1))");
   return Controller(std::move(params), Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                                              MagnitudePrune{}, MomentumRegrow{momentum_index}, ZeroInit{}}, opt);
+                                              MagnitudePrune{}, MomentumRegrow{beta, {}}, ZeroInit{}}, opt);
 }
 
 /// Gradual magnitude pruning from `initial_density` to c.density between begin and end_step.

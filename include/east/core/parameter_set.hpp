@@ -3,6 +3,7 @@
 // weights; adapters (Eigen, xtensor, libtorch) only build these views.
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <initializer_list>
 #include <numeric>
 #include <string>
@@ -53,7 +54,7 @@ class ParameterSet {
     detail::require(!name.empty(), where, "layer name is empty (valid: a unique non-empty name)");
     detail::require(find(name) == npos, where, "layer name '", name, "' is already registered");
     detail::require(weight != nullptr, where, "weight pointer of layer '", name, "' is null");
-    detail::require(!shape.empty(), where, "shape of layer '", name, "' is empty (valid: 1 to 8 dims)");
+    detail::require(!shape.empty(), where, "shape of layer '", name, "' is empty (valid: at least one dimension)");
     for (auto d : shape)
       detail::require(d > 0, where, "layer '", name, "' has dimension ", d, " (valid: >= 1)");
     layers_.push_back(LayerView{std::move(name), std::move(shape), weight, grad, {}, 1, LayerRole::sparse});
@@ -114,7 +115,7 @@ class ParameterSet {
   }
 
  private:
-  std::vector<LayerView> layers_;
+  std::deque<LayerView> layers_;  // a deque keeps returned LayerView& valid across add()
 };
 
 }  // namespace east

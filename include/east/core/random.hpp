@@ -1,7 +1,7 @@
 #pragma once
 // Counter-based randomness: every random decision is a pure function of (seed, stream, index),
 // so results never depend on thread count or on the order in which layers are visited, and a
-// checkpoint only needs the seed and the update counter to resume bit-identically.
+// checkpoint only needs the seed (streams derive from seed, step, layer) to resume bit-identically.
 #include <cstdint>
 
 namespace east {

@@ -2,8 +2,13 @@
 // Built-in prune and regrow criteria and grown-weight initialisers (docs/criteria.md).
 //   PruneCriterion:  Scores prune_scores(const LayerContext&) const;  — lowest scores are dropped
 //   RegrowCriterion: Scores regrow_scores(const LayerContext&) const; — highest scores are grown
-//                    bool reads_gradient() const;                     — whether it needs layer.grad
+// Any policy may also have observe(step, params) (sees dense gradients every step) and
+// save_state()/load_state() (checkpointed); see docs/criteria.md.
 //   GrowInit:        void initialize(const LayerView&, const std::uint64_t* grown_bits) const;
+#include <cstring>
+#include <string>
+#include <vector>
+
 #include "scores.hpp"
 
 namespace east {
@@ -26,27 +31,71 @@ struct GradientRegrow {
                     "' has no gradient buffer (register one with ParameterSet::add or set_grad)");
     return Scores{ctx.layer.grad, nullptr};
   }
-  static constexpr bool reads_gradient() { return true; }
 };
 
 /// SET: grow uniformly random inactive positions.
 struct RandomRegrow {
   Scores regrow_scores(const LayerContext& ctx) const { return detail::random_keys(ctx); }
-  static constexpr bool reads_gradient() { return false; }
 };
 
-/// SNFS: grow the inactive positions of largest |momentum|; the momentum buffer is the layer's
-/// optimizer state number `state_index` (ParameterSet::add_state), which must hold the dense
-/// momentum of the gradient at update steps.
+/// SNFS (Dettmers & Zettlemoyer 2019): grow the inactive positions of largest |m|, where m is an
+/// exponential moving average of the *dense* gradient that this criterion keeps itself
+/// (m ← β·m + (1 − β)·g every step, before east masks the gradient). Costs one float per weight;
+/// its state is saved in checkpoints.
 struct MomentumRegrow {
-  std::size_t state_index = 0;
-  Scores regrow_scores(const LayerContext& ctx) const {
-    detail::require(state_index < ctx.layer.state.size(), "east::MomentumRegrow", "layer '", ctx.layer.name,
-                    "' has ", ctx.layer.state.size(), " optimizer buffers; state_index ", state_index,
-                    " (valid: < number of buffers registered with add_state)");
-    return Scores{ctx.layer.state[state_index], nullptr};
+  double beta = 0.9;
+  std::vector<std::vector<float>> momentum;  ///< per layer, dense
+
+  void observe(std::int64_t, const ParameterSet& params) {
+    if (momentum.size() != params.size()) momentum.assign(params.size(), {});
+    const float b = static_cast<float>(beta), a = 1.0f - b;
+    for (std::size_t l = 0; l < params.size(); ++l) {
+      const auto& layer = params[l];
+      if (!layer.grad || layer.role != LayerRole::sparse) continue;
+      auto& m = momentum[l];
+      if (m.size() != layer.size()) m.assign(layer.size(), 0.0f);
+      for (std::size_t i = 0; i < m.size(); ++i) m[i] = b * m[i] + a * layer.grad[i];
+    }
   }
-  static constexpr bool reads_gradient() { return false; }
+  Scores regrow_scores(const LayerContext& ctx) const {
+    detail::require(ctx.index < momentum.size() && momentum[ctx.index].size() == ctx.layer.size(),
+                    "east::MomentumRegrow", "no gradient has been observed for layer '", ctx.layer.name,
+                    "' (register a gradient buffer and call before_optimizer_step every step)");
+    return Scores{momentum[ctx.index].data(), nullptr};
+  }
+  std::string save_state() const {
+    std::string s;
+    const std::uint64_t layers = momentum.size();
+    s.append(reinterpret_cast<const char*>(&layers), 8);
+    for (const auto& m : momentum) {
+      const std::uint64_t n = m.size();
+      s.append(reinterpret_cast<const char*>(&n), 8);
+      s.append(reinterpret_cast<const char*>(m.data()), n * sizeof(float));
+    }
+    return s;
+  }
+  void load_state(const std::string& s) {
+    constexpr const char* where = "east::MomentumRegrow::load_state()";
+    std::size_t pos = 0;
+    auto take = [&](void* out, std::size_t n) {
+      detail::require(pos + n <= s.size(), where, "state is truncated at byte ", pos, " of ", s.size());
+      std::memcpy(out, s.data() + pos, n);
+      pos += n;
+    };
+    std::uint64_t layers = 0;
+    take(&layers, 8);
+    detail::require(layers <= s.size(), where, "layer count ", layers, " is implausible");
+    std::vector<std::vector<float>> m(layers);
+    for (auto& v : m) {
+      std::uint64_t n = 0;
+      take(&n, 8);
+      detail::require(n <= s.size() / sizeof(float), where, "layer size ", n, " is implausible");
+      v.resize(n);
+      take(v.data(), n * sizeof(float));
+    }
+    detail::require(pos == s.size(), where, "state has ", s.size() - pos, " trailing bytes");
+    momentum = std::move(m);
+  }
 };
 
 /// Grown weights start at zero (RigL, SET, EAST).

@@ -18,6 +18,7 @@ struct Scores {
 /// Everything a criterion may look at for one layer at one update.
 struct LayerContext {
   const LayerView& layer;
+  std::size_t index;                     ///< position of the layer in the ParameterSet
   const BitMask& mask;                   ///< the mask before this update
   RandomStream stream;                   ///< unique to (seed, update, layer, role)
   std::vector<std::uint32_t>& scratch;   ///< reusable buffer of layer.size() keys

@@ -19,12 +19,14 @@ struct AllocationOptions {
   std::size_t min_nonzeros_per_layer = 1;
 };
 
-/// Nonzero budget for overall density d: ⌊d · N⌋, N counting every use of shared tensors.
+/// Nonzero budget for overall density d: ⌊d · N⌋, N counting every use of shared tensors, capped
+/// at the stored weights (a shared network is fully dense from d = stored/logical on).
 inline std::size_t nonzero_budget(const ParameterSet& params, double density) {
   detail::require_density(density, "east::nonzero_budget()");
   const auto n = params.logical_size();
   // The epsilon keeps d = 0.001 of 1000 weights at 1, not 0, under binary rounding.
-  return std::min<std::size_t>(n, static_cast<std::size_t>(std::floor(density * static_cast<double>(n) + 1e-9)));
+  const auto b = static_cast<std::size_t>(std::floor(density * static_cast<double>(n) + 1e-9));
+  return std::min(b, params.stored_size());
 }
 
 /// Exact per-layer counts. `relative[l]` is layer l's density up to a common factor ε (ignored

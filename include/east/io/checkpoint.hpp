@@ -6,8 +6,9 @@
 // Format (little-endian), version 1:
 //   "EASTCKPT" | u32 version | u64 payload bytes | payload | u32 crc32(payload)
 //   payload: u64 seed, i64 last_update_step, u64 updates, f64 density, u64 layers,
-//            per layer: u32 name bytes, name, u64 size, u64 words, mask words, ever-active words;
-//            u64 user bytes, user bytes (opaque data of the caller's, e.g. its own schedule state)
+//            per layer: u32 name bytes, name, u64 size, u64 uses, u8 role, u64 words, mask words,
+//            ever-active words; u64 policies, per policy u64 bytes + its save_state() blob;
+//            u64 user bytes, user bytes (opaque data of the caller's, e.g. its optimizer step count)
 #include <zlib.h>
 
 #include <cstdint>
@@ -97,9 +98,16 @@ void save_checkpoint(const Controller<M>& ctl, std::ostream& out, const std::str
     w.put(static_cast<std::uint32_t>(s.names[l].size()));
     w.put_bytes(s.names[l].data(), s.names[l].size());
     w.put(s.sizes[l]);
+    w.put(s.uses[l]);
+    w.put(s.roles[l]);
     w.put(static_cast<std::uint64_t>(s.masks[l].size()));
     w.put_bytes(s.masks[l].data(), s.masks[l].size() * 8);
     w.put_bytes(s.ever_active[l].data(), s.ever_active[l].size() * 8);
+  }
+  w.put(static_cast<std::uint64_t>(s.policy_states.size()));
+  for (const auto& p : s.policy_states) {
+    w.put(static_cast<std::uint64_t>(p.size()));
+    w.put_bytes(p.data(), p.size());
   }
   w.put(static_cast<std::uint64_t>(user_data.size()));
   w.put_bytes(user_data.data(), user_data.size());
@@ -156,6 +164,8 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
     std::string name(name_len, '\0');
     r.get_bytes(name.data(), name_len, "layer name");
     const auto size = r.get<std::uint64_t>("layer size");
+    const auto uses = r.get<std::uint64_t>("layer uses");
+    const auto role = r.get<std::uint8_t>("layer role");
     const auto words = r.get<std::uint64_t>("mask words");
     if (words != kernels::words_for(size) || words * 16 > r.left())
       throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): layer '", name, "' has ", words,
@@ -165,8 +175,19 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
     r.get_bytes(e.data(), words * 8, "ever-active mask");
     s.names.push_back(std::move(name));
     s.sizes.push_back(size);
+    s.uses.push_back(uses);
+    s.roles.push_back(role);
     s.masks.push_back(std::move(m));
     s.ever_active.push_back(std::move(e));
+  }
+  const auto policies = r.get<std::uint64_t>("policy count");
+  if (policies > r.left()) throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): policy count ", policies, " is implausible"));
+  for (std::uint64_t p = 0; p < policies; ++p) {
+    const auto len = r.get<std::uint64_t>("policy state length");
+    if (len > r.left()) throw CorruptCheckpoint("east::load_checkpoint(): truncated policy state");
+    std::string blob(len, '\0');
+    r.get_bytes(blob.data(), len, "policy state");
+    s.policy_states.push_back(std::move(blob));
   }
   const auto user_len = r.get<std::uint64_t>("user data length");
   if (user_len != r.left()) throw CorruptCheckpoint("east::load_checkpoint(): user data length does not match the payload");

@@ -1,6 +1,7 @@
 #pragma once
 // BitMask: one packed bit per weight (bit i of word i/64, LSB first), with an exact count.
 // Active = 1. Bits beyond size() are always zero, so word-level operations need no tail care.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
