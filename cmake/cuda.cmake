@@ -17,7 +17,12 @@ endif()
 add_library(east_cuda INTERFACE)
 add_library(east::cuda ALIAS east_cuda)
 set_target_properties(east_cuda PROPERTIES EXPORT_NAME cuda)
-target_link_libraries(east_cuda INTERFACE east CUDA::cudart)
+# Installed consumers get CUDA::cudart when they have it (find_package(CUDAToolkit)); nvcc links
+# the static runtime into CUDA executables anyway, so a consumer without it still links.
+# (eastConfig.cmake does not find CUDAToolkit itself yet.)
+target_link_libraries(east_cuda INTERFACE east
+  $<BUILD_INTERFACE:CUDA::cudart>
+  $<INSTALL_INTERFACE:$<$<TARGET_EXISTS:CUDA::cudart>:CUDA::cudart>>)
 target_compile_features(east_cuda INTERFACE cuda_std_17)
 target_compile_definitions(east_cuda INTERFACE EAST_HAS_CUDA=1)
 install(TARGETS east_cuda EXPORT eastTargets)

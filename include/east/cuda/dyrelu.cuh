@@ -8,10 +8,11 @@
 //
 // Intermediates live in caller-owned temporary storage (two-phase, CUB style): pass the same
 // d_temp to dyrelu_forward and to the dyrelu_backward that follows it.
+#include "common.cuh"  // first: the nvcc guard
+
 #include <cub/cub.cuh>
 
 #include "../activations/dyrelu.hpp"
-#include "common.cuh"
 
 namespace east::cuda {
 

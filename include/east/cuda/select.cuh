@@ -10,10 +10,11 @@
 // result is exact and deterministic. Marking resolves the ties by index: a per-tile count of
 // threshold-equal candidates, an exclusive scan over tiles (cub::DeviceScan), then each warp
 // ranks its equal keys by ballot. See docs/cuda.md.
+#include "common.cuh"  // first: the nvcc guard
+
 #include <cub/cub.cuh>
 
 #include "../core/error.hpp"
-#include "common.cuh"
 
 namespace east::cuda {
 
