@@ -2,21 +2,19 @@
 // copy bandwidth measured in the same run, with CUB's radix sort of the same keys as baseline.
 // (torch.topk is not available on these machines; it is not measured.)
 //
-//   build: cmake -S . -B build-cuda -DEAST_BUILD_BENCHMARKS=ON && cmake --build build-cuda --target east_bench_cuda
-//   run:   build-cuda/east_bench_cuda [--n 25600000] [--reps 20]
+//   build: cmake -S . -B build-cuda -DEAST_BUILD_BENCHMARKS=ON && cmake --build build-cuda --target
+//   east_bench_cuda run:   build-cuda/east_bench_cuda [--n 25600000] [--reps 20]
 //
-// Bytes counted are the floors of docs/../PERF.md: a selection reads each key once (4 B/weight);
-// select + mark reads it twice more at most but its floor stays 4 B + 1 bit; the mask update
+// Bytes counted are the floors of the project's performance notes (PERF.md): a selection reads each key once
+// (4 B/weight); select + mark reads it twice more at most but its floor stays 4 B + 1 bit; the mask update
 // reads |w| and |g| (8 B/weight) plus the mask. Copy bandwidth = (read + written bytes) / time.
 // Times are medians over --reps runs, taken with CUDA events on one stream.
-#include <east/cuda/cuda.cuh>
-
-#include <cub/cub.cuh>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cub/cub.cuh>
+#include <east/cuda/cuda.cuh>
 #include <functional>
 #include <random>
 #include <string>
@@ -134,39 +132,62 @@ int main(int argc, char** argv) {
   const std::size_t k = n / 10;
 
   std::size_t sel_bytes = 0, mark_bytes = 0, sort_bytes = 0;
-  EAST_CUDA_CHECK(east::cuda::select_abs(nullptr, sel_bytes, x, n, k, Extreme::smallest, nullptr, Among::all, sel, s));
-  EAST_CUDA_CHECK(east::cuda::mark_selected_abs(nullptr, mark_bytes, x, n, sel, Extreme::smallest, nullptr, Among::all, out, s));
-  EAST_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, keys_out, static_cast<int>(n), 0, 31, s));
+  EAST_CUDA_CHECK(
+      east::cuda::select_abs(nullptr, sel_bytes, x, n, k, Extreme::smallest, nullptr, Among::all, sel, s));
+  EAST_CUDA_CHECK(east::cuda::mark_selected_abs(nullptr, mark_bytes, x, n, sel, Extreme::smallest, nullptr,
+                                                Among::all, out, s));
+  EAST_CUDA_CHECK(
+      cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, keys, keys_out, static_cast<int>(n), 0, 31, s));
   void* temp = dalloc<unsigned char>(std::max({sel_bytes, mark_bytes, sort_bytes}));
 
-  const double copy_ms = median_ms(reps, s, [&] { EAST_CUDA_CHECK(cudaMemcpyAsync(y, x, n * 4, cudaMemcpyDeviceToDevice, s)); });
+  const double copy_ms =
+      median_ms(reps, s, [&] { EAST_CUDA_CHECK(cudaMemcpyAsync(y, x, n * 4, cudaMemcpyDeviceToDevice, s)); });
   const double copy_gbs = 2.0 * 4.0 * static_cast<double>(n) / (copy_ms * 1e6);
-  std::printf("| what | ms | floor bytes/weight | GB/s at the floor | fraction of copy bandwidth |\n|---|---|---|---|---|\n");
+  std::printf(
+      "| what | ms | floor bytes/weight | GB/s at the floor | fraction of copy bandwidth "
+      "|\n|---|---|---|---|---|\n");
   std::printf("| device-to-device copy (read + write) | %.3f | 8 | %.0f | 1.00 |\n", copy_ms, copy_gbs);
   auto row = [&](const char* what, double ms, double bpw) {
     const double gbs = bpw * static_cast<double>(n) / (ms * 1e6);
     std::printf("| %s | %.3f | %.3g | %.0f | %.2f |\n", what, ms, bpw, gbs, gbs / copy_gbs);
   };
   std::size_t b = 0;
-  row("east select_abs, k = n/10 smallest", median_ms(reps, s, [&] {
-        b = sel_bytes;
-        EAST_CUDA_CHECK(east::cuda::select_abs(temp, b, x, n, k, Extreme::smallest, nullptr, Among::all, sel, s));
-      }), 4.0);
-  row("east select_abs among active (12.5%)", median_ms(reps, s, [&] {
-        b = sel_bytes;
-        EAST_CUDA_CHECK(east::cuda::select_abs(temp, b, x, n, k / 8, Extreme::smallest, mask, Among::active, sel, s));
-      }), 4.125);
-  row("east select_abs + mark_selected_abs", median_ms(reps, s, [&] {
-        b = sel_bytes;
-        EAST_CUDA_CHECK(east::cuda::select_abs(temp, b, x, n, k, Extreme::smallest, nullptr, Among::all, sel, s));
-        EAST_CUDA_CHECK(cudaMemsetAsync(out, 0, words * 8, s));
-        b = mark_bytes;
-        EAST_CUDA_CHECK(east::cuda::mark_selected_abs(temp, b, x, n, sel, Extreme::smallest, nullptr, Among::all, out, s));
-      }), 4.125);
-  row("CUB DeviceRadixSort::SortKeys (31 bits), baseline", median_ms(reps, s, [&] {
-        b = sort_bytes;
-        EAST_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp, b, keys, keys_out, static_cast<int>(n), 0, 31, s));
-      }), 4.0);
+  row("east select_abs, k = n/10 smallest",
+      median_ms(reps, s,
+                [&] {
+                  b = sel_bytes;
+                  EAST_CUDA_CHECK(east::cuda::select_abs(temp, b, x, n, k, Extreme::smallest, nullptr,
+                                                         Among::all, sel, s));
+                }),
+      4.0);
+  row("east select_abs among active (12.5%)",
+      median_ms(reps, s,
+                [&] {
+                  b = sel_bytes;
+                  EAST_CUDA_CHECK(east::cuda::select_abs(temp, b, x, n, k / 8, Extreme::smallest, mask,
+                                                         Among::active, sel, s));
+                }),
+      4.125);
+  row("east select_abs + mark_selected_abs",
+      median_ms(reps, s,
+                [&] {
+                  b = sel_bytes;
+                  EAST_CUDA_CHECK(east::cuda::select_abs(temp, b, x, n, k, Extreme::smallest, nullptr,
+                                                         Among::all, sel, s));
+                  EAST_CUDA_CHECK(cudaMemsetAsync(out, 0, words * 8, s));
+                  b = mark_bytes;
+                  EAST_CUDA_CHECK(east::cuda::mark_selected_abs(temp, b, x, n, sel, Extreme::smallest,
+                                                                nullptr, Among::all, out, s));
+                }),
+      4.125);
+  row("CUB DeviceRadixSort::SortKeys (31 bits), baseline",
+      median_ms(reps, s,
+                [&] {
+                  b = sort_bytes;
+                  EAST_CUDA_CHECK(
+                      cub::DeviceRadixSort::SortKeys(temp, b, keys, keys_out, static_cast<int>(n), 0, 31, s));
+                }),
+      4.0);
 
   // Whole-model mask update over ResNet-50's tensors (independent of --n).
   const auto sizes = resnet50_layers();
@@ -218,15 +239,20 @@ int main(int argc, char** argv) {
     EAST_CUDA_CHECK(east::cuda::mask_update(up_temp, bb, ups.data(), ups.size(), st, failed, s));
   });
   const double up_gbs = 8.125 * static_cast<double>(total) / (up_ms * 1e6);
-  std::printf("| east mask_update, ResNet-50 (%zu tensors, %zu weights, includes a mask reset copy) | %.3f | 8.125 | %.0f | %.2f |\n",
-              sizes.size(), total, up_ms, up_gbs, up_gbs / copy_gbs);
+  std::printf(
+      "| east mask_update, ResNet-50 (%zu tensors, %zu weights, includes a mask reset copy) | %.3f | 8.125 | "
+      "%.0f | %.2f |\n",
+      sizes.size(), total, up_ms, up_gbs, up_gbs / copy_gbs);
   int hf = 0;
   EAST_CUDA_CHECK(cudaMemcpy(&hf, failed, sizeof hf, cudaMemcpyDeviceToHost));
   if (hf != 0) std::printf("warning: mask_update reported a failure\n");
-  std::printf("\nCUB radix sort is a full sort (an upper bound on what selection should cost); torch.topk: not measured.\n");
-  for (void* p : {static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(g), static_cast<void*>(keys),
-                  static_cast<void*>(keys_out), static_cast<void*>(mask), static_cast<void*>(out), static_cast<void*>(sel),
-                  temp, static_cast<void*>(mw), static_cast<void*>(mg), static_cast<void*>(mm), static_cast<void*>(mmask),
+  std::printf(
+      "\nCUB radix sort is a full sort (an upper bound on what selection should cost); torch.topk: not "
+      "measured.\n");
+  for (void* p : {static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(g),
+                  static_cast<void*>(keys), static_cast<void*>(keys_out), static_cast<void*>(mask),
+                  static_cast<void*>(out), static_cast<void*>(sel), temp, static_cast<void*>(mw),
+                  static_cast<void*>(mg), static_cast<void*>(mm), static_cast<void*>(mmask),
                   static_cast<void*>(mmask0), static_cast<void*>(st), static_cast<void*>(failed), up_temp})
     cudaFree(p);
   cudaStreamDestroy(s);

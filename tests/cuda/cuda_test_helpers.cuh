@@ -2,11 +2,10 @@
 // Fixtures of the CUDA tests: GPU detection (tests skip, and pass, without one), device buffers
 // that the test owns, and the random inputs shared by several tests.
 #include <catch2/catch.hpp>
-#include <east/cuda/common.cuh>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <east/cuda/common.cuh>
 #include <limits>
 #include <random>
 #include <vector>
@@ -20,8 +19,8 @@ inline bool have_gpu() {
     const cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count == 0) {
       (void)cudaGetLastError();  // clear the sticky error of a failed runtime start
-      std::printf("no CUDA device: skipping (cudaGetDeviceCount: %s, count %d)\n",
-                  cudaGetErrorString(err), count);
+      std::printf("no CUDA device: skipping (cudaGetDeviceCount: %s, count %d)\n", cudaGetErrorString(err),
+                  count);
       return false;
     }
     cudaDeviceProp prop{};
@@ -35,12 +34,12 @@ inline bool have_gpu() {
 }  // namespace east_cuda_test
 
 /// First statement of every GPU test case: without a GPU it says so and returns (the case passes).
-#define EAST_REQUIRE_GPU_OR_SKIP()                  \
-  do {                                              \
-    if (!::east_cuda_test::have_gpu()) {            \
-      WARN("no CUDA device: skipping");             \
-      return;                                       \
-    }                                               \
+#define EAST_REQUIRE_GPU_OR_SKIP()       \
+  do {                                   \
+    if (!::east_cuda_test::have_gpu()) { \
+      WARN("no CUDA device: skipping");  \
+      return;                            \
+    }                                    \
   } while (0)
 
 namespace east_cuda_test {
@@ -108,11 +107,16 @@ inline std::vector<float> random_floats(std::size_t n, Values kind, unsigned see
   std::vector<float> x(n);
   for (auto& v : x) {
     switch (kind) {
-      case Values::normal: v = nd(rng); break;
-      case Values::ties: v = 0.5f * static_cast<float>(small(rng)); if (v == 0.0f && pick(rng) < 8) v = -0.0f; break;
+      case Values::normal:
+        v = nd(rng);
+        break;
+      case Values::ties:
+        v = 0.5f * static_cast<float>(small(rng));
+        if (v == 0.0f && pick(rng) < 8) v = -0.0f;
+        break;
       case Values::special: {
         const int p = pick(rng);
-        v = p == 0 ? std::numeric_limits<float>::quiet_NaN()
+        v = p == 0   ? std::numeric_limits<float>::quiet_NaN()
             : p == 1 ? std::numeric_limits<float>::infinity()
             : p == 2 ? -std::numeric_limits<float>::infinity()
             : p == 3 ? -0.0f

@@ -52,12 +52,14 @@ TEST_CASE("cuda dyrelu forward/backward match the CPU", "[cuda][dyrelu]") {
       const auto dp = east::dyrelu_params_from_flat(static_cast<const float*>(d_flat.get()), s.C);
       const auto dg = east::dyrelu_grads_from_flat(d_g.get(), s.C);
       std::size_t bytes = 0;
-      EAST_CUDA_CHECK(east::cuda::dyrelu_forward<float>(nullptr, bytes, dp, d_x.get(), d_y.get(), s.B, s.C, s.H, s.W, beta));
+      EAST_CUDA_CHECK(east::cuda::dyrelu_forward<float>(nullptr, bytes, dp, d_x.get(), d_y.get(), s.B, s.C,
+                                                        s.H, s.W, beta));
       REQUIRE(bytes == east::cuda::dyrelu_temp_bytes<float>(s.B, s.C, sz.hidden));
       DeviceBuffer<unsigned char> temp(bytes);
-      EAST_CUDA_CHECK(east::cuda::dyrelu_forward<float>(temp.get(), bytes, dp, d_x.get(), d_y.get(), s.B, s.C, s.H, s.W, beta));
-      EAST_CUDA_CHECK(east::cuda::dyrelu_backward<float>(temp.get(), bytes, dp, d_x.get(), d_dy.get(), d_dx.get(), s.B, s.C,
-                                                         s.H, s.W, beta, &dg));
+      EAST_CUDA_CHECK(east::cuda::dyrelu_forward<float>(temp.get(), bytes, dp, d_x.get(), d_y.get(), s.B, s.C,
+                                                        s.H, s.W, beta));
+      EAST_CUDA_CHECK(east::cuda::dyrelu_backward<float>(temp.get(), bytes, dp, d_x.get(), d_dy.get(),
+                                                         d_dx.get(), s.B, s.C, s.H, s.W, beta, &dg));
       EAST_CUDA_CHECK(cudaDeviceSynchronize());
       if (beta == 0.0) {
         REQUIRE(float_bits(d_y.download()) == float_bits(y));
@@ -85,8 +87,8 @@ TEST_CASE("cuda dyrelu rejects bad configuration like the CPU", "[cuda][dyrelu]"
 TEST_CASE("cuda shared weight kernels match the CPU (scale gradients bit for bit)", "[cuda][sharing]") {
   EAST_REQUIRE_GPU_OR_SKIP();
   unsigned seed = 51;
-  for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{16384}, std::size_t{16385}, std::size_t{100003},
-                        std::size_t{1} << 20}) {
+  for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{16384}, std::size_t{16385},
+                        std::size_t{100003}, std::size_t{1} << 20}) {
     for (std::size_t uses : {std::size_t{1}, std::size_t{3}}) {
       CAPTURE(n, uses);
       const auto w = random_floats(n, Values::normal, seed++);
@@ -111,10 +113,11 @@ TEST_CASE("cuda shared weight kernels match the CPU (scale gradients bit for bit
       for (auto& v : g) d_g.emplace_back(v);
       for (auto& b : d_g) d_gp.push_back(b.get());
       two_phase([&](void* t, std::size_t& b) {
-        return east::cuda::shared_weight_backward<float>(t, b, d_w.get(), d_gp.data(), d_s.get(), uses, d_dw.get(),
-                                                         d_ds.get(), n);
+        return east::cuda::shared_weight_backward<float>(t, b, d_w.get(), d_gp.data(), d_s.get(), uses,
+                                                         d_dw.get(), d_ds.get(), n);
       });
-      EAST_CUDA_CHECK(east::cuda::shared_effective_weight<float>(d_w.get(), d_s.get() + (uses - 1), d_eff.get(), n));
+      EAST_CUDA_CHECK(
+          east::cuda::shared_effective_weight<float>(d_w.get(), d_s.get() + (uses - 1), d_eff.get(), n));
       REQUIRE(float_bits(d_ds.download()) == float_bits(ds));  // double sums in the CPU's exact order
       REQUIRE(float_bits(d_eff.download()) == float_bits(eff));
       // dw: equal bits when the CPU does not contract s*g + dw into an FMA (baseline x86-64);

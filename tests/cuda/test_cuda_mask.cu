@@ -72,15 +72,15 @@ TEST_CASE("cuda masked_sgd equals the reference bit for bit", "[cuda][sgd]") {
         std::vector<std::uint64_t> h(east::kernels::kHistBins, 0);
         // Two steps, so momentum buffers written by step 1 feed step 2.
         for (int s = 0; s < 2; ++s)
-          east::kernels::reference::masked_sgd(w.data(), g.data(), mom ? b.data() : nullptr, mask.data(), n, p,
-                                               hist ? h.data() : nullptr);
+          east::kernels::reference::masked_sgd(w.data(), g.data(), mom ? b.data() : nullptr, mask.data(), n,
+                                               p, hist ? h.data() : nullptr);
         DeviceBuffer<float> d_w(w0), d_g(g), d_b(b0);
         DeviceBuffer<std::uint64_t> d_m(mask);
         DeviceBuffer<unsigned long long> d_h(east::kernels::kHistBins);
         d_h.zero();
         for (int s = 0; s < 2; ++s)
-          EAST_CUDA_CHECK(east::cuda::masked_sgd(d_w.get(), d_g.get(), mom ? d_b.get() : nullptr, d_m.get(), n, p,
-                                                 hist ? d_h.get() : nullptr));
+          EAST_CUDA_CHECK(east::cuda::masked_sgd(d_w.get(), d_g.get(), mom ? d_b.get() : nullptr, d_m.get(),
+                                                 n, p, hist ? d_h.get() : nullptr));
         CAPTURE(n, p.lr, p.momentum, p.dampening, p.weight_decay, p.nesterov, hist);
         REQUIRE(float_bits(d_w.download()) == float_bits(w));
         if (mom) REQUIRE(float_bits(d_b.download()) == float_bits(b));

@@ -4,7 +4,8 @@
 // follows CUB's conventions: device pointers, a caller-given stream, nothing allocated or
 // synchronised inside, errors returned as cudaError_t. See docs/cuda.md.
 #if !defined(__CUDACC__)
-#error "east/cuda/*.cuh are CUDA headers: compile this translation unit with nvcc (a .cu file, or LANGUAGE CUDA), and link east::cuda"
+#error \
+    "east/cuda/*.cuh are CUDA headers: compile this translation unit with nvcc (a .cu file, or LANGUAGE CUDA), and link east::cuda"
 #endif
 
 #include <cuda_runtime.h>
@@ -18,12 +19,12 @@
 
 /// Host-side check: throws std::runtime_error("file:line: expr: CUDA error text") when `expr`
 /// does not return cudaSuccess. Device code never throws; kernels report through status words.
-#define EAST_CUDA_CHECK(expr)                                                                      \
-  do {                                                                                             \
-    const cudaError_t east_cuda_err_ = (expr);                                                     \
-    if (east_cuda_err_ != cudaSuccess)                                                             \
-      throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " +     \
-                               #expr + ": " + cudaGetErrorString(east_cuda_err_));                 \
+#define EAST_CUDA_CHECK(expr)                                                                          \
+  do {                                                                                                 \
+    const cudaError_t east_cuda_err_ = (expr);                                                         \
+    if (east_cuda_err_ != cudaSuccess)                                                                 \
+      throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + #expr + \
+                               ": " + cudaGetErrorString(east_cuda_err_));                             \
   } while (0)
 
 namespace east::cuda {
@@ -36,7 +37,9 @@ namespace detail {
 
 constexpr std::size_t kTempAlign = 256;
 
-__host__ __device__ constexpr std::size_t round_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a; }
+__host__ __device__ constexpr std::size_t round_up(std::size_t x, std::size_t a) {
+  return (x + a - 1) / a * a;
+}
 
 /// Carves `N` pieces of the given byte sizes out of one caller-owned allocation (CUB's
 /// AliasTemporaries). With d_temp == nullptr only writes the total to temp_bytes.

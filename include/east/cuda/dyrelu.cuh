@@ -8,11 +8,10 @@
 //
 // Intermediates live in caller-owned temporary storage (two-phase, CUB style): pass the same
 // d_temp to dyrelu_forward and to the dyrelu_backward that follows it.
-#include "common.cuh"  // first: the nvcc guard
-
 #include <cub/cub.cuh>
 
 #include "../activations/dyrelu.hpp"
+#include "common.cuh"  // first: the nvcc guard
 
 namespace east::cuda {
 
@@ -30,7 +29,7 @@ cudaError_t dyrelu_buffers(void* d_temp, std::size_t& temp_bytes, int B, int C, 
                            DyReLUBuffers<T>& out) {
   const std::size_t planes = static_cast<std::size_t>(B) * C, bh = static_cast<std::size_t>(B) * hidden;
   void* p[7] = {};
-  const std::size_t s[7] = {planes * sizeof(T),     bh * sizeof(T), 4 * planes * sizeof(T),
+  const std::size_t s[7] = {planes * sizeof(T),     bh * sizeof(T),         4 * planes * sizeof(T),
                             4 * planes * sizeof(T), 4 * planes * sizeof(T), bh * sizeof(T),
                             planes * sizeof(T)};
   const cudaError_t err = alias_temporaries(d_temp, temp_bytes, p, s);
@@ -69,8 +68,8 @@ __global__ void __launch_bounds__(kDyThreads) dyrelu_pool_kernel(const T* x, std
 // Hyper-network of one sample per block: theta -> u -> d, coef (same loop order as the CPU).
 template <class T>
 __global__ void __launch_bounds__(kDyThreads)
-    dyrelu_hyper_forward_kernel(DyReLUParams<T> p, int C, int hidden, T beta, const T* theta, T* u,
-                                T* d, T* coef) {
+    dyrelu_hyper_forward_kernel(DyReLUParams<T> p, int C, int hidden, T beta, const T* theta, T* u, T* d,
+                                T* coef) {
   const int b = blockIdx.x;
   const T* th = theta + static_cast<std::int64_t>(b) * C;
   T* ub = u + static_cast<std::int64_t>(b) * hidden;
@@ -143,8 +142,8 @@ __global__ void __launch_bounds__(kDyThreads)
 // Hyper-network backward of one sample per block: dcoef -> dz (in place) -> du -> dtheta.
 template <class T>
 __global__ void __launch_bounds__(kDyThreads)
-    dyrelu_hyper_backward_kernel(DyReLUParams<T> p, int C, int hidden, T beta, const T* u, const T* d,
-                                 T* dz, T* du, T* dtheta) {
+    dyrelu_hyper_backward_kernel(DyReLUParams<T> p, int C, int hidden, T beta, const T* u, const T* d, T* dz,
+                                 T* du, T* dtheta) {
   const std::int64_t b = blockIdx.x;
   T* dzb = dz + b * 4 * C;
   const T* db = d + b * 4 * C;
@@ -169,8 +168,8 @@ __global__ void __launch_bounds__(kDyThreads)
 }
 
 template <class T>
-__global__ void dyrelu_dx_kernel(const T* coef, const T* dtheta, T inv_hw, const T* x, const T* dy,
-                                 T* dx, std::int64_t hw, std::size_t total) {
+__global__ void dyrelu_dx_kernel(const T* coef, const T* dtheta, T inv_hw, const T* x, const T* dy, T* dx,
+                                 std::int64_t hw, std::size_t total) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::int64_t pl = static_cast<std::int64_t>(i) / hw;
@@ -229,9 +228,8 @@ std::size_t dyrelu_temp_bytes(int B, int C, int hidden) {
 /// @param d_x,d_y B x C x H x W device buffers; d_y may alias d_x when no backward follows.
 /// Bad shapes or beta outside [0, 1] throw east::InvalidArgument, as on the CPU.
 template <class T>
-cudaError_t dyrelu_forward(void* d_temp, std::size_t& temp_bytes, const DyReLUParams<T>& params,
-                           const T* d_x, T* d_y, int B, int C, int H, int W, double beta,
-                           cudaStream_t stream = 0) {
+cudaError_t dyrelu_forward(void* d_temp, std::size_t& temp_bytes, const DyReLUParams<T>& params, const T* d_x,
+                           T* d_y, int B, int C, int H, int W, double beta, cudaStream_t stream = 0) {
   constexpr const char* where = "east::cuda::dyrelu_forward";
   ::east::detail::dyrelu_check_shape(where, B, C, H, W);
   ::east::detail::require(beta >= 0.0 && beta <= 1.0, where, "beta ", beta, " is outside [0, 1]");
@@ -249,11 +247,12 @@ cudaError_t dyrelu_forward(void* d_temp, std::size_t& temp_bytes, const DyReLUPa
   }
   if (!params.fc1_weight || !params.fc1_bias || !params.fc2_weight || !params.fc2_bias)
     return cudaErrorInvalidValue;
-  detail::dyrelu_pool_kernel<<<static_cast<unsigned>(planes), detail::kDyThreads, 0, stream>>>(d_x, hw, buf.theta);
+  detail::dyrelu_pool_kernel<<<static_cast<unsigned>(planes), detail::kDyThreads, 0, stream>>>(d_x, hw,
+                                                                                               buf.theta);
   detail::dyrelu_hyper_forward_kernel<<<B, detail::kDyThreads, 0, stream>>>(
       params, C, hidden, static_cast<T>(beta), buf.theta, buf.u, buf.d, buf.coef);
   detail::dyrelu_apply_kernel<<<detail::dy_grid(total), detail::kDyThreads, 0, stream>>>(buf.coef, d_x, d_y,
-                                                                                       hw, total);
+                                                                                         hw, total);
   return cudaGetLastError();
 }
 
@@ -277,7 +276,7 @@ cudaError_t dyrelu_backward(void* d_temp, std::size_t& temp_bytes, const DyReLUP
   const std::size_t planes = static_cast<std::size_t>(B) * C, total = planes * static_cast<std::size_t>(hw);
   if (beta == 0.0) {
     detail::relu_backward_kernel<<<detail::dy_grid(total), detail::kDyThreads, 0, stream>>>(d_x, d_dy, d_dx,
-                                                                                          total);
+                                                                                            total);
     return cudaGetLastError();
   }
   if (!params.fc1_weight || !params.fc1_bias || !params.fc2_weight || !params.fc2_bias)
@@ -292,7 +291,8 @@ cudaError_t dyrelu_backward(void* d_temp, std::size_t& temp_bytes, const DyReLUP
   detail::dyrelu_dx_kernel<<<detail::dy_grid(total), detail::kDyThreads, 0, stream>>>(
       buf.coef, buf.dtheta, inv_hw, d_x, d_dy, d_dx, hw, total);
   if (grads) {
-    const std::size_t w2 = static_cast<std::size_t>(4) * C * hidden, w1 = static_cast<std::size_t>(hidden) * C;
+    const std::size_t w2 = static_cast<std::size_t>(4) * C * hidden,
+                      w1 = static_cast<std::size_t>(hidden) * C;
     detail::dyrelu_param_grad_kernel<<<detail::dy_grid(w2), detail::kDyThreads, 0, stream>>>(
         buf.dz, 4 * C, buf.u, hidden, true, 4 * C, hidden, B, grads->fc2_weight, grads->fc2_bias);
     detail::dyrelu_param_grad_kernel<<<detail::dy_grid(w1), detail::kDyThreads, 0, stream>>>(

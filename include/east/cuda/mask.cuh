@@ -31,8 +31,7 @@ __global__ void fill_where_kernel(float* x, const std::uint64_t* where, std::siz
     if (bit_at(where, i) && __float_as_uint(x[i]) != vb) x[i] = value;
 }
 
-__global__ void nonfinite_init_kernel(unsigned long long* count, unsigned long long* first,
-                                      std::size_t n) {
+__global__ void nonfinite_init_kernel(unsigned long long* count, unsigned long long* first, std::size_t n) {
   *count = 0;
   *first = n;
 }
@@ -116,8 +115,7 @@ inline cudaError_t fill_where(float* d_x, const std::uint64_t* d_where, std::siz
                               cudaStream_t stream = 0) {
   if (n == 0) return cudaSuccess;
   if (d_x == nullptr || d_where == nullptr) return cudaErrorInvalidValue;
-  detail::fill_where_kernel<<<detail::elt_grid(n), detail::kEltThreads, 0, stream>>>(d_x, d_where, n,
-                                                                                    value);
+  detail::fill_where_kernel<<<detail::elt_grid(n), detail::kEltThreads, 0, stream>>>(d_x, d_where, n, value);
   return cudaGetLastError();
 }
 
@@ -127,8 +125,8 @@ inline cudaError_t count_nonfinite(const float* d_x, std::size_t n, NonfiniteRes
   if (d_out == nullptr || (n > 0 && d_x == nullptr)) return cudaErrorInvalidValue;
   detail::nonfinite_init_kernel<<<1, 1, 0, stream>>>(&d_out->count, &d_out->first, n);
   if (n > 0)
-    detail::nonfinite_kernel<<<detail::elt_grid(n), detail::kEltThreads, 0, stream>>>(
-        d_x, n, &d_out->count, &d_out->first, nullptr);
+    detail::nonfinite_kernel<<<detail::elt_grid(n), detail::kEltThreads, 0, stream>>>(d_x, n, &d_out->count,
+                                                                                      &d_out->first, nullptr);
   return cudaGetLastError();
 }
 
@@ -142,18 +140,18 @@ inline cudaError_t masked_sgd(float* d_w, const float* d_g, float* d_buf, const 
                               unsigned long long* d_hist = nullptr, cudaStream_t stream = 0) {
   ::east::detail::require(!(p.momentum != 0.0f) || d_buf != nullptr, "east::cuda::masked_sgd",
                           "momentum = ", p.momentum, " needs a momentum buffer (got null)");
-  ::east::detail::require(!p.nesterov || (p.momentum > 0.0f && p.dampening == 0.0f),
-                          "east::cuda::masked_sgd", "nesterov needs momentum > 0 and dampening = 0 (got momentum ",
-                          p.momentum, ", dampening ", p.dampening, ")");
+  ::east::detail::require(!p.nesterov || (p.momentum > 0.0f && p.dampening == 0.0f), "east::cuda::masked_sgd",
+                          "nesterov needs momentum > 0 and dampening = 0 (got momentum ", p.momentum,
+                          ", dampening ", p.dampening, ")");
   if (n == 0) return cudaSuccess;
   if (d_w == nullptr || d_g == nullptr || d_mask == nullptr) return cudaErrorInvalidValue;
   const unsigned grid = detail::elt_grid(n);
   if (d_hist)
-    detail::masked_sgd_kernel<true><<<grid, detail::kEltThreads, 0, stream>>>(d_w, d_g, d_buf, d_mask, n,
-                                                                            p, d_hist);
+    detail::masked_sgd_kernel<true>
+        <<<grid, detail::kEltThreads, 0, stream>>>(d_w, d_g, d_buf, d_mask, n, p, d_hist);
   else
-    detail::masked_sgd_kernel<false><<<grid, detail::kEltThreads, 0, stream>>>(d_w, d_g, d_buf, d_mask, n,
-                                                                             p, nullptr);
+    detail::masked_sgd_kernel<false>
+        <<<grid, detail::kEltThreads, 0, stream>>>(d_w, d_g, d_buf, d_mask, n, p, nullptr);
   return cudaGetLastError();
 }
 

@@ -107,11 +107,11 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
   for (std::size_t l = 0; l <= L; ++l) {
     const std::size_t n = l < L ? layers[l].n : max_n;
     std::size_t sb = 0, mb = 0;
-    if ((err = select_abs(nullptr, sb, nullptr, n, 0, Extreme::largest, nullptr, Among::all, nullptr, stream)) !=
-        cudaSuccess)
+    if ((err = select_abs(nullptr, sb, nullptr, n, 0, Extreme::largest, nullptr, Among::all, nullptr,
+                          stream)) != cudaSuccess)
       return err;
-    if ((err = mark_selected_abs(nullptr, mb, nullptr, n, nullptr, Extreme::largest, nullptr, Among::all, nullptr,
-                                 stream)) != cudaSuccess)
+    if ((err = mark_selected_abs(nullptr, mb, nullptr, n, nullptr, Extreme::largest, nullptr, Among::all,
+                                 nullptr, stream)) != cudaSuccess)
       return err;
     sel_bytes = sb > sel_bytes ? sb : sel_bytes;
     mark_bytes = mb > mark_bytes ? mb : mark_bytes;
@@ -147,8 +147,8 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
     const unsigned grid = detail::elt_grid(u.n);
     detail::nonfinite_init_kernel<<<1, 1, 0, stream>>>(&st->weight_nonfinite.count,
                                                        &st->weight_nonfinite.first, u.n);
-    detail::nonfinite_init_kernel<<<1, 1, 0, stream>>>(&st->grad_nonfinite.count,
-                                                       &st->grad_nonfinite.first, u.n);
+    detail::nonfinite_init_kernel<<<1, 1, 0, stream>>>(&st->grad_nonfinite.count, &st->grad_nonfinite.first,
+                                                       u.n);
     if (u.n > 0)
       detail::nonfinite_kernel<<<grid, detail::kEltThreads, 0, stream>>>(
           u.weight, u.n, &st->weight_nonfinite.count, &st->weight_nonfinite.first, d_failed);
@@ -170,8 +170,8 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
                           &st->grow, stream)) != cudaSuccess)
       return err;
     b = mark_bytes;
-    if ((err = mark_selected_abs(parts[3], b, gsrc, u.n, &st->grow, Extreme::largest, u.mask,
-                                 Among::inactive, grown, stream)) != cudaSuccess)
+    if ((err = mark_selected_abs(parts[3], b, gsrc, u.n, &st->grow, Extreme::largest, u.mask, Among::inactive,
+                                 grown, stream)) != cudaSuccess)
       return err;
     detail::update_check_kernel<<<1, 1, 0, stream>>>(st, d_failed);
   }
@@ -203,9 +203,9 @@ inline void check_mask_update(const MaskUpdateStatus* status, std::size_t L,
     ::east::detail::require(s.weight_nonfinite.count == 0, where, "layer ", l, " has ",
                             s.weight_nonfinite.count, " non-finite weight(s), first at index ",
                             s.weight_nonfinite.first, " (valid: finite values)");
-    ::east::detail::require(s.grad_nonfinite.count == 0, where, "layer ", l, " has ",
-                            s.grad_nonfinite.count, " non-finite gradient(s), first at index ",
-                            s.grad_nonfinite.first, " (valid: finite values)");
+    ::east::detail::require(s.grad_nonfinite.count == 0, where, "layer ", l, " has ", s.grad_nonfinite.count,
+                            " non-finite gradient(s), first at index ", s.grad_nonfinite.first,
+                            " (valid: finite values)");
     check_selection(s.drop, where);
     check_selection(s.grow, where);
   }

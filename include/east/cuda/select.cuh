@@ -10,11 +10,10 @@
 // result is exact and deterministic. Marking resolves the ties by index: a per-tile count of
 // threshold-equal candidates, an exclusive scan over tiles (cub::DeviceScan), then each warp
 // ranks its equal keys by ballot. See docs/cuda.md.
-#include "common.cuh"  // first: the nvcc guard
-
 #include <cub/cub.cuh>
 
 #include "../core/error.hpp"
+#include "common.cuh"  // first: the nvcc guard
 
 namespace east::cuda {
 
@@ -24,27 +23,27 @@ constexpr int kSelectBadK = 1;  ///< SelectResult::status: k exceeds the number 
 /// What a device selection writes (device memory, caller-owned). `selection` is what the CPU's
 /// east::kernels::select_abs/select_keys returns for the same input.
 struct SelectResult {
-  Selection selection;             ///< threshold (in key space), ties, k
-  unsigned long long candidates;   ///< number of candidates under (mask, among)
-  unsigned long long equal;        ///< candidates whose key equals the threshold (k > 0)
-  int status;                      ///< kSelectOk, or kSelectBadK (then nothing is marked)
+  Selection selection;            ///< threshold (in key space), ties, k
+  unsigned long long candidates;  ///< number of candidates under (mask, among)
+  unsigned long long equal;       ///< candidates whose key equals the threshold (k > 0)
+  int status;                     ///< kSelectOk, or kSelectBadK (then nothing is marked)
 };
 
 /// Host check of a SelectResult copied back from the device: throws east::InvalidArgument, as
 /// the CPU selection does, when k exceeded the number of candidates.
 inline void check_selection(const SelectResult& r, const char* where = "east::cuda::select") {
   ::east::detail::require(r.status == kSelectOk, where, "k = ", r.selection.k,
-                          " exceeds the number of candidates ", r.candidates, " (valid: 0..",
-                          r.candidates, ")");
+                          " exceeds the number of candidates ", r.candidates, " (valid: 0..", r.candidates,
+                          ")");
 }
 
 namespace detail {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kItems = 16;                             // keys per lane per tile
-constexpr std::size_t kWarpSpan = 32 * kItems;         // 512 keys = 8 mask words per warp
-constexpr std::size_t kTile = kWarps * kWarpSpan;      // 4096 keys = 64 mask words per block
+constexpr int kItems = 16;                         // keys per lane per tile
+constexpr std::size_t kWarpSpan = 32 * kItems;     // 512 keys = 8 mask words per warp
+constexpr std::size_t kTile = kWarps * kWarpSpan;  // 4096 keys = 64 mask words per block
 constexpr int kBins = 2048;
 constexpr int kPasses = 3;
 __host__ __device__ constexpr int pass_shift(int p) { return p == 0 ? 21 : (p == 1 ? 10 : 0); }
@@ -60,8 +59,8 @@ struct SelectState {
 // Keys are read warp-striped (coalesced): lane l of warp w takes tile + w*512 + j*32 + l.
 template <class Src>
 __global__ void __launch_bounds__(kThreads)
-    radix_hist_kernel(Src src, std::size_t n, Extreme ext, const std::uint64_t* mask, Among among,
-                      int pass, const SelectState* st, unsigned long long* hist) {
+    radix_hist_kernel(Src src, std::size_t n, Extreme ext, const std::uint64_t* mask, Among among, int pass,
+                      const SelectState* st, unsigned long long* hist) {
   __shared__ unsigned int sh[kBins];
   std::uint32_t prefix = 0;
   if (pass > 0) {
@@ -149,9 +148,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <class Src>
-cudaError_t select_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::size_t n,
-                        std::size_t k, Extreme ext, const std::uint64_t* mask, Among among,
-                        SelectResult* d_out, cudaStream_t stream) {
+cudaError_t select_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::size_t n, std::size_t k,
+                        Extreme ext, const std::uint64_t* mask, Among among, SelectResult* d_out,
+                        cudaStream_t stream) {
   void* parts[2] = {nullptr, nullptr};
   const std::size_t sizes[2] = {sizeof(unsigned long long) * kBins * kPasses, sizeof(SelectState)};
   cudaError_t err = alias_temporaries(d_temp, temp_bytes, parts, sizes);
@@ -163,8 +162,7 @@ cudaError_t select_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::siz
   if (err != cudaSuccess) return err;
   const unsigned grid = grid_for(div_up(n, kTile));
   for (int pass = 0; pass < kPasses; ++pass) {
-    radix_hist_kernel<<<grid, kThreads, 0, stream>>>(src, n, ext, mask, among, pass, st,
-                                                     hist + pass * kBins);
+    radix_hist_kernel<<<grid, kThreads, 0, stream>>>(src, n, ext, mask, among, pass, st, hist + pass * kBins);
     radix_scan_kernel<<<1, kThreads, 0, stream>>>(hist + pass * kBins, pass, k, ext, st, d_out);
   }
   return cudaGetLastError();
@@ -173,8 +171,8 @@ cudaError_t select_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::siz
 // Number of threshold-equal candidates per tile; skipped (zeros) when every equal key is taken.
 template <class Src>
 __global__ void __launch_bounds__(kThreads)
-    tie_count_kernel(Src src, std::size_t n, const std::uint64_t* mask, Among among,
-                     const SelectResult* sel, unsigned long long* tile_counts) {
+    tie_count_kernel(Src src, std::size_t n, const std::uint64_t* mask, Among among, const SelectResult* sel,
+                     unsigned long long* tile_counts) {
   __shared__ unsigned int s_warp[kWarps];
   const int status = sel->status;
   const std::size_t k = sel->selection.k, ties = sel->selection.ties;
@@ -206,8 +204,7 @@ __global__ void __launch_bounds__(kThreads)
 template <class Src>
 __global__ void __launch_bounds__(kThreads)
     mark_kernel(Src src, std::size_t n, Extreme ext, const std::uint64_t* mask, Among among,
-                const SelectResult* sel, const unsigned long long* tile_offsets,
-                std::uint64_t* out) {
+                const SelectResult* sel, const unsigned long long* tile_offsets, std::uint64_t* out) {
   __shared__ unsigned long long s_warp[kWarps];
   const int status = sel->status;
   const std::size_t k = sel->selection.k;
@@ -271,30 +268,26 @@ cudaError_t mark_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::size_
                       std::uint64_t* d_out, cudaStream_t stream) {
   const std::size_t tiles = div_up(n, kTile);
   std::size_t scan_bytes = 0;
-  cudaError_t err = cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes,
-                                                  static_cast<unsigned long long*>(nullptr),
-                                                  static_cast<unsigned long long*>(nullptr),
-                                                  static_cast<int>(tiles > 0 ? tiles : 1), stream);
+  cudaError_t err = cub::DeviceScan::ExclusiveSum(
+      nullptr, scan_bytes, static_cast<unsigned long long*>(nullptr),
+      static_cast<unsigned long long*>(nullptr), static_cast<int>(tiles > 0 ? tiles : 1), stream);
   if (err != cudaSuccess) return err;
   void* parts[3] = {nullptr, nullptr, nullptr};
   const std::size_t sizes[3] = {sizeof(unsigned long long) * (tiles + 1),
                                 sizeof(unsigned long long) * (tiles + 1), scan_bytes};
   err = alias_temporaries(d_temp, temp_bytes, parts, sizes);
   if (err != cudaSuccess || d_temp == nullptr) return err;
-  if (d_sel == nullptr || (n > 0 && (src.ptr() == nullptr || d_out == nullptr)))
-    return cudaErrorInvalidValue;
+  if (d_sel == nullptr || (n > 0 && (src.ptr() == nullptr || d_out == nullptr))) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   auto* counts = static_cast<unsigned long long*>(parts[0]);
   auto* offsets = static_cast<unsigned long long*>(parts[1]);
-  tie_count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(src, n, mask, among, d_sel,
-                                                                          counts);
+  tie_count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(src, n, mask, among, d_sel, counts);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  err = cub::DeviceScan::ExclusiveSum(parts[2], scan_bytes, counts, offsets, static_cast<int>(tiles),
-                                      stream);
+  err = cub::DeviceScan::ExclusiveSum(parts[2], scan_bytes, counts, offsets, static_cast<int>(tiles), stream);
   if (err != cudaSuccess) return err;
-  mark_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(src, n, ext, mask, among, d_sel,
-                                                                     offsets, d_out);
+  mark_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(src, n, ext, mask, among, d_sel, offsets,
+                                                                     d_out);
   return cudaGetLastError();
 }
 
@@ -312,14 +305,14 @@ cudaError_t mark_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::size_
 inline cudaError_t select_abs(void* d_temp, std::size_t& temp_bytes, const float* d_x, std::size_t n,
                               std::size_t k, Extreme extreme, const std::uint64_t* d_mask, Among among,
                               SelectResult* d_out, cudaStream_t stream = 0) {
-  return detail::select_impl(d_temp, temp_bytes, detail::AbsKeys{d_x}, n, k, extreme, d_mask, among, d_out, stream);
+  return detail::select_impl(d_temp, temp_bytes, detail::AbsKeys{d_x}, n, k, extreme, d_mask, among, d_out,
+                             stream);
 }
 
 /// As select_abs, over raw uint32 keys (all 32 bits).
 inline cudaError_t select_keys(void* d_temp, std::size_t& temp_bytes, const std::uint32_t* d_keys,
-                               std::size_t n, std::size_t k, Extreme extreme,
-                               const std::uint64_t* d_mask, Among among, SelectResult* d_out,
-                               cudaStream_t stream = 0) {
+                               std::size_t n, std::size_t k, Extreme extreme, const std::uint64_t* d_mask,
+                               Among among, SelectResult* d_out, cudaStream_t stream = 0) {
   return detail::select_impl(d_temp, temp_bytes, detail::RawKeys{d_keys}, n, k, extreme, d_mask, among, d_out,
                              stream);
 }
@@ -327,22 +320,20 @@ inline cudaError_t select_keys(void* d_temp, std::size_t& temp_bytes, const std:
 /// Sets bit i of d_out (words_for(n) words, device, zeroed by the caller unless OR is wanted)
 /// for every position selected by *d_sel, exactly as east::kernels::mark_selected_abs. Does
 /// nothing when d_sel->status != kSelectOk. Two-phase temporary storage as select_abs.
-inline cudaError_t mark_selected_abs(void* d_temp, std::size_t& temp_bytes, const float* d_x,
-                                     std::size_t n, const SelectResult* d_sel, Extreme extreme,
-                                     const std::uint64_t* d_mask, Among among, std::uint64_t* d_out,
-                                     cudaStream_t stream = 0) {
+inline cudaError_t mark_selected_abs(void* d_temp, std::size_t& temp_bytes, const float* d_x, std::size_t n,
+                                     const SelectResult* d_sel, Extreme extreme, const std::uint64_t* d_mask,
+                                     Among among, std::uint64_t* d_out, cudaStream_t stream = 0) {
   return detail::mark_impl(d_temp, temp_bytes, detail::AbsKeys{d_x}, n, d_sel, extreme, d_mask, among, d_out,
                            stream);
 }
 
 /// As mark_selected_abs, over raw uint32 keys.
-inline cudaError_t mark_selected_keys(void* d_temp, std::size_t& temp_bytes,
-                                      const std::uint32_t* d_keys, std::size_t n,
-                                      const SelectResult* d_sel, Extreme extreme,
-                                      const std::uint64_t* d_mask, Among among,
-                                      std::uint64_t* d_out, cudaStream_t stream = 0) {
-  return detail::mark_impl(d_temp, temp_bytes, detail::RawKeys{d_keys}, n, d_sel, extreme, d_mask, among, d_out,
-                           stream);
+inline cudaError_t mark_selected_keys(void* d_temp, std::size_t& temp_bytes, const std::uint32_t* d_keys,
+                                      std::size_t n, const SelectResult* d_sel, Extreme extreme,
+                                      const std::uint64_t* d_mask, Among among, std::uint64_t* d_out,
+                                      cudaStream_t stream = 0) {
+  return detail::mark_impl(d_temp, temp_bytes, detail::RawKeys{d_keys}, n, d_sel, extreme, d_mask, among,
+                           d_out, stream);
 }
 
 }  // namespace east::cuda

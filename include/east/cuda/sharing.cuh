@@ -30,7 +30,8 @@ __global__ void dot_lanes_kernel(const T* a, const T* b, std::size_t n, std::siz
   for (std::size_t gid = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; gid < chunks * 8;
        gid += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t c = gid >> 3, l = gid & 7, lo = c * ::east::detail::kSharedDotChunk;
-    const std::size_t len = n - lo < ::east::detail::kSharedDotChunk ? n - lo : ::east::detail::kSharedDotChunk;
+    const std::size_t len =
+        n - lo < ::east::detail::kSharedDotChunk ? n - lo : ::east::detail::kSharedDotChunk;
     double acc = 0.0;
     for (std::size_t p = l; p < len; p += 8)
       acc = __dadd_rn(acc, __dmul_rn(static_cast<double>(a[lo + p]), static_cast<double>(b[lo + p])));
@@ -69,8 +70,8 @@ cudaError_t shared_effective_weight(const T* d_w, const T* d_scale, T* d_out, st
                                     cudaStream_t stream = 0) {
   if (n == 0) return cudaSuccess;
   if (!d_w || !d_scale || !d_out) return cudaErrorInvalidValue;
-  detail::scale_kernel<<<detail::grid_for(detail::div_up(n, detail::kShareThreads), 16), detail::kShareThreads,
-                         0, stream>>>(d_w, d_scale, d_out, n);
+  detail::scale_kernel<<<detail::grid_for(detail::div_up(n, detail::kShareThreads), 16),
+                         detail::kShareThreads, 0, stream>>>(d_w, d_scale, d_out, n);
   return cudaGetLastError();
 }
 
