@@ -330,3 +330,33 @@ TEST_CASE("Crossover picks sparse below the crossover density", "[sparse][policy
   CHECK(c.for_conv(0.5) == east::sparse::Backend::dense);
   CHECK_THROWS_AS(c.for_linear(1.5), east::InvalidArgument);
 }
+
+TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
+  std::mt19937 rng(13);
+  for (auto g : {Conv2dGeometry::square(2, 6, 32, 5, 3, 1, 1), Conv2dGeometry::square(2, 6, 32, 5, 3, 2, 1),
+                 Conv2dGeometry::square(2, 6, 32, 5, 1, 2, 0), Conv2dGeometry::square(3, 5, 16, 4, 3, 1, 1),
+                 Conv2dGeometry::square(2, 4, 7, 4, 3, 2, 1), Conv2dGeometry::square(2, 4, 14, 4, 1, 2, 0)}) {
+    INFO("k " << g.kh << " stride " << g.stride_h << " hw " << g.h);
+    const std::size_t cols = g.c_in * g.kh * g.kw;
+    const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.3, rng, 99, 99);
+    auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+    mask.apply(w.data());
+    const CsrWeight wt(w.data(), mask, g.c_out, cols, g.kh * g.kw);
+    std::vector<double> ref, mag;
+    std::vector<float> y(g.output_size()), dx(g.input_size()), gw(wt.nnz());
+    east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+    Dense::forward(g, x.data(), w.data(), ref, mag);
+    check_close(y, ref, mag);
+    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+    Dense::grad_input(g, dy.data(), w.data(), ref, mag);
+    check_close(dx, ref, mag);
+    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+    Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+    std::vector<double> rc(wt.nnz()), mc(wt.nnz());
+    for (std::size_t j = 0; j < wt.nnz(); ++j) {
+      rc[j] = ref[wt.position(j)];
+      mc[j] = mag[wt.position(j)];
+    }
+    check_close(gw, rc, mc);
+  }
+}

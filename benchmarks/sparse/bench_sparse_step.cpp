@@ -1,0 +1,303 @@
+// One training step (forward, cross-entropy, backward, SGD with momentum) of a full-width
+// CIFAR-style ResNet-34 at a given sparsity: east's sparse modules (SparseConv2d, compact SGD)
+// against the masked-dense libtorch step that RigL-style code runs (dense convs, SGD over dense
+// weights, mask multiplied in after the step). Same threads for both. Also prints the memory of
+// weights + optimizer state, and the step time of the sparse model with empty masks — what the
+// dense parts (stem, BatchNorm, ReLU, activation writes, loss) cost on their own.
+//   east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--density=0.001]
+#include <torch/torch.h>
+
+#include <east/adapters/torch_sparse.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Config {
+  long batch = 64;
+  int threads = 2;
+  int steps = 3;
+  double density = 0.001;
+  std::string only;  // "dense", "sparse" or "empty": time one variant (for profiling)
+  bool check = false;
+};
+
+east::BitMask random_mask(std::size_t n, double density, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const auto cut = static_cast<std::uint64_t>(density * 18446744073709551615.0);
+  east::BitMask m(n);
+  for (std::size_t i = 0; i < n; ++i)
+    if (rng() < cut) m.set(i);
+  return m;
+}
+
+// conv(3x3 or 1x1) → either a dense torch conv (masked after each step) or an east SparseConv2d.
+struct ConvSlot {
+  torch::nn::Conv2d dense{nullptr};
+  east::sparse::SparseConv2d sparse{nullptr};
+  at::Tensor mask;  // dense variant: float 0/1 mask
+  at::Tensor operator()(const at::Tensor& x) { return dense ? dense->forward(x) : sparse->forward(x); }
+};
+
+struct Net : torch::nn::Module {
+  bool sparse;
+  torch::nn::Conv2d stem{nullptr};
+  torch::nn::BatchNorm2d stem_bn{nullptr};
+  std::vector<ConvSlot> convs;
+  std::vector<torch::nn::BatchNorm2d> bns;
+  struct Block {
+    int c1, c2, down = -1;
+  };
+  std::vector<Block> blocks;
+  torch::nn::Linear fc{nullptr};
+  std::size_t prunable = 0;
+  Net* from_ = nullptr;
+
+  /// With `from` (a masked-dense net), the sparse net takes its weights, masks and dense params.
+  Net(bool sparse_, double density, long in_ch, Net* from = nullptr) : sparse(sparse_), from_(from) {
+    stem = register_module("stem", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_ch, 64, 3).padding(1).bias(false)));
+    stem_bn = register_module("stem_bn", torch::nn::BatchNorm2d(64));
+    long in = 64;
+    const long widths[] = {64, 128, 256, 512};
+    const int depth[] = {3, 4, 6, 3};
+    for (int s = 0; s < 4; ++s)
+      for (int b = 0; b < depth[s]; ++b) {
+        const long stride = (s > 0 && b == 0) ? 2 : 1, out = widths[s];
+        Block blk;
+        blk.c1 = add_conv(in, out, 3, stride, 1, density);
+        blk.c2 = add_conv(out, out, 3, 1, 1, density);
+        if (stride != 1 || in != out) blk.down = add_conv(in, out, 1, stride, 0, density);
+        blocks.push_back(blk);
+        in = out;
+      }
+    fc = register_module("fc", torch::nn::Linear(512, 10));
+    if (from_) {  // same dense parameters (stem, BN, fc) as the masked-dense net
+      torch::NoGradGuard ng;
+      auto mine = named_parameters();
+      for (auto& p : from_->named_parameters())
+        if (auto* t = mine.find(p.key())) t->copy_(p.value());
+    }
+  }
+
+  int add_conv(long in, long out, long k, long stride, long pad, double density) {
+    const int id = static_cast<int>(convs.size());
+    auto proto = torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
+    const auto n = static_cast<std::size_t>(proto->weight.numel());
+    prunable += n;
+    auto mask = random_mask(n, density, 1000 + id);
+    at::Tensor w = proto->weight.detach().contiguous();
+    if (from_) {
+      const auto& src = from_->convs[static_cast<std::size_t>(id)];
+      w = src.dense->weight.detach().contiguous();
+      mask = east::BitMask::from_floats(src.mask.data_ptr<float>(), n);
+    }
+    ConvSlot slot;
+    if (sparse) {
+      slot.sparse = register_module("conv" + std::to_string(id),
+                                    east::sparse::SparseConv2d(w, mask,
+                                                               static_cast<std::size_t>(stride),
+                                                               static_cast<std::size_t>(pad)));
+    } else {
+      slot.dense = register_module("conv" + std::to_string(id), proto);
+      const auto f = mask.to_floats();
+      slot.mask = torch::from_blob(const_cast<float*>(f.data()), proto->weight.sizes(), torch::kFloat).clone();
+      torch::NoGradGuard ng;
+      slot.dense->weight.mul_(slot.mask);
+    }
+    convs.push_back(slot);
+    bns.push_back(register_module("bn" + std::to_string(id), torch::nn::BatchNorm2d(out)));
+    return id;
+  }
+
+  at::Tensor cbn(int id, const at::Tensor& x) { return bns[static_cast<std::size_t>(id)]->forward(convs[static_cast<std::size_t>(id)](x)); }
+
+  at::Tensor forward(at::Tensor x) {
+    x = torch::relu(stem_bn->forward(stem->forward(x)));
+    for (const auto& b : blocks) {
+      auto y = torch::relu(cbn(b.c1, x));
+      y = cbn(b.c2, y);
+      x = torch::relu(y + (b.down >= 0 ? cbn(b.down, x) : x));
+    }
+    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+    return fc->forward(x);
+  }
+};
+
+double step_seconds(Net& net, const at::Tensor& x, const at::Tensor& y, int steps,
+                    std::vector<double>* losses = nullptr) {
+  // Dense parameters (all for the masked-dense net; stem, BN and fc for the sparse one) go to
+  // torch's SGD; the sparse convs step their compact values themselves.
+  std::vector<at::Tensor> dense_params;
+  for (auto& p : net.named_parameters())
+    if (p.key().find(".values") == std::string::npos) dense_params.push_back(p.value());
+  torch::optim::SGD opt(dense_params, torch::optim::SGDOptions(0.01).momentum(0.9));
+  const east::kernels::SgdParams sp{0.01f, 0.9f};
+  std::vector<double> times;
+  for (int s = 0; s < steps + 1; ++s) {  // first step warms up (allocations, momentum buffers)
+    const auto t0 = std::chrono::steady_clock::now();
+    opt.zero_grad();
+    auto loss = torch::nn::functional::cross_entropy(net.forward(x), y);
+    if (losses) losses->push_back(loss.item<double>());
+    loss.backward();
+    opt.step();
+    torch::NoGradGuard ng;
+    for (auto& c : net.convs) {
+      if (c.sparse) c.sparse->sgd_step(sp);
+      else c.dense->weight.mul_(c.mask);  // keep pruned weights at zero, as RigL-style code does
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    if (s > 0) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+std::size_t state_bytes(Net& net) {
+  std::size_t b = 0;
+  for (auto& c : net.convs) {
+    if (c.sparse) b += c.sparse->state().weight.bytes() + 4 * c.sparse->state().momentum.size();
+    else b += 2 * 4 * static_cast<std::size_t>(c.dense->weight.numel());  // weight + momentum
+  }
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strncmp(argv[i], "--batch=", 8)) cfg.batch = std::stol(argv[i] + 8);
+    else if (!std::strncmp(argv[i], "--threads=", 10)) cfg.threads = std::stoi(argv[i] + 10);
+    else if (!std::strncmp(argv[i], "--steps=", 8)) cfg.steps = std::stoi(argv[i] + 8);
+    else if (!std::strncmp(argv[i], "--density=", 10)) cfg.density = std::stod(argv[i] + 10);
+    else if (!std::strncmp(argv[i], "--only=", 7)) cfg.only = argv[i] + 7;
+    else if (!std::strcmp(argv[i], "--check")) cfg.check = true;
+  }
+  at::set_num_threads(cfg.threads);
+  east::kernels::set_threads(cfg.threads);
+  torch::manual_seed(0);
+  std::printf("ResNet-34 (CIFAR-style, full width) training step, batch %ld, %d threads, density %g, median of %d\n",
+              cfg.batch, cfg.threads, cfg.density, cfg.steps);
+  std::printf("| input | masked-dense libtorch s | east sparse s | speed-up | sparse, empty masks s | weights+momentum dense MB | compact MB | smaller |\n|---|---|---|---|---|---|---|---|\n");
+  if (cfg.check) {
+    // Each layer alone through autograd: SparseConv2d vs torch::conv2d with the masked weight.
+    double lworst = 0;
+    for (auto [cin, cout, hw, k, st, pd] : std::vector<std::array<long, 6>>{
+             {64, 64, 32, 3, 1, 1}, {64, 128, 32, 3, 2, 1}, {256, 512, 8, 1, 2, 0}, {512, 512, 4, 3, 1, 1}}) {
+      auto w = torch::randn({cout, cin, k, k});
+      const auto mask = random_mask(static_cast<std::size_t>(w.numel()), cfg.density, 7);
+      const auto mf = mask.to_floats();
+      w.mul_(torch::from_blob(const_cast<float*>(mf.data()), w.sizes(), torch::kFloat));
+      east::sparse::SparseConv2d sc(w, mask, static_cast<std::size_t>(st), static_cast<std::size_t>(pd));
+      auto x1 = torch::randn({cfg.batch, cin, hw, hw}).requires_grad_(true);
+      auto x2 = x1.detach().clone().requires_grad_(true);
+      auto wd = w.clone().requires_grad_(true);
+      auto y1 = sc->forward(x1);
+      auto y2 = torch::conv2d(x2, wd, {}, st, pd);
+      const auto dy = torch::randn_like(y2);
+      y1.backward(dy);
+      y2.backward(dy);
+      auto gd = torch::zeros_like(w);
+      sc->state().weight.scatter_array(sc->values().grad().data_ptr<float>(), gd.data_ptr<float>());
+      auto rel = [](const at::Tensor& a, const at::Tensor& b) {
+        return (a - b).abs().max().item<double>() / std::max(1e-30, b.abs().max().item<double>());
+      };
+      const double ey = rel(y1, y2), ex = rel(x1.grad(), x2.grad()), ew = rel(gd, wd.grad() * (w != 0));
+      std::printf("layer %ld->%ld %ldx%ld k%ld s%ld: rel diff y %.2g dx %.2g dw %.2g\n", cin, cout, hw, hw, k, st, ey,
+                  ex, ew);
+      lworst = std::max({lworst, ey, ex, ew});
+    }
+    // The sparse net built from the masked-dense one must follow the same trajectory.
+    const auto x = torch::randn({cfg.batch, 3, 32, 32});
+    const auto y = torch::randint(0, 10, {cfg.batch}, torch::kLong);
+    Net dense(false, cfg.density, 3);
+    Net sparse(true, cfg.density, 3, &dense);
+    // Gradients of one backward, layer by layer, relative to the layer's largest gradient.
+    for (Net* n : {&dense, &sparse}) torch::nn::functional::cross_entropy(n->forward(x), y).backward();
+    double gworst = 0;
+    for (std::size_t i = 0; i < dense.convs.size(); ++i) {
+      auto& sc = sparse.convs[i].sparse;
+      auto gd = torch::zeros_like(dense.convs[i].dense->weight);
+      sc->state().weight.scatter_array(sc->values().grad().data_ptr<float>(), gd.data_ptr<float>());
+      const auto ref = dense.convs[i].dense->weight.grad() * dense.convs[i].mask;
+      const double scale = ref.abs().max().item<double>();
+      const double e = scale > 0 ? (gd - ref).abs().max().item<double>() / scale : 0.0;
+      if (std::getenv("EAST_CHECK_VERBOSE")) std::printf("conv%zu %s grad rel diff %.3g\n", i, c10::str(dense.convs[i].dense->weight.sizes()).c_str(), e);
+      gworst = std::max(gworst, e);
+    }
+    std::printf("whole net, sparse vs masked-dense: largest conv gradient difference (relative to the layer's "
+                "largest): %.3g\n", gworst);
+    {  // Float64 copy of the masked-dense net: how far each float32 run is from exact.
+      Net dd(false, cfg.density, 3);
+      {
+        torch::NoGradGuard ng;
+        auto mine = dd.named_parameters();
+        for (auto& p : dense.named_parameters()) mine.find(p.key())->copy_(p.value());
+      }
+      dd.to(torch::kFloat64);
+      torch::nn::functional::cross_entropy(dd.forward(x.to(torch::kFloat64)), y).backward();
+      double e_dense = 0, e_sparse = 0;
+      for (std::size_t i = 0; i < dense.convs.size(); ++i) {
+        const auto m = dense.convs[i].mask;
+        const auto ref = dd.convs[i].dense->weight.grad().to(torch::kFloat) * m;
+        const double sc = ref.abs().max().item<double>();
+        if (sc == 0) continue;
+        auto& spc = sparse.convs[i].sparse;
+        auto gs = torch::zeros_like(ref);
+        spc->state().weight.scatter_array(spc->values().grad().data_ptr<float>(), gs.data_ptr<float>());
+        e_dense = std::max(e_dense, (dense.convs[i].dense->weight.grad() * m - ref).abs().max().item<double>() / sc);
+        e_sparse = std::max(e_sparse, (gs - ref).abs().max().item<double>() / sc);
+      }
+      std::printf("whole net vs a float64 masked-dense run: largest conv gradient error: masked-dense float32 %.3g, "
+                  "east sparse float32 %.3g\n", e_dense, e_sparse);
+    }
+    for (Net* n : {&dense, &sparse})
+      for (auto& p : n->parameters())
+        if (p.grad().defined()) p.mutable_grad().zero_();
+    std::vector<double> ld, ls;
+    step_seconds(sparse, x, y, cfg.steps, &ls);  // before dense: it copied dense's initial weights
+    step_seconds(dense, x, y, cfg.steps, &ld);
+    double worst = 0;
+    for (std::size_t i = 0; i < ld.size(); ++i) {
+      std::printf("step %zu loss masked-dense %.7f sparse %.7f\n", i, ld[i], ls[i]);
+      worst = std::max(worst, std::fabs(ld[i] - ls[i]) / std::fabs(ld[i]));
+    }
+    double wdiff = 0;
+    for (std::size_t i = 0; i < dense.convs.size(); ++i)
+      wdiff = std::max(wdiff, (dense.convs[i].dense->weight - sparse.convs[i].sparse->to_dense()).abs().max().item<double>());
+    std::printf("largest relative loss difference %.3g, largest weight difference after %zu steps %.3g\n", worst,
+                ld.size(), wdiff);
+    return lworst < 1e-4 ? 0 : 1;
+  }
+  if (!cfg.only.empty()) {
+    const auto x = torch::randn({cfg.batch, 3, 32, 32});
+    const auto y = torch::randint(0, 10, {cfg.batch}, torch::kLong);
+    Net net(cfg.only != "dense", cfg.only == "empty" ? 0.0 : cfg.density, 3);
+    std::printf("%s step: %.3f s\n", cfg.only.c_str(), step_seconds(net, x, y, cfg.steps));
+    return 0;
+  }
+  for (long hw : {32L, 28L}) {
+    const long ch = hw == 32 ? 3 : 1;
+    const auto x = torch::randn({cfg.batch, ch, hw, hw});
+    const auto y = torch::randint(0, 10, {cfg.batch}, torch::kLong);
+    Net dense(false, cfg.density, ch), sparse(true, cfg.density, ch), empty(true, 0.0, ch);
+    const double td = step_seconds(dense, x, y, cfg.steps);
+    const double ts = step_seconds(sparse, x, y, cfg.steps);
+    const double te = step_seconds(empty, x, y, cfg.steps);
+    const double md = state_bytes(dense) / 1e6, ms = state_bytes(sparse) / 1e6;
+    std::printf("| %ldx%ldx%ld | %.3f | %.3f | x%.1f | %.3f | %.1f | %.2f | x%.0f |\n", ch, hw, hw, td, ts, td / ts, te,
+                md, ms, md / ms);
+    std::fflush(stdout);
+    if (hw == 32) std::printf("(prunable conv weights: %zu)\n", dense.prunable);
+  }
+  return 0;
+}
