@@ -9,6 +9,8 @@
 
 #include <east/adapters/torch_sparse.hpp>
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -181,6 +183,13 @@ int main(int argc, char** argv) {
     else if (!std::strncmp(argv[i], "--density=", 10)) cfg.density = std::stod(argv[i] + 10);
     else if (!std::strncmp(argv[i], "--only=", 7)) cfg.only = argv[i] + 7;
     else if (!std::strcmp(argv[i], "--check")) cfg.check = true;
+  }
+  // glibc returns large freed blocks to the OS, so every step's fresh activation tensors
+  // page-fault again (a fifth of the sparse step in perf). Keep freed memory for reuse, for
+  // both variants alike (what jemalloc/tcmalloc or a caching allocator would do).
+  if (!std::getenv("EAST_BENCH_DEFAULT_MALLOC")) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
   }
   at::set_num_threads(cfg.threads);
   east::kernels::set_threads(cfg.threads);
