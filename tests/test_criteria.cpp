@@ -122,3 +122,50 @@ TEST_CASE("A user-written regrow criterion plugs in", "[criteria]") {
   for (std::size_t i = 0; i < before.size(); ++i)
     if (!before[i] && ctl.masks()[0][i]) CHECK(i % 25 < 12);
 }
+
+TEST_CASE("Zero gradients are regrown in seeded random order, after every nonzero one", "[criteria]") {
+  // A disconnected layer: gradient exactly zero except at 5 inactive positions.
+  auto grown_positions = [](bool random_ties, std::uint64_t seed) {
+    ToyModel m({{"w", {40, 25}}});
+    GradientRegrow regrow;
+    regrow.random_zero_ties = random_ties;
+    auto ctl = one_layer(m, MagnitudePrune{}, regrow, ZeroInit{}, seed);
+    auto& g = m.tensors[0].g;
+    std::fill(g.begin(), g.end(), 0.0f);
+    std::vector<std::size_t> hot;
+    ctl.masks()[0].for_each_inactive([&](std::size_t i) {
+      if (hot.size() < 5 && i % 7 == 3) hot.push_back(i), g[i] = 1.0f + float(hot.size());
+    });
+    const BitMask before = ctl.masks()[0];
+    ctl.update(1);
+    std::vector<std::size_t> grown;
+    for (std::size_t i = 0; i < before.size(); ++i)
+      if (!before[i] && ctl.masks()[0][i]) grown.push_back(i);
+    for (auto h : hot) CHECK(ctl.masks()[0][h]);  // every nonzero gradient grows first
+    return grown;
+  };
+  const auto by_index = grown_positions(false, 1);
+  const auto a = grown_positions(true, 1), b = grown_positions(true, 1), c = grown_positions(true, 2);
+  REQUIRE(by_index.size() == 50);
+  CHECK(a == b);        // seeded
+  CHECK(a != c);        // another seed, other positions
+  CHECK(a != by_index);
+  // Index order takes the lowest inactive indices: the bias the random order removes.
+  std::size_t low = 0;
+  for (auto i : a) low += i < 300;
+  CHECK(low < 40);
+}
+
+TEST_CASE("Zero weights are pruned before nonzero ones, in random order", "[criteria]") {
+  ToyModel m({{"w", {40, 25}}});
+  auto ctl = one_layer(m, MagnitudePrune{}, GradientRegrow{});
+  std::vector<std::size_t> active;
+  ctl.masks()[0].for_each_active([&](std::size_t i) { active.push_back(i); });
+  for (std::size_t j = 0; j < 80; ++j) m.tensors[0].w[active[active.size() - 1 - j]] = 0.0f;  // 80 zeros, high indices
+  ctl.update(1);
+  std::size_t zeros_dropped = 0;
+  for (std::size_t j = 0; j < 80; ++j) zeros_dropped += !ctl.masks()[0][active[active.size() - 1 - j]];
+  CHECK(zeros_dropped == 50);  // all 50 drops are zeros although they have the highest indices
+  m.tensors[0].g[3] = std::nanf("");
+  CHECK_THROWS_WITH(ctl.update(2), Catch::Contains("non-finite"));
+}

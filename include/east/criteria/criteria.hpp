@@ -13,9 +13,14 @@
 
 namespace east {
 
-/// Drop the active weights of smallest |w|.
+/// Drop the active weights of smallest |w|; active weights that are exactly zero (e.g. grown
+/// ones that never moved) go first, in seeded random order.
 struct MagnitudePrune {
-  Scores prune_scores(const LayerContext& ctx) const { return Scores{ctx.layer.weight, nullptr}; }
+  bool random_zero_ties = true;  ///< false: zeros in index order, like every other tie
+  Scores prune_scores(const LayerContext& ctx) const {
+    if (!random_zero_ties) return Scores{ctx.layer.weight, nullptr};
+    return detail::magnitudes_random_zero_ties(ctx, ctx.layer.weight, true, "east::MagnitudePrune");
+  }
 };
 
 /// Drop uniformly random active weights (seeded; independent of thread count).
@@ -25,11 +30,15 @@ struct RandomPrune {
 
 /// RigL: grow the inactive positions of largest |∂L/∂w| (the dense gradient the user hands over,
 /// accumulated over micro-batches or all-reduced across ranks).
+/// Inactive positions with exactly zero gradient rank below all others, in seeded random order
+/// (with index order a disconnected layer would regrow the same positions at every update).
 struct GradientRegrow {
+  bool random_zero_ties = true;  ///< false: zeros in index order, like every other tie
   Scores regrow_scores(const LayerContext& ctx) const {
     detail::require(ctx.layer.grad != nullptr, "east::GradientRegrow", "layer '", ctx.layer.name,
                     "' has no gradient buffer (register one with ParameterSet::add or set_grad)");
-    return Scores{ctx.layer.grad, nullptr};
+    if (!random_zero_ties) return Scores{ctx.layer.grad, nullptr};
+    return detail::magnitudes_random_zero_ties(ctx, ctx.layer.grad, false, "east::GradientRegrow");
   }
 };
 
@@ -61,7 +70,7 @@ struct MomentumRegrow {
     detail::require(ctx.index < momentum.size() && momentum[ctx.index].size() == ctx.layer.size(),
                     "east::MomentumRegrow", "no gradient has been observed for layer '", ctx.layer.name,
                     "' (register a gradient buffer and call before_optimizer_step every step)");
-    return Scores{momentum[ctx.index].data(), nullptr};
+    return detail::magnitudes_random_zero_ties(ctx, momentum[ctx.index].data(), false, "east::MomentumRegrow");
   }
   std::string save_state() const {
     std::string s;
