@@ -13,12 +13,13 @@ enum class Backend { dense, sparse };
 
 /// Crossover densities: a layer whose density is below its kind's crossover uses sparse kernels.
 struct Crossover {
-  /// conv2d forward + backward: measured per-layer crossovers of ResNet-34's 3×3 layers were
-  /// 2.2–7.6% (batch 32, 2 threads); 2% keeps every measured layer at or above break-even.
-  double conv = 0.02;
+  /// conv2d forward + backward: measured crossovers of ResNet-34's 3×3 layers were 1.6–2.5%
+  /// (batch 32, 2 threads, docs/sparse.md); 1.5% keeps them at or above break-even (the 1×1
+  /// stride-2 layer with 4×4 outputs crosses at 0.8%).
+  double conv = 0.015;
   /// linear forward + backward: not measured here; PERF.md's CSR × dense anchor (29× at 1%)
   /// suggests a higher crossover, so the conv value is a conservative stand-in.
-  double linear = 0.02;
+  double linear = 0.015;
 
   /// Backend for a convolution of the given density (in [0, 1]).
   Backend for_conv(double density) const { return pick(density, conv, "east::sparse::Crossover::for_conv()"); }
