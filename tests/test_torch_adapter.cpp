@@ -3,7 +3,6 @@
 // glog (through c10) defines CHECK; Catch2 must own it.
 #undef CHECK
 #include <catch2/catch.hpp>
-
 #include <vector>
 
 namespace ta = east::torch_adapter;
@@ -104,7 +103,8 @@ TEST_CASE("the adapter's masks equal the core's decisions on the same inputs", "
     if (!a.masks()[0].test(i)) REQUIRE(mom[i] == 0.0f);
 }
 
-TEST_CASE("DyReLU-B: both backends match an independent composition of torch ops, values and gradients", "[torch]") {
+TEST_CASE("DyReLU-B: both backends match an independent composition of torch ops, values and gradients",
+          "[torch]") {
   torch::manual_seed(3);
   const int64_t B = 3, C = 8, H = 5, W = 4;
   for (double beta : {1.0, 0.4, 0.0}) {
@@ -163,7 +163,8 @@ TEST_CASE("DyReLU-B frozen: no hyper-network gradients, same input gradient", "[
   }
 }
 
-TEST_CASE("weight-shared ResNet: uses counted, gradients of all uses add up on the stored tensor", "[torch]") {
+TEST_CASE("weight-shared ResNet: uses counted, gradients of all uses add up on the stored tensor",
+          "[torch]") {
   torch::manual_seed(5);
   ta::ResNetOptions o;
   o.depth = 34;
@@ -191,7 +192,9 @@ TEST_CASE("weight-shared ResNet: uses counted, gradients of all uses add up on t
   (owner(x) + s1(x) * 2 + s2(x)).sum().backward();
   auto w = owner->weight.detach().clone().requires_grad_(true);
   auto a = torch::tensor({0.3f}, torch::requires_grad()), b = torch::tensor({0.7f}, torch::requires_grad());
-  (torch::conv2d(x, w, {}, 1, 1) + torch::conv2d(x, w * a, {}, 1, 1) * 2 + torch::conv2d(x, w * b, {}, 1, 1)).sum().backward();
+  (torch::conv2d(x, w, {}, 1, 1) + torch::conv2d(x, w * a, {}, 1, 1) * 2 + torch::conv2d(x, w * b, {}, 1, 1))
+      .sum()
+      .backward();
   CHECK(torch::allclose(owner->weight.grad(), w.grad(), 1e-5, 1e-5));
   CHECK(torch::allclose(s1->scale.grad(), a.grad(), 1e-4, 1e-5));
   CHECK(torch::allclose(s2->scale.grad(), b.grad(), 1e-4, 1e-5));
@@ -262,7 +265,8 @@ TEST_CASE("torch::optim::SGD works through seed_sgd_momentum", "[torch]") {
     ctl.after_optimizer_step(step);
   }
   ta::check_views(m, ctl.params());
-  auto& st = static_cast<torch::optim::SGDParamState&>(*opt.state().at(c10::guts::to_string(m.conv->weight.unsafeGetTensorImpl())));
+  auto& st = static_cast<torch::optim::SGDParamState&>(
+      *opt.state().at(c10::guts::to_string(m.conv->weight.unsafeGetTensorImpl())));
   CHECK(st.momentum_buffer().data_ptr<float>() == ctl.params().at("conv.weight").state[0]);
   const auto mom = copy_of(st.momentum_buffer());
   for (std::size_t i = 0; i < mom.size(); ++i)

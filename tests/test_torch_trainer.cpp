@@ -3,13 +3,13 @@
 #include "../examples/trainer/trainer.hpp"
 // glog (through c10) defines CHECK; Catch2 must own it.
 #undef CHECK
-#include <catch2/catch.hpp>
+#include <zlib.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
-#include <zlib.h>
 
 namespace et = east_trainer;
 
@@ -31,7 +31,8 @@ void write_file(const std::string& path, const std::vector<std::uint8_t>& bytes,
     gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
     gzclose(f);
   } else {
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   }
 }
 
@@ -40,8 +41,8 @@ void write_idx_dataset(const std::string& dir, int n_train, int n_test, int side
   for (int split = 0; split < 2; ++split) {
     const int n = split == 0 ? n_train : n_test;
     std::vector<std::uint8_t> img, lab;
-    put_be32(img, 0x803), put_be32(img, static_cast<std::uint32_t>(n)), put_be32(img, static_cast<std::uint32_t>(side)),
-        put_be32(img, static_cast<std::uint32_t>(side));
+    put_be32(img, 0x803), put_be32(img, static_cast<std::uint32_t>(n)),
+        put_be32(img, static_cast<std::uint32_t>(side)), put_be32(img, static_cast<std::uint32_t>(side));
     put_be32(lab, 0x801), put_be32(lab, static_cast<std::uint32_t>(n));
     for (int i = 0; i < n; ++i) {
       const int k = (i * 7 + split) % 10;
@@ -129,7 +130,8 @@ TEST_CASE("CIFAR-10 and CIFAR-100 binary loaders", "[torch][data]") {
     }
     return b;
   };
-  for (int i = 1; i <= 5; ++i) write_file(d + "/data_batch_" + std::to_string(i) + ".bin", records(4, 1, 10), false);
+  for (int i = 1; i <= 5; ++i)
+    write_file(d + "/data_batch_" + std::to_string(i) + ".bin", records(4, 1, 10), false);
   write_file(d + "/test_batch.bin", records(3, 1, 10), false);
   const auto c10 = et::load_cifar10(d);
   CHECK(c10.train.images.sizes() == torch::IntArrayRef({20, 3, 32, 32}));
@@ -175,7 +177,8 @@ TEST_CASE("EAST training: exact budget, and resume equals an uninterrupted run",
   auto c = tiny(data, "east");
   const auto full = et::run(c);
   REQUIRE(full.finished);
-  CHECK(full.nonzeros == static_cast<std::size_t>(std::floor(0.1 * static_cast<double>(full.logical_size) + 1e-9)));
+  CHECK(full.nonzeros ==
+        static_cast<std::size_t>(std::floor(0.1 * static_cast<double>(full.logical_size) + 1e-9)));
   CHECK(full.mask_updates >= 3);
   CHECK(full.layers.size() == 21);
 
@@ -216,7 +219,8 @@ TEST_CASE("EAST training: exact budget, and resume equals an uninterrupted run",
 TEST_CASE("every method trains a step and meets its budget", "[torch]") {
   const auto data = temp_dir("methods_data");
   write_idx_dataset(data, 64, 16, 8, false);
-  for (const char* m : {"dense", "static", "set", "rigl", "east-no-dyrelu", "east-no-sharing", "east-no-cyclic"}) {
+  for (const char* m :
+       {"dense", "static", "set", "rigl", "east-no-dyrelu", "east-no-sharing", "east-no-cyclic"}) {
     auto c = tiny(data, m);
     c.depth = 18;
     c.epochs = 1;
@@ -224,7 +228,10 @@ TEST_CASE("every method trains a step and meets its budget", "[torch]") {
     const auto r = et::run(c);
     INFO(m);
     CHECK(r.finished);
-    if (std::string(m) == "dense") CHECK(r.density == 1.0);
-    else CHECK(r.nonzeros == static_cast<std::size_t>(std::floor(0.1 * static_cast<double>(r.logical_size) + 1e-9)));
+    if (std::string(m) == "dense")
+      CHECK(r.density == 1.0);
+    else
+      CHECK(r.nonzeros ==
+            static_cast<std::size_t>(std::floor(0.1 * static_cast<double>(r.logical_size) + 1e-9)));
   }
 }

@@ -2,18 +2,17 @@
 // Dataset loaders of the reference trainer: Fashion-MNIST / MNIST (IDX, optionally gzip, read
 // with zlib) and CIFAR-10 / CIFAR-100 (their binary formats). Every loader checks magic numbers,
 // sizes and label ranges and throws DataError naming the file and what is wrong.
+#include <sys/stat.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
 #include <cstdint>
 #include <cstring>
+#include <east/core/error.hpp>
 #include <fstream>
 #include <stdexcept>
 #include <string>
-#include <sys/stat.h>
 #include <vector>
-
-#include <east/core/error.hpp>
 
 namespace east_trainer {
 
@@ -73,16 +72,22 @@ inline std::uint32_t be32(const std::uint8_t* p) {
 /// IDX images (magic 0x00000803): N × 1 × rows × cols uint8.
 inline torch::Tensor load_idx_images(const std::string& path) {
   const auto b = read_maybe_gzip(path);
-  if (b.size() < 16) throw DataError("'" + path + "' is corrupt: " + std::to_string(b.size()) + " bytes, shorter than an IDX image header (16)");
+  if (b.size() < 16)
+    throw DataError("'" + path + "' is corrupt: " + std::to_string(b.size()) +
+                    " bytes, shorter than an IDX image header (16)");
   if (be32(b.data()) != 0x00000803)
-    throw DataError("'" + path + "' is not an IDX image file (magic " + std::to_string(be32(b.data())) + ", expected 2051)");
+    throw DataError("'" + path + "' is not an IDX image file (magic " + std::to_string(be32(b.data())) +
+                    ", expected 2051)");
   const std::uint64_t n = be32(b.data() + 4), r = be32(b.data() + 8), c = be32(b.data() + 12);
   if (n == 0 || r == 0 || c == 0 || r > 4096 || c > 4096)
-    throw DataError("'" + path + "' is corrupt: implausible dimensions " + std::to_string(n) + "x" + std::to_string(r) + "x" + std::to_string(c));
+    throw DataError("'" + path + "' is corrupt: implausible dimensions " + std::to_string(n) + "x" +
+                    std::to_string(r) + "x" + std::to_string(c));
   if (b.size() != 16 + n * r * c)
-    throw DataError("'" + path + "' is corrupt: " + std::to_string(b.size() - 16) + " pixel bytes for " + std::to_string(n) + " images of " +
-                    std::to_string(r) + "x" + std::to_string(c) + " (expected " + std::to_string(n * r * c) + ")");
-  auto t = torch::empty({static_cast<int64_t>(n), 1, static_cast<int64_t>(r), static_cast<int64_t>(c)}, torch::kUInt8);
+    throw DataError("'" + path + "' is corrupt: " + std::to_string(b.size() - 16) + " pixel bytes for " +
+                    std::to_string(n) + " images of " + std::to_string(r) + "x" + std::to_string(c) +
+                    " (expected " + std::to_string(n * r * c) + ")");
+  auto t = torch::empty({static_cast<int64_t>(n), 1, static_cast<int64_t>(r), static_cast<int64_t>(c)},
+                        torch::kUInt8);
   std::memcpy(t.data_ptr<std::uint8_t>(), b.data() + 16, n * r * c);
   return t;
 }
@@ -92,16 +97,18 @@ inline torch::Tensor load_idx_labels(const std::string& path, int64_t classes) {
   const auto b = read_maybe_gzip(path);
   if (b.size() < 8) throw DataError("'" + path + "' is corrupt: shorter than an IDX label header (8 bytes)");
   if (be32(b.data()) != 0x00000801)
-    throw DataError("'" + path + "' is not an IDX label file (magic " + std::to_string(be32(b.data())) + ", expected 2049)");
+    throw DataError("'" + path + "' is not an IDX label file (magic " + std::to_string(be32(b.data())) +
+                    ", expected 2049)");
   const std::uint64_t n = be32(b.data() + 4);
   if (b.size() != 8 + n)
-    throw DataError("'" + path + "' is corrupt: " + std::to_string(b.size() - 8) + " label bytes, header says " + std::to_string(n));
+    throw DataError("'" + path + "' is corrupt: " + std::to_string(b.size() - 8) +
+                    " label bytes, header says " + std::to_string(n));
   auto t = torch::empty({static_cast<int64_t>(n)}, torch::kInt64);
   auto* p = t.data_ptr<int64_t>();
   for (std::uint64_t i = 0; i < n; ++i) {
     if (b[8 + i] >= classes)
-      throw DataError("'" + path + "' is corrupt: label " + std::to_string(b[8 + i]) + " at index " + std::to_string(i) +
-                      " (valid: 0.." + std::to_string(classes - 1) + ")");
+      throw DataError("'" + path + "' is corrupt: label " + std::to_string(b[8 + i]) + " at index " +
+                      std::to_string(i) + " (valid: 0.." + std::to_string(classes - 1) + ")");
     p[i] = b[8 + i];
   }
   return t;
@@ -110,8 +117,8 @@ inline torch::Tensor load_idx_labels(const std::string& path, int64_t classes) {
 inline Split load_idx_split(const std::string& images, const std::string& labels, int64_t classes) {
   Split s{load_idx_images(images), load_idx_labels(labels, classes)};
   if (s.images.size(0) != s.labels.size(0))
-    throw DataError("'" + images + "' has " + std::to_string(s.images.size(0)) + " images but '" + labels + "' has " +
-                    std::to_string(s.labels.size(0)) + " labels");
+    throw DataError("'" + images + "' has " + std::to_string(s.images.size(0)) + " images but '" + labels +
+                    "' has " + std::to_string(s.labels.size(0)) + " labels");
   return s;
 }
 
@@ -119,7 +126,8 @@ inline Split load_idx_split(const std::string& images, const std::string& labels
 inline std::string idx_path(const std::string& dir, const std::string& name) {
   if (file_exists(dir + "/" + name + ".gz")) return dir + "/" + name + ".gz";
   if (file_exists(dir + "/" + name)) return dir + "/" + name;
-  throw DataError("missing data file '" + dir + "/" + name + ".gz' (nor without .gz); for Fashion-MNIST install Debian's "
+  throw DataError("missing data file '" + dir + "/" + name +
+                  ".gz' (nor without .gz); for Fashion-MNIST install Debian's "
                   "dataset-fashion-mnist or pass --data-dir");
 }
 
@@ -128,8 +136,10 @@ inline Dataset load_fashion_mnist(const std::string& dir) {
   Dataset d;
   d.name = "fashion-mnist";
   d.classes = 10;
-  d.train = load_idx_split(idx_path(dir, "train-images-idx3-ubyte"), idx_path(dir, "train-labels-idx1-ubyte"), 10);
-  d.test = load_idx_split(idx_path(dir, "t10k-images-idx3-ubyte"), idx_path(dir, "t10k-labels-idx1-ubyte"), 10);
+  d.train =
+      load_idx_split(idx_path(dir, "train-images-idx3-ubyte"), idx_path(dir, "train-labels-idx1-ubyte"), 10);
+  d.test =
+      load_idx_split(idx_path(dir, "t10k-images-idx3-ubyte"), idx_path(dir, "t10k-labels-idx1-ubyte"), 10);
   if (d.train.images.size(2) != d.test.images.size(2) || d.train.images.size(3) != d.test.images.size(3))
     throw DataError("Fashion-MNIST train and test images in '" + dir + "' differ in size");
   d.mean = {0.2860f};
@@ -145,8 +155,8 @@ inline Split load_cifar_files(const std::vector<std::string>& files, int label_b
   for (const auto& f : files) {
     auto b = read_maybe_gzip(f);
     if (b.empty() || b.size() % rec != 0)
-      throw DataError("'" + f + "' is corrupt: " + std::to_string(b.size()) + " bytes is not a whole number of " +
-                      std::to_string(rec) + "-byte CIFAR records");
+      throw DataError("'" + f + "' is corrupt: " + std::to_string(b.size()) +
+                      " bytes is not a whole number of " + std::to_string(rec) + "-byte CIFAR records");
     total += b.size() / rec;
     contents.push_back(std::move(b));
   }
@@ -161,8 +171,8 @@ inline Split load_cifar_files(const std::vector<std::string>& files, int label_b
       const std::uint8_t* p = b.data() + r * rec;
       const int64_t label = p[label_bytes - 1];
       if (label >= classes)
-        throw DataError("'" + files[fi] + "' is corrupt: label " + std::to_string(label) + " in record " + std::to_string(r) +
-                        " (valid: 0.." + std::to_string(classes - 1) + ")");
+        throw DataError("'" + files[fi] + "' is corrupt: label " + std::to_string(label) + " in record " +
+                        std::to_string(r) + " (valid: 0.." + std::to_string(classes - 1) + ")");
       lp[k] = label;
       std::memcpy(ip + k * 3072, p + label_bytes, 3072);
     }
@@ -171,9 +181,11 @@ inline Split load_cifar_files(const std::vector<std::string>& files, int label_b
 }
 
 inline std::string find_in(const std::string& dir, const std::string& name) {
-  for (const auto& p : {dir + "/" + name, dir + "/cifar-10-batches-bin/" + name, dir + "/cifar-100-binary/" + name})
+  for (const auto& p :
+       {dir + "/" + name, dir + "/cifar-10-batches-bin/" + name, dir + "/cifar-100-binary/" + name})
     if (file_exists(p)) return p;
-  throw DataError("missing data file '" + dir + "/" + name + "' (CIFAR binary version expected; pass --data-dir)");
+  throw DataError("missing data file '" + dir + "/" + name +
+                  "' (CIFAR binary version expected; pass --data-dir)");
 }
 
 /// CIFAR-10 binary: data_batch_1..5.bin and test_batch.bin in `dir` (or dir/cifar-10-batches-bin).

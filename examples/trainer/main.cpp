@@ -48,7 +48,8 @@ void mkdir_p(const std::string& dir) {
   for (std::size_t i = 0; i <= dir.size(); ++i) {
     if (i == dir.size() || dir[i] == '/') {
       if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-        throw east::InvalidArgument("east-trainer: --out: cannot create '" + cur + "': " + std::strerror(errno));
+        throw east::InvalidArgument("east-trainer: --out: cannot create '" + cur +
+                                    "': " + std::strerror(errno));
     }
     if (i < dir.size()) cur += dir[i];
   }
@@ -59,11 +60,13 @@ T parse_number(const std::string& flag, const std::string& v) {
   try {
     std::size_t used = 0;
     T out;
-    if constexpr (std::is_floating_point_v<T>) out = static_cast<T>(std::stod(v, &used));
+    if constexpr (std::is_floating_point_v<T>)
+      out = static_cast<T>(std::stod(v, &used));
     else if constexpr (std::is_unsigned_v<T>) {
       if (!v.empty() && v[0] == '-') throw std::invalid_argument("negative");
       out = static_cast<T>(std::stoull(v, &used));
-    } else out = static_cast<T>(std::stoll(v, &used));
+    } else
+      out = static_cast<T>(std::stoll(v, &used));
     if (used != v.size()) throw std::invalid_argument("trailing characters");
     return out;
   } catch (const std::exception&) {
@@ -75,10 +78,14 @@ void bench_dyrelu(int threads) {
   namespace ta = east::torch_adapter;
   torch::set_num_threads(threads);
   torch::manual_seed(0);
-  struct Shape { int64_t B, C, H; };
-  std::cout << "DyReLU-B forward+backward, median of 15 (after 3 warm-up), " << threads << " thread(s), beta 1\n";
+  struct Shape {
+    int64_t B, C, H;
+  };
+  std::cout << "DyReLU-B forward+backward, median of 15 (after 3 warm-up), " << threads
+            << " thread(s), beta 1\n";
   std::cout << "shape (BxCxHxW)        torch ops ms   kernels ms   torch/kernels\n";
-  for (Shape s : {Shape{128, 16, 28}, Shape{128, 32, 14}, Shape{128, 64, 7}, Shape{128, 128, 4}, Shape{64, 64, 32}}) {
+  for (Shape s :
+       {Shape{128, 16, 28}, Shape{128, 32, 14}, Shape{128, 64, 7}, Shape{128, 128, 4}, Shape{64, 64, 32}}) {
     ta::DyReLUB m(s.C);
     auto x = torch::randn({s.B, s.C, s.H, s.H}).requires_grad_(true);
     auto g = torch::randn({s.B, s.C, s.H, s.H});
@@ -90,7 +97,8 @@ void bench_dyrelu(int threads) {
         const auto a = std::chrono::steady_clock::now();
         auto y = m->forward(x);
         y.backward(g);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();
         if (i >= 3) t.push_back(ms);
         x.mutable_grad().zero_();
         m->zero_grad();
@@ -98,9 +106,9 @@ void bench_dyrelu(int threads) {
       std::sort(t.begin(), t.end());
       med[k] = t[t.size() / 2];
     }
-    std::cout << std::setw(4) << s.B << "x" << std::setw(3) << s.C << "x" << s.H << "x" << s.H << std::string(10, ' ')
-              << std::fixed << std::setprecision(2) << std::setw(9) << med[0] << std::setw(13) << med[1] << std::setw(14)
-              << med[0] / med[1] << "\n";
+    std::cout << std::setw(4) << s.B << "x" << std::setw(3) << s.C << "x" << s.H << "x" << s.H
+              << std::string(10, ' ') << std::fixed << std::setprecision(2) << std::setw(9) << med[0]
+              << std::setw(13) << med[1] << std::setw(14) << med[0] / med[1] << "\n";
   }
 }
 
@@ -124,37 +132,54 @@ int main(int argc, char** argv) {
         {"--batch", [&](const std::string& v) { c.batch = parse_number<int64_t>("--batch", v); }},
         {"--lr", [&](const std::string& v) { c.lr = parse_number<double>("--lr", v); }},
         {"--momentum", [&](const std::string& v) { c.momentum = parse_number<double>("--momentum", v); }},
-        {"--weight-decay", [&](const std::string& v) { c.weight_decay = parse_number<double>("--weight-decay", v); }},
+        {"--weight-decay",
+         [&](const std::string& v) { c.weight_decay = parse_number<double>("--weight-decay", v); }},
         {"--clip", [&](const std::string& v) { c.clip = parse_number<double>("--clip", v); }},
-        {"--train-subset", [&](const std::string& v) { c.train_subset = parse_number<int64_t>("--train-subset", v); }},
-        {"--test-subset", [&](const std::string& v) { c.test_subset = parse_number<int64_t>("--test-subset", v); }},
-        {"--val-fraction", [&](const std::string& v) { c.val_fraction = parse_number<double>("--val-fraction", v); }},
+        {"--train-subset",
+         [&](const std::string& v) { c.train_subset = parse_number<int64_t>("--train-subset", v); }},
+        {"--test-subset",
+         [&](const std::string& v) { c.test_subset = parse_number<int64_t>("--test-subset", v); }},
+        {"--val-fraction",
+         [&](const std::string& v) { c.val_fraction = parse_number<double>("--val-fraction", v); }},
         {"--seed", [&](const std::string& v) { c.seed = parse_number<std::uint64_t>("--seed", v); }},
-        {"--data-seed", [&](const std::string& v) { c.data_seed = parse_number<std::uint64_t>("--data-seed", v); }},
+        {"--data-seed",
+         [&](const std::string& v) { c.data_seed = parse_number<std::uint64_t>("--data-seed", v); }},
         {"--threads", [&](const std::string& v) { c.threads = parse_number<int>("--threads", v); }},
         {"--updates", [&](const std::string& v) { c.updates = parse_number<int>("--updates", v); }},
-        {"--update-end", [&](const std::string& v) { c.update_end = parse_number<double>("--update-end", v); }},
-        {"--drop-fraction", [&](const std::string& v) { c.drop_fraction = parse_number<double>("--drop-fraction", v); }},
-        {"--drop-floor", [&](const std::string& v) { c.drop_floor = parse_number<double>("--drop-floor", v); }},
-        {"--cyclic-fraction", [&](const std::string& v) { c.cyclic_fraction = parse_number<double>("--cyclic-fraction", v); }},
+        {"--update-end",
+         [&](const std::string& v) { c.update_end = parse_number<double>("--update-end", v); }},
+        {"--drop-fraction",
+         [&](const std::string& v) { c.drop_fraction = parse_number<double>("--drop-fraction", v); }},
+        {"--drop-floor",
+         [&](const std::string& v) { c.drop_floor = parse_number<double>("--drop-floor", v); }},
+        {"--cyclic-fraction",
+         [&](const std::string& v) { c.cyclic_fraction = parse_number<double>("--cyclic-fraction", v); }},
         {"--cycles", [&](const std::string& v) { c.cycles = parse_number<int>("--cycles", v); }},
-        {"--cyclic-multiplier", [&](const std::string& v) { c.cyclic_multiplier = parse_number<double>("--cyclic-multiplier", v); }},
-        {"--dyrelu-start", [&](const std::string& v) { c.dyrelu_start = parse_number<double>("--dyrelu-start", v); }},
-        {"--dyrelu-end", [&](const std::string& v) { c.dyrelu_end = parse_number<double>("--dyrelu-end", v); }},
+        {"--cyclic-multiplier",
+         [&](const std::string& v) { c.cyclic_multiplier = parse_number<double>("--cyclic-multiplier", v); }},
+        {"--dyrelu-start",
+         [&](const std::string& v) { c.dyrelu_start = parse_number<double>("--dyrelu-start", v); }},
+        {"--dyrelu-end",
+         [&](const std::string& v) { c.dyrelu_end = parse_number<double>("--dyrelu-end", v); }},
         {"--dyrelu-impl", [&](const std::string& v) { c.dyrelu_impl = v; }},
         {"--out", [&](const std::string& v) { c.out_dir = v; }},
-        {"--stop-after-epochs", [&](const std::string& v) { c.stop_after_epochs = parse_number<int>("--stop-after-epochs", v); }},
+        {"--stop-after-epochs",
+         [&](const std::string& v) { c.stop_after_epochs = parse_number<int>("--stop-after-epochs", v); }},
         {"--log-every", [&](const std::string& v) { c.log_every = parse_number<int64_t>("--log-every", v); }},
     };
     std::map<std::string, std::function<void()>> flags = {
-        {"--no-nesterov", [&] { c.nesterov = false; }},  {"--no-augment", [&] { c.augment = false; }},
-        {"--freeze-hypernet", [&] { c.freeze_hypernet = true; }}, {"--resume", [&] { c.resume = true; }},
-        {"--quiet", [&] { c.quiet = true; }},             {"--bench-dyrelu", [&] { bench = true; }},
+        {"--no-nesterov", [&] { c.nesterov = false; }},
+        {"--no-augment", [&] { c.augment = false; }},
+        {"--freeze-hypernet", [&] { c.freeze_hypernet = true; }},
+        {"--resume", [&] { c.resume = true; }},
+        {"--quiet", [&] { c.quiet = true; }},
+        {"--bench-dyrelu", [&] { bench = true; }},
     };
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i], v;
       bool has_eq = false;
-      if (const auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) v = a.substr(eq + 1), a = a.substr(0, eq), has_eq = true;
+      if (const auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos)
+        v = a.substr(eq + 1), a = a.substr(0, eq), has_eq = true;
       if (a == "--help" || a == "-h") {
         std::cout << usage;
         return 0;
@@ -163,7 +188,8 @@ int main(int argc, char** argv) {
         f->second();
       } else if (auto w = with_value.find(a); w != with_value.end()) {
         if (!has_eq) {
-          if (i + 1 >= argc) throw east::InvalidArgument("east-trainer: " + a + " needs a value (see --help)");
+          if (i + 1 >= argc)
+            throw east::InvalidArgument("east-trainer: " + a + " needs a value (see --help)");
           v = argv[++i];
         }
         w->second(v);
@@ -178,7 +204,8 @@ int main(int argc, char** argv) {
     if (!c.out_dir.empty()) mkdir_p(c.out_dir);
     const auto r = east_trainer::run(c);
     if (!r.finished) {
-      std::cerr << "stopped after --stop-after-epochs " << c.stop_after_epochs << "; continue with --resume\n";
+      std::cerr << "stopped after --stop-after-epochs " << c.stop_after_epochs
+                << "; continue with --resume\n";
       return 3;
     }
     east_trainer::print_summary(r, std::cout);

@@ -2,13 +2,13 @@
 // The reference trainer: CIFAR-style ResNets trained densely or with east's sparse methods
 // (static, SET, RigL, EAST and EAST's ablations) under the EAST-SPEC §5 recipe, with every phase
 // a fraction of training (EAST-SPEC §6). Used by main.cpp and by tests/test_torch_trainer.cpp.
-#include <east/adapters/torch.hpp>
-#include <east/activations/phase_schedule.hpp>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <east/activations/phase_schedule.hpp>
+#include <east/adapters/torch.hpp>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -26,57 +26,63 @@ namespace ta = east::torch_adapter;
 /// Everything a run depends on. Defaults: the README's demo (EAST, 99.9%, Fashion-MNIST).
 struct Config {
   std::string dataset = "fashion-mnist";
-  std::string data_dir;            ///< empty: /usr/share/datasets/fashion-mnist or ./data/<dataset>
-  std::string method = "east";     ///< dense static set rigl east east-no-dyrelu east-no-sharing east-no-cyclic
+  std::string data_dir;         ///< empty: /usr/share/datasets/fashion-mnist or ./data/<dataset>
+  std::string method = "east";  ///< dense static set rigl east east-no-dyrelu east-no-sharing east-no-cyclic
   double sparsity = 0.999;
   int depth = 34;
-  double width = 0.25;             ///< multiplier of 64/128/256/512
+  double width = 0.25;  ///< multiplier of 64/128/256/512
   int epochs = 4;
   int64_t batch = 128;
   double lr = 0.1;
   double momentum = 0.9;
   double weight_decay = 5e-4;
   bool nesterov = true;
-  double clip = 1.0;               ///< global gradient-norm clip; 0 = off
-  int64_t train_subset = 0;        ///< images of the train file used (0 = all); val_fraction of them held out
-  int64_t test_subset = 0;         ///< test images evaluated (0 = all)
+  double clip = 1.0;         ///< global gradient-norm clip; 0 = off
+  int64_t train_subset = 0;  ///< images of the train file used (0 = all); val_fraction of them held out
+  int64_t test_subset = 0;   ///< test images evaluated (0 = all)
   double val_fraction = 0.1;
-  bool augment = true;             ///< pad 4 + random crop, horizontal flip
-  std::uint64_t seed = 0;          ///< init, masks, data order, augmentation
-  std::uint64_t data_seed = 0;     ///< subset and validation split (same for every seed by default)
+  bool augment = true;          ///< pad 4 + random crop, horizontal flip
+  std::uint64_t seed = 0;       ///< init, masks, data order, augmentation
+  std::uint64_t data_seed = 0;  ///< subset and validation split (same for every seed by default)
   int threads = 2;
-  int updates = 20;                ///< mask updates per run (ΔT = update_end·T / updates)
-  double update_end = 0.75;        ///< no mask updates after this fraction of training
-  double drop_fraction = 0.5;      ///< cosine drop fraction f_0 …
-  double drop_floor = 0.005;       ///< … to f_min at update_end
-  double cyclic_fraction = 0.4;    ///< EAST: cycles cover this fraction of training
+  int updates = 20;              ///< mask updates per run (ΔT = update_end·T / updates)
+  double update_end = 0.75;      ///< no mask updates after this fraction of training
+  double drop_fraction = 0.5;    ///< cosine drop fraction f_0 …
+  double drop_floor = 0.005;     ///< … to f_min at update_end
+  double cyclic_fraction = 0.4;  ///< EAST: cycles cover this fraction of training
   int cycles = 2;
   double cyclic_multiplier = 3.0;
-  double dyrelu_start = 0.25;      ///< EAST: β = 1 until here …
-  double dyrelu_end = 0.5;         ///< … linear to 0 here
+  double dyrelu_start = 0.25;  ///< EAST: β = 1 until here …
+  double dyrelu_end = 0.5;     ///< … linear to 0 here
   bool freeze_hypernet = false;
   std::string dyrelu_impl = "kernels";  ///< torch | kernels
-  std::string out_dir;             ///< results, checkpoint; empty = no files
+  std::string out_dir;                  ///< results, checkpoint; empty = no files
   bool resume = false;
-  int stop_after_epochs = -1;      ///< stop (as if interrupted) after this many epochs in this process
-  int64_t log_every = 0;           ///< steps between progress lines; 0 = about 10 per epoch
+  int stop_after_epochs = -1;  ///< stop (as if interrupted) after this many epochs in this process
+  int64_t log_every = 0;       ///< steps between progress lines; 0 = about 10 per epoch
   bool quiet = false;
-  std::string command_line;        ///< recorded in the results
+  std::string command_line;  ///< recorded in the results
 
   bool sparse() const { return method != "dense"; }
-  bool dyrelu() const { return method == "east" || method == "east-no-sharing" || method == "east-no-cyclic"; }
+  bool dyrelu() const {
+    return method == "east" || method == "east-no-sharing" || method == "east-no-cyclic";
+  }
   bool share() const { return method == "east" || method == "east-no-dyrelu" || method == "east-no-cyclic"; }
-  bool cyclic() const { return method == "east" || method == "east-no-dyrelu" || method == "east-no-sharing"; }
+  bool cyclic() const {
+    return method == "east" || method == "east-no-dyrelu" || method == "east-no-sharing";
+  }
   bool dynamic() const { return method != "dense" && method != "static"; }
 };
 
 inline void validate(Config& c) {
   using east::detail::require;
   const char* w = "east-trainer";
-  const std::vector<std::string> methods = {"dense", "static", "set", "rigl", "east", "east-no-dyrelu", "east-no-sharing", "east-no-cyclic"};
+  const std::vector<std::string> methods = {
+      "dense", "static", "set", "rigl", "east", "east-no-dyrelu", "east-no-sharing", "east-no-cyclic"};
   bool ok = false;
   for (const auto& m : methods) ok |= m == c.method;
-  require(ok, w, "--method ", c.method, " (valid: dense, static, set, rigl, east, east-no-dyrelu, east-no-sharing, east-no-cyclic)");
+  require(ok, w, "--method ", c.method,
+          " (valid: dense, static, set, rigl, east, east-no-dyrelu, east-no-sharing, east-no-cyclic)");
   require(c.sparsity >= 0 && c.sparsity < 1, w, "--sparsity ", c.sparsity, " (valid: [0, 1), e.g. 0.999)");
   require(c.method == "dense" || c.sparsity > 0, w, "--sparsity 0 only makes sense with --method dense");
   require(c.depth == 18 || c.depth == 34 || c.depth == 50, w, "--depth ", c.depth, " (valid: 18, 34, 50)");
@@ -89,23 +95,31 @@ inline void validate(Config& c) {
   require(c.clip >= 0, w, "--clip ", c.clip, " (valid: >= 0, 0 = off)");
   require(c.train_subset >= 0, w, "--train-subset ", c.train_subset, " (valid: >= 0, 0 = all)");
   require(c.test_subset >= 0, w, "--test-subset ", c.test_subset, " (valid: >= 0, 0 = all)");
-  require(c.val_fraction >= 0 && c.val_fraction < 0.9, w, "--val-fraction ", c.val_fraction, " (valid: [0, 0.9))");
+  require(c.val_fraction >= 0 && c.val_fraction < 0.9, w, "--val-fraction ", c.val_fraction,
+          " (valid: [0, 0.9))");
   require(c.threads >= 1 && c.threads <= 1024, w, "--threads ", c.threads, " (valid: >= 1)");
   require(c.updates >= 1, w, "--updates ", c.updates, " (valid: >= 1)");
   require(c.update_end > 0 && c.update_end <= 1, w, "--update-end ", c.update_end, " (valid: (0, 1])");
-  require(c.drop_fraction >= 0 && c.drop_fraction <= 1, w, "--drop-fraction ", c.drop_fraction, " (valid: [0, 1])");
-  require(c.drop_floor >= 0 && c.drop_floor <= c.drop_fraction, w, "--drop-floor ", c.drop_floor, " (valid: [0, drop-fraction])");
-  require(c.cyclic_fraction > 0 && c.cyclic_fraction <= 1, w, "--cyclic-fraction ", c.cyclic_fraction, " (valid: (0, 1])");
+  require(c.drop_fraction >= 0 && c.drop_fraction <= 1, w, "--drop-fraction ", c.drop_fraction,
+          " (valid: [0, 1])");
+  require(c.drop_floor >= 0 && c.drop_floor <= c.drop_fraction, w, "--drop-floor ", c.drop_floor,
+          " (valid: [0, drop-fraction])");
+  require(c.cyclic_fraction > 0 && c.cyclic_fraction <= 1, w, "--cyclic-fraction ", c.cyclic_fraction,
+          " (valid: (0, 1])");
   require(c.cycles >= 1, w, "--cycles ", c.cycles, " (valid: >= 1)");
   require(c.cyclic_multiplier >= 1, w, "--cyclic-multiplier ", c.cyclic_multiplier, " (valid: >= 1)");
-  require(c.dyrelu_start >= 0 && c.dyrelu_start <= c.dyrelu_end && c.dyrelu_end <= 1, w, "--dyrelu-start ", c.dyrelu_start,
-          " --dyrelu-end ", c.dyrelu_end, " (valid: 0 <= start <= end <= 1)");
-  require(c.dyrelu_impl == "torch" || c.dyrelu_impl == "kernels", w, "--dyrelu-impl ", c.dyrelu_impl, " (valid: torch, kernels)");
+  require(c.dyrelu_start >= 0 && c.dyrelu_start <= c.dyrelu_end && c.dyrelu_end <= 1, w, "--dyrelu-start ",
+          c.dyrelu_start, " --dyrelu-end ", c.dyrelu_end, " (valid: 0 <= start <= end <= 1)");
+  require(c.dyrelu_impl == "torch" || c.dyrelu_impl == "kernels", w, "--dyrelu-impl ", c.dyrelu_impl,
+          " (valid: torch, kernels)");
   require(!c.resume || !c.out_dir.empty(), w, "--resume needs --out DIR (where the checkpoint is)");
   if (c.data_dir.empty()) {
-    if (c.dataset == "fashion-mnist") c.data_dir = "/usr/share/datasets/fashion-mnist";
-    else if (c.dataset == "mnist") c.data_dir = "/usr/share/datasets/mnist";
-    else c.data_dir = "data/" + c.dataset;
+    if (c.dataset == "fashion-mnist")
+      c.data_dir = "/usr/share/datasets/fashion-mnist";
+    else if (c.dataset == "mnist")
+      c.data_dir = "/usr/share/datasets/mnist";
+    else
+      c.data_dir = "data/" + c.dataset;
   }
 }
 
@@ -157,7 +171,9 @@ struct ControllerHolder : AnyController {
   const east::ParameterSet& params() const override { return ctl.params(); }
   std::uint64_t updates() const override { return ctl.updates(); }
   std::vector<std::string> empty_layers() const override { return ctl.empty_layers(); }
-  void save(const std::string& path, const std::string& blob) const override { east::save_checkpoint(ctl, path, blob); }
+  void save(const std::string& path, const std::string& blob) const override {
+    east::save_checkpoint(ctl, path, blob);
+  }
   std::string load(const std::string& path) override { return east::load_checkpoint(ctl, path); }
   C ctl;
 };
@@ -188,12 +204,15 @@ inline Plan make_plan(const Config& c, std::int64_t steps_per_epoch) {
   p.cyclic.target = p.dst.density;
   p.cyclic.multiplier = std::min(c.cyclic_multiplier, 1.0 / p.dst.density);
   p.cyclic.cycles = c.cycles;
-  p.cyclic.length = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::llround(c.cyclic_fraction * T / c.cycles)));
-  p.phase = east::LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end, std::max<std::int64_t>(1, T), c.freeze_hypernet);
+  p.cyclic.length =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::llround(c.cyclic_fraction * T / c.cycles)));
+  p.phase = east::LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end, std::max<std::int64_t>(1, T),
+                                              c.freeze_hypernet);
   return p;
 }
 
-inline std::unique_ptr<AnyController> make_controller(const Config& c, const Plan& p, east::ParameterSet params) {
+inline std::unique_ptr<AnyController> make_controller(const Config& c, const Plan& p,
+                                                      east::ParameterSet params) {
   east::ControllerOptions opt;
   opt.seed = c.seed;
   if (c.method == "dense") return hold(east::make_static(std::move(params), 1.0, opt));
@@ -210,7 +229,8 @@ inline std::vector<int64_t> permutation(int64_t n, east::RandomStream s) {
   std::vector<int64_t> v(static_cast<std::size_t>(n));
   for (int64_t i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
   for (int64_t i = n - 1; i > 0; --i) {
-    const auto j = static_cast<int64_t>(s.uniform(static_cast<std::uint64_t>(i)) * static_cast<double>(i + 1));
+    const auto j =
+        static_cast<int64_t>(s.uniform(static_cast<std::uint64_t>(i)) * static_cast<double>(i + 1));
     std::swap(v[static_cast<std::size_t>(i)], v[static_cast<std::size_t>(std::min(j, i))]);
   }
   return v;
@@ -237,15 +257,20 @@ inline Prepared prepare(const Dataset& d, const Config& c) {
   const int64_t n = d.train.size();
   int64_t used = c.train_subset > 0 ? std::min(c.train_subset, n) : n;
   auto perm = permutation(n, east::make_stream(c.data_seed).derive(0xDA7A));
-  const int64_t nval = c.val_fraction > 0 ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(c.val_fraction * used))) : 0;
+  const int64_t nval = c.val_fraction > 0
+                           ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(c.val_fraction * used)))
+                           : 0;
   east::detail::require(used - nval >= c.batch, "east-trainer", "the training split has ", used - nval,
-                        " images, fewer than one batch of ", c.batch, " (raise --train-subset or lower --batch)");
+                        " images, fewer than one batch of ", c.batch,
+                        " (raise --train-subset or lower --batch)");
   auto idx = torch::from_blob(perm.data(), {used}, torch::kInt64).clone();
   auto val_idx = idx.slice(0, 0, nval), train_idx = idx.slice(0, nval, used);
   auto x = normalise(d.train.images, d);
   p.train_x = x.index_select(0, train_idx).contiguous();
   p.train_y = d.train.labels.index_select(0, train_idx).contiguous();
-  if (nval > 0) p.val_x = x.index_select(0, val_idx).contiguous(), p.val_y = d.train.labels.index_select(0, val_idx).contiguous();
+  if (nval > 0)
+    p.val_x = x.index_select(0, val_idx).contiguous(),
+    p.val_y = d.train.labels.index_select(0, val_idx).contiguous();
   const int64_t nt = c.test_subset > 0 ? std::min(c.test_subset, d.test.size()) : d.test.size();
   p.test_x = normalise(d.test.images.slice(0, 0, nt), d);
   p.test_y = d.test.labels.slice(0, 0, nt).contiguous();
@@ -254,9 +279,9 @@ inline Prepared prepare(const Dataset& d, const Config& c) {
 
 /// Gathers a batch; with augmentation: zero-pad 4, random crop, random horizontal flip, every
 /// choice a function of (seed, epoch, position in the epoch) so a resumed run sees the same data.
-inline std::pair<torch::Tensor, torch::Tensor> make_batch(const Prepared& p, const std::vector<int64_t>& order,
-                                                          int64_t first, int64_t count, bool augment,
-                                                          east::RandomStream s) {
+inline std::pair<torch::Tensor, torch::Tensor> make_batch(const Prepared& p,
+                                                          const std::vector<int64_t>& order, int64_t first,
+                                                          int64_t count, bool augment, east::RandomStream s) {
   const auto C = p.train_x.size(1), H = p.train_x.size(2), W = p.train_x.size(3);
   auto x = torch::empty({count, C, H, W});
   auto y = torch::empty({count}, torch::kInt64);
@@ -275,7 +300,8 @@ inline std::pair<torch::Tensor, torch::Tensor> make_batch(const Prepared& p, con
       continue;
     }
     const auto r = s.derive(static_cast<std::uint64_t>(first + b));
-    const int64_t dy = static_cast<int64_t>(r.uniform(0) * 9) - 4, dx = static_cast<int64_t>(r.uniform(1) * 9) - 4;
+    const int64_t dy = static_cast<int64_t>(r.uniform(0) * 9) - 4,
+                  dx = static_cast<int64_t>(r.uniform(1) * 9) - 4;
     const bool flip = r.uniform(2) < 0.5;
     for (int64_t ch = 0; ch < C; ++ch)
       for (int64_t yy = 0; yy < H; ++yy)
@@ -299,22 +325,27 @@ inline std::pair<double, double> evaluate(ta::ResNet& model, const torch::Tensor
   for (int64_t i = 0; i < x.size(0); i += 500) {
     const auto n = std::min<int64_t>(500, x.size(0) - i);
     auto out = model->forward(x.slice(0, i, i + n));
-    loss += torch::nn::functional::cross_entropy(out, y.slice(0, i, i + n),
-                                                 torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+    loss += torch::nn::functional::cross_entropy(
+                out, y.slice(0, i, i + n),
+                torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                 .item<double>();
     correct += out.argmax(1).eq(y.slice(0, i, i + n)).sum().item<int64_t>();
   }
   model->train();
-  return {static_cast<double>(correct) / static_cast<double>(x.size(0)), loss / static_cast<double>(x.size(0))};
+  return {static_cast<double>(correct) / static_cast<double>(x.size(0)),
+          loss / static_cast<double>(x.size(0))};
 }
 
 inline std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   std::ostringstream o;
   const auto t = static_cast<long>(s + 0.5);
-  if (t >= 3600) o << t / 3600 << "h" << std::setw(2) << std::setfill('0') << (t % 3600) / 60 << "m";
-  else if (t >= 60) o << t / 60 << "m" << std::setw(2) << std::setfill('0') << t % 60 << "s";
-  else o << t << "s";
+  if (t >= 3600)
+    o << t / 3600 << "h" << std::setw(2) << std::setfill('0') << (t % 3600) / 60 << "m";
+  else if (t >= 60)
+    o << t / 60 << "m" << std::setw(2) << std::setfill('0') << t % 60 << "s";
+  else
+    o << t << "s";
   return o.str();
 }
 
@@ -322,11 +353,12 @@ inline std::string format_duration(double s) {
 inline std::string fingerprint(const Config& c) {
   std::ostringstream o;
   o.precision(17);
-  o << c.dataset << '|' << c.method << '|' << c.sparsity << '|' << c.depth << '|' << c.width << '|' << c.epochs << '|' << c.batch
-    << '|' << c.lr << '|' << c.momentum << '|' << c.weight_decay << '|' << c.nesterov << '|' << c.clip << '|' << c.train_subset
-    << '|' << c.test_subset << '|' << c.val_fraction << '|' << c.augment << '|' << c.seed << '|' << c.data_seed << '|'
-    << c.updates << '|' << c.update_end << '|' << c.drop_fraction << '|' << c.drop_floor << '|' << c.cyclic_fraction << '|'
-    << c.cycles << '|' << c.cyclic_multiplier << '|' << c.dyrelu_start << '|' << c.dyrelu_end << '|' << c.freeze_hypernet;
+  o << c.dataset << '|' << c.method << '|' << c.sparsity << '|' << c.depth << '|' << c.width << '|'
+    << c.epochs << '|' << c.batch << '|' << c.lr << '|' << c.momentum << '|' << c.weight_decay << '|'
+    << c.nesterov << '|' << c.clip << '|' << c.train_subset << '|' << c.test_subset << '|' << c.val_fraction
+    << '|' << c.augment << '|' << c.seed << '|' << c.data_seed << '|' << c.updates << '|' << c.update_end
+    << '|' << c.drop_fraction << '|' << c.drop_floor << '|' << c.cyclic_fraction << '|' << c.cycles << '|'
+    << c.cyclic_multiplier << '|' << c.dyrelu_start << '|' << c.dyrelu_end << '|' << c.freeze_hypernet;
   return o.str();
 }
 
@@ -335,10 +367,14 @@ inline std::string fingerprint(const Config& c) {
 inline std::string json_escape(const std::string& s) {
   std::string o;
   for (char ch : s) {
-    if (ch == '"' || ch == '\\') o += '\\', o += ch;
-    else if (ch == '\n') o += "\\n";
-    else if (static_cast<unsigned char>(ch) < 0x20) o += ' ';
-    else o += ch;
+    if (ch == '"' || ch == '\\')
+      o += '\\', o += ch;
+    else if (ch == '\n')
+      o += "\\n";
+    else if (static_cast<unsigned char>(ch) < 0x20)
+      o += ' ';
+    else
+      o += ch;
   }
   return o;
 }
@@ -348,22 +384,27 @@ inline void write_results(const Result& r, const std::string& dir) {
   {
     std::ofstream j(dir + "/result.json.tmp");
     j.precision(10);
-    j << "{\n  \"method\": \"" << c.method << "\",\n  \"dataset\": \"" << c.dataset << "\",\n  \"sparsity\": " << c.sparsity
-      << ",\n  \"depth\": " << c.depth << ",\n  \"width\": " << c.width << ",\n  \"epochs\": " << c.epochs
-      << ",\n  \"seed\": " << c.seed << ",\n  \"train_subset\": " << c.train_subset << ",\n  \"finished\": "
-      << (r.finished ? "true" : "false") << ",\n  \"test_accuracy\": " << r.test_accuracy << ",\n  \"test_loss\": " << r.test_loss
-      << ",\n  \"val_accuracy\": " << r.val_accuracy << ",\n  \"train_loss\": " << r.train_loss << ",\n  \"density\": " << r.density
-      << ",\n  \"stored_density\": " << r.stored_density << ",\n  \"nonzeros\": " << r.nonzeros << ",\n  \"logical_size\": "
-      << r.logical_size << ",\n  \"stored_size\": " << r.stored_size << ",\n  \"steps\": " << r.steps
-      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"seconds\": " << r.seconds << ",\n  \"command\": \""
-      << json_escape(c.command_line) << "\",\n  \"val_history\": [";
+    j << "{\n  \"method\": \"" << c.method << "\",\n  \"dataset\": \"" << c.dataset
+      << "\",\n  \"sparsity\": " << c.sparsity << ",\n  \"depth\": " << c.depth
+      << ",\n  \"width\": " << c.width << ",\n  \"epochs\": " << c.epochs << ",\n  \"seed\": " << c.seed
+      << ",\n  \"train_subset\": " << c.train_subset
+      << ",\n  \"finished\": " << (r.finished ? "true" : "false")
+      << ",\n  \"test_accuracy\": " << r.test_accuracy << ",\n  \"test_loss\": " << r.test_loss
+      << ",\n  \"val_accuracy\": " << r.val_accuracy << ",\n  \"train_loss\": " << r.train_loss
+      << ",\n  \"density\": " << r.density << ",\n  \"stored_density\": " << r.stored_density
+      << ",\n  \"nonzeros\": " << r.nonzeros << ",\n  \"logical_size\": " << r.logical_size
+      << ",\n  \"stored_size\": " << r.stored_size << ",\n  \"steps\": " << r.steps
+      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"seconds\": " << r.seconds
+      << ",\n  \"command\": \"" << json_escape(c.command_line) << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
     j << "],\n  \"empty_layers\": [";
-    for (std::size_t i = 0; i < r.empty_layers.size(); ++i) j << (i ? ", " : "") << '"' << r.empty_layers[i] << '"';
+    for (std::size_t i = 0; i < r.empty_layers.size(); ++i)
+      j << (i ? ", " : "") << '"' << r.empty_layers[i] << '"';
     j << "],\n  \"layers\": [\n";
     for (std::size_t i = 0; i < r.layers.size(); ++i) {
       const auto& l = r.layers[i];
-      j << "    {\"name\": \"" << l.name << "\", \"size\": " << l.size << ", \"uses\": " << l.uses << ", \"nnz\": " << l.nnz
+      j << "    {\"name\": \"" << l.name << "\", \"size\": " << l.size << ", \"uses\": " << l.uses
+        << ", \"nnz\": " << l.nnz
         << ", \"density\": " << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "}"
         << (i + 1 < r.layers.size() ? ",\n" : "\n");
     }
@@ -372,27 +413,29 @@ inline void write_results(const Result& r, const std::string& dir) {
   std::rename((dir + "/result.json.tmp").c_str(), (dir + "/result.json").c_str());
   std::ofstream csv(dir + "/result.csv");
   csv.precision(10);
-  csv << "method,dataset,sparsity,depth,width,epochs,seed,test_accuracy,val_accuracy,density,nonzeros,logical_size,seconds\n"
-      << c.method << ',' << c.dataset << ',' << c.sparsity << ',' << c.depth << ',' << c.width << ',' << c.epochs << ','
-      << c.seed << ',' << r.test_accuracy << ',' << r.val_accuracy << ',' << r.density << ',' << r.nonzeros << ','
-      << r.logical_size << ',' << r.seconds << '\n';
+  csv << "method,dataset,sparsity,depth,width,epochs,seed,test_accuracy,val_accuracy,density,nonzeros,"
+         "logical_size,seconds\n"
+      << c.method << ',' << c.dataset << ',' << c.sparsity << ',' << c.depth << ',' << c.width << ','
+      << c.epochs << ',' << c.seed << ',' << r.test_accuracy << ',' << r.val_accuracy << ',' << r.density
+      << ',' << r.nonzeros << ',' << r.logical_size << ',' << r.seconds << '\n';
 }
 
 inline void print_summary(const Result& r, std::ostream& os) {
   const auto& c = r.config;
   os << std::fixed;
-  os << "\n== summary: " << c.method << ", ResNet-" << c.depth << " width " << c.width << ", " << c.dataset << ", sparsity "
-     << std::setprecision(4) << 100 * c.sparsity << "%, seed " << c.seed << "\n";
-  os << "test accuracy " << std::setprecision(2) << 100 * r.test_accuracy << "%  (val " << 100 * r.val_accuracy
-     << "%, test loss " << std::setprecision(4) << r.test_loss << ")\n";
+  os << "\n== summary: " << c.method << ", ResNet-" << c.depth << " width " << c.width << ", " << c.dataset
+     << ", sparsity " << std::setprecision(4) << 100 * c.sparsity << "%, seed " << c.seed << "\n";
+  os << "test accuracy " << std::setprecision(2) << 100 * r.test_accuracy << "%  (val "
+     << 100 * r.val_accuracy << "%, test loss " << std::setprecision(4) << r.test_loss << ")\n";
   os << "nonzeros " << r.nonzeros << " of " << r.logical_size << " (every use counted; " << r.stored_size
      << " stored): density " << std::setprecision(6) << r.density << " (stored " << r.stored_density << ")\n";
-  os << "mask updates " << r.mask_updates << ", steps " << r.steps << ", time " << format_duration(r.seconds) << "\n";
+  os << "mask updates " << r.mask_updates << ", steps " << r.steps << ", time " << format_duration(r.seconds)
+     << "\n";
   os << "per layer (name: nnz / size [x uses] = density):\n";
   for (const auto& l : r.layers)
-    os << "  " << std::left << std::setw(28) << l.name << std::right << std::setw(7) << l.nnz << " / " << std::setw(8)
-       << l.size << (l.uses > 1 ? " x" + std::to_string(l.uses) : std::string("   ")) << " = " << std::setprecision(5)
-       << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "\n";
+    os << "  " << std::left << std::setw(28) << l.name << std::right << std::setw(7) << l.nnz << " / "
+       << std::setw(8) << l.size << (l.uses > 1 ? " x" + std::to_string(l.uses) : std::string("   ")) << " = "
+       << std::setprecision(5) << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "\n";
   if (!r.empty_layers.empty()) {
     os << "WARNING: layers with no active weight (their output is constant): ";
     for (const auto& n : r.empty_layers) os << n << ' ';
@@ -442,7 +485,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     const auto fp = rd.get_string("fingerprint");
     if (fp != fingerprint(c))
       throw east::InvalidArgument("east-trainer: --resume: the checkpoint '" + ckpt +
-                                  "' was written by a run with other settings (" + fp + "); use another --out or drop --resume");
+                                  "' was written by a run with other settings (" + fp +
+                                  "); use another --out or drop --resume");
     start_epoch = rd.get<int32_t>("epoch");
     elapsed_before = rd.get<double>("elapsed");
     const auto nh = rd.get<std::uint64_t>("history length");
@@ -454,16 +498,19 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   }
 
   if (!c.quiet) {
-    log << "east-trainer: " << c.method << " ResNet-" << c.depth << " width " << c.width << " on " << c.dataset << " ("
-        << n_train << " train, " << (p.val_x.defined() ? p.val_x.size(0) : 0) << " val, " << p.test_x.size(0)
-        << " test), sparsity " << c.sparsity << ", " << c.epochs << " epochs x " << spe << " steps, batch " << c.batch
-        << ", threads " << c.threads << "\n";
-    log << "  prunable weights " << params.logical_size() << " (stored " << params.stored_size() << ") in " << params.size()
-        << " layers; nonzeros " << ctl->nonzeros();
+    log << "east-trainer: " << c.method << " ResNet-" << c.depth << " width " << c.width << " on "
+        << c.dataset << " (" << n_train << " train, " << (p.val_x.defined() ? p.val_x.size(0) : 0) << " val, "
+        << p.test_x.size(0) << " test), sparsity " << c.sparsity << ", " << c.epochs << " epochs x " << spe
+        << " steps, batch " << c.batch << ", threads " << c.threads << "\n";
+    log << "  prunable weights " << params.logical_size() << " (stored " << params.stored_size() << ") in "
+        << params.size() << " layers; nonzeros " << ctl->nonzeros();
     if (c.dynamic())
       log << "; mask update every " << plan.dst.update_interval << " steps until step " << plan.dst.end_step;
-    if (c.cyclic()) log << "; cyclic density x" << plan.cyclic.multiplier << " over steps [0, " << plan.cyclic.end() << ")";
-    if (c.dyrelu()) log << "; DyReLU beta 1 -> 0 over steps [" << plan.phase.start << ", " << plan.phase.end << "] (" << c.dyrelu_impl << ")";
+    if (c.cyclic())
+      log << "; cyclic density x" << plan.cyclic.multiplier << " over steps [0, " << plan.cyclic.end() << ")";
+    if (c.dyrelu())
+      log << "; DyReLU beta 1 -> 0 over steps [" << plan.phase.start << ", " << plan.phase.end << "] ("
+          << c.dyrelu_impl << ")";
     log << "\n";
   }
 
@@ -474,7 +521,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   int epochs_run = 0;
   for (int epoch = start_epoch; epoch < c.epochs; ++epoch) {
     if (c.stop_after_epochs >= 0 && epochs_run >= c.stop_after_epochs) {
-      r.seconds = elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      r.seconds =
+          elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r.finished = false;
       return r;
     }
@@ -486,7 +534,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     for (int64_t b = 0; b < spe; ++b) {
       const int64_t step = static_cast<int64_t>(epoch) * spe + b;
       const double lr = c.lr * (step >= T / 2 ? 0.1 : 1.0) * (step >= (3 * T) / 4 ? 0.1 : 1.0);
-      if (c.dyrelu()) ta::set_dyrelu_phase(*model, plan.phase.beta(step), east::phase_frozen(plan.phase, step));
+      if (c.dyrelu())
+        ta::set_dyrelu_phase(*model, plan.phase.beta(step), east::phase_frozen(plan.phase, step));
       auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
       sgd.zero_grad();
       auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
@@ -496,18 +545,20 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       sgd.step(lr);
       ctl->after(step);
       const double lv = loss.item<double>();
-      east::detail::require(std::isfinite(lv), "east-trainer", "loss became ", lv, " at step ", step, " (lower --lr?)");
+      east::detail::require(std::isfinite(lv), "east-trainer", "loss became ", lv, " at step ", step,
+                            " (lower --lr?)");
       loss_sum += lv;
       ++loss_n;
       last_loss = lv;
       if (!c.quiet && ((b + 1) % log_every == 0 || b + 1 == spe)) {
-        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_t0).count();
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_t0).count();
         const double rate = static_cast<double>((b + 1) * c.batch) / std::max(secs, 1e-9);
         const double eta = static_cast<double>((T - step - 1) * c.batch) / rate;
-        log << "epoch " << epoch + 1 << "/" << c.epochs << "  step " << step + 1 << "/" << T << "  loss " << std::fixed
-            << std::setprecision(4) << loss_sum / static_cast<double>(loss_n) << "  lr " << std::setprecision(4) << lr
-            << "  density " << std::setprecision(5) << ctl->density() << "  " << std::setprecision(0) << rate
-            << " img/s  ETA " << format_duration(eta) << "\n";
+        log << "epoch " << epoch + 1 << "/" << c.epochs << "  step " << step + 1 << "/" << T << "  loss "
+            << std::fixed << std::setprecision(4) << loss_sum / static_cast<double>(loss_n) << "  lr "
+            << std::setprecision(4) << lr << "  density " << std::setprecision(5) << ctl->density() << "  "
+            << std::setprecision(0) << rate << " img/s  ETA " << format_duration(eta) << "\n";
         log.unsetf(std::ios::fixed);
       }
     }
@@ -516,8 +567,9 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     const auto [va, vl] = evaluate(model, p.val_x, p.val_y);
     r.val_history.push_back(va);
     if (!c.quiet)
-      log << "epoch " << epoch + 1 << " done: train loss " << std::fixed << std::setprecision(4) << r.train_loss << ", val acc "
-          << std::setprecision(2) << 100 * va << "% (loss " << std::setprecision(4) << vl << ")\n";
+      log << "epoch " << epoch + 1 << " done: train loss " << std::fixed << std::setprecision(4)
+          << r.train_loss << ", val acc " << std::setprecision(2) << 100 * va << "% (loss "
+          << std::setprecision(4) << vl << ")\n";
     log.unsetf(std::ios::fixed);
     ++epochs_run;
     if (!ckpt.empty()) {

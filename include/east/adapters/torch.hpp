@@ -8,8 +8,8 @@
 //   SharedConv2d, ResidualBlock, ResNet   CIFAR ResNets with residual weight sharing
 //   tensor/state helpers for checkpoints (state.hpp)
 #include "../east.hpp"
-#include "torch/registration.hpp"
-#include "torch/sgd.hpp"
 #include "torch/dyrelu.hpp"
+#include "torch/registration.hpp"
 #include "torch/resnet.hpp"
+#include "torch/sgd.hpp"
 #include "torch/state.hpp"

@@ -35,8 +35,8 @@ struct DyReLUKernelFunction : public torch::autograd::Function<DyReLUKernelFunct
     x = x.contiguous();
     const int B = static_cast<int>(x.size(0)), C = static_cast<int>(x.size(1));
     const int H = static_cast<int>(x.size(2)), W = static_cast<int>(x.size(3));
-    DyReLUParams<float> p{w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(), b2.data_ptr<float>(),
-                          static_cast<int>(w1.size(0))};
+    DyReLUParams<float> p{w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
+                          b2.data_ptr<float>(), static_cast<int>(w1.size(0))};
     torch::Tensor y = torch::empty_like(x);
     dyrelu_forward(p, x.data_ptr<float>(), y.data_ptr<float>(), B, C, H, W, beta, *ws);
     ctx->save_for_backward({x, w1, b1, w2, b2});
@@ -54,14 +54,17 @@ struct DyReLUKernelFunction : public torch::autograd::Function<DyReLUKernelFunct
     torch::Tensor dy = grad_out[0].contiguous();
     const int B = static_cast<int>(x.size(0)), C = static_cast<int>(x.size(1));
     const int H = static_cast<int>(x.size(2)), W = static_cast<int>(x.size(3));
-    DyReLUParams<float> p{w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(), b2.data_ptr<float>(),
-                          static_cast<int>(w1.size(0))};
+    DyReLUParams<float> p{w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
+                          b2.data_ptr<float>(), static_cast<int>(w1.size(0))};
     torch::Tensor dx = torch::empty_like(x);
     torch::Tensor gw1, gb1, gw2, gb2;
     if (!frozen) {
-      gw1 = torch::zeros_like(w1), gb1 = torch::zeros_like(b1), gw2 = torch::zeros_like(w2), gb2 = torch::zeros_like(b2);
-      DyReLUGrads<float> g{gw1.data_ptr<float>(), gb1.data_ptr<float>(), gw2.data_ptr<float>(), gb2.data_ptr<float>()};
-      dyrelu_backward(p, x.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>(), B, C, H, W, *ws, &g);
+      gw1 = torch::zeros_like(w1), gb1 = torch::zeros_like(b1), gw2 = torch::zeros_like(w2),
+      gb2 = torch::zeros_like(b2);
+      DyReLUGrads<float> g{gw1.data_ptr<float>(), gb1.data_ptr<float>(), gw2.data_ptr<float>(),
+                           gb2.data_ptr<float>()};
+      dyrelu_backward(p, x.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>(), B, C, H, W, *ws,
+                      &g);
     } else {
       dyrelu_backward(p, x.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>(), B, C, H, W, *ws,
                       static_cast<const DyReLUGrads<float>*>(nullptr));
@@ -79,7 +82,8 @@ class DyReLUBImpl : public torch::nn::Module, public NeverPruned {
   /// @param channels C of the NCHW input  @param reduction hidden = max(1, C / reduction)
   explicit DyReLUBImpl(int64_t channels, int reduction = 4, DyReLUBackend backend = DyReLUBackend::torch_ops)
       : channels_(channels), backend_(backend) {
-    east::detail::require(channels >= 1, "east::torch_adapter::DyReLUB()", "channels ", channels, " (valid: >= 1)");
+    east::detail::require(channels >= 1, "east::torch_adapter::DyReLUB()", "channels ", channels,
+                          " (valid: >= 1)");
     const int hidden = dyrelu_hidden_size(static_cast<int>(channels), reduction);
     fc1 = register_module("fc1", torch::nn::Linear(channels, hidden));
     fc2 = register_module("fc2", torch::nn::Linear(hidden, 4 * channels));
@@ -114,8 +118,8 @@ class DyReLUBImpl : public torch::nn::Module, public NeverPruned {
   }
 
   void set_beta(double beta) {
-    east::detail::require(beta >= 0.0 && beta <= 1.0, "east::torch_adapter::DyReLUB::set_beta()", "beta ", beta,
-                          " (valid: [0, 1])");
+    east::detail::require(beta >= 0.0 && beta <= 1.0, "east::torch_adapter::DyReLUB::set_beta()", "beta ",
+                          beta, " (valid: [0, 1])");
     beta_ = beta;
   }
   double beta() const { return beta_; }

@@ -57,7 +57,8 @@ inline void require_cpu_float(const torch::Tensor& t, const std::string& name, c
                         " (valid: CPU; copy to CPU or use a GPU adapter)");
   east::detail::require(t.scalar_type() == torch::kFloat, where, "tensor '", name, "' has dtype ",
                         c10::toString(t.scalar_type()), " (valid: float32)");
-  east::detail::require(t.is_contiguous(), where, "tensor '", name, "' is not contiguous (valid: contiguous)");
+  east::detail::require(t.is_contiguous(), where, "tensor '", name,
+                        "' is not contiguous (valid: contiguous)");
 }
 
 inline bool is_conv(const torch::nn::Module& m) {
@@ -67,7 +68,8 @@ inline bool is_conv(const torch::nn::Module& m) {
 /// shared_ptr (modules(include_self = true) would throw for a module on the stack).
 inline std::vector<std::pair<std::string, torch::nn::Module*>> all_modules(torch::nn::Module& module) {
   std::vector<std::pair<std::string, torch::nn::Module*>> out{{"", &module}};
-  for (const auto& item : module.named_modules("", /*include_self=*/false)) out.emplace_back(item.key(), item.value().get());
+  for (const auto& item : module.named_modules("", /*include_self=*/false))
+    out.emplace_back(item.key(), item.value().get());
   return out;
 }
 }  // namespace detail
@@ -79,7 +81,8 @@ struct RegisteredTensor {
 };
 
 /// Full names of the prunable parameters of `module` under `options`, in registration order.
-inline std::vector<RegisteredTensor> prunable_parameters(torch::nn::Module& module, const RegisterOptions& options = {}) {
+inline std::vector<RegisteredTensor> prunable_parameters(torch::nn::Module& module,
+                                                         const RegisterOptions& options = {}) {
   std::vector<RegisteredTensor> out;
   std::vector<std::string> skipped_prefixes;
   for (const auto& [mname, m] : detail::all_modules(module)) {
@@ -91,7 +94,8 @@ inline std::vector<RegisteredTensor> prunable_parameters(torch::nn::Module& modu
       skipped_prefixes.push_back(mname);
       continue;
     }
-    const bool take = (options.convolutions && detail::is_conv(*m)) || (options.linear && m->as<torch::nn::Linear>());
+    const bool take =
+        (options.convolutions && detail::is_conv(*m)) || (options.linear && m->as<torch::nn::Linear>());
     if (!take) continue;
     for (const auto& p : m->named_parameters(/*recurse=*/false)) {
       if (p.key() != "weight") continue;
@@ -125,7 +129,8 @@ inline ParameterSet make_parameter_set(torch::nn::Module& module, const Register
     params.add(r.name, w.data_ptr<float>(), shape, g);
     by_impl[w.unsafeGetTensorImpl()] = r.name;
   }
-  east::detail::require(!params.empty(), where, "no prunable parameter found (valid: a module with Conv/Linear "
+  east::detail::require(!params.empty(), where,
+                        "no prunable parameter found (valid: a module with Conv/Linear "
                         "weights that pass RegisterOptions::include)");
   for (const auto& name : options.dense) params.set_role(name, LayerRole::dense);
   std::map<std::string, std::size_t> uses;
@@ -150,8 +155,9 @@ inline void check_views(torch::nn::Module& module, const ParameterSet& params) {
     east::detail::require(t->data_ptr<float>() == l.weight, where, "weight of '", l.name,
                           "' was reallocated after registration (keep parameters in place)");
     if (l.grad)
-      east::detail::require(t->grad().defined() && t->grad().data_ptr<float>() == l.grad, where, "gradient of '",
-                            l.name, "' was reallocated or reset to None after registration (zero it in place: "
+      east::detail::require(t->grad().defined() && t->grad().data_ptr<float>() == l.grad, where,
+                            "gradient of '", l.name,
+                            "' was reallocated or reset to None after registration (zero it in place: "
                             "zero_grad(false) or east's Sgd::zero_grad)");
   }
 }
@@ -172,7 +178,8 @@ inline void seed_sgd_momentum(torch::optim::SGD& optimizer, torch::nn::Module& m
       }
       auto& buf = static_cast<torch::optim::SGDParamState&>(*st[key]).momentum_buffer();
       for (const auto& item : named)
-        if (item.value().unsafeGetTensorImpl() == p.unsafeGetTensorImpl() && params.find(item.key()) != ParameterSet::npos)
+        if (item.value().unsafeGetTensorImpl() == p.unsafeGetTensorImpl() &&
+            params.find(item.key()) != ParameterSet::npos)
           params.add_state(item.key(), buf.data_ptr<float>());
     }
 }

@@ -37,21 +37,21 @@ class SharedConv2dImpl : public torch::nn::Module, public SharesWeights {
   torch::Tensor scale;
 
  private:
-  torch::Tensor weight_;  // shallow: same storage as the owner's weight, not registered here
+  torch::Tensor weight_;      // shallow: same storage as the owner's weight, not registered here
   int64_t stride_, padding_;  // square kernels, "same" padding k/2 (as detail::conv builds them)
 };
 TORCH_MODULE(SharedConv2d);
 
 /// Options of make_resnet / ResNetImpl.
 struct ResNetOptions {
-  int depth = 34;              ///< 18, 34 (basic blocks) or 50 (bottlenecks)
-  double width = 1.0;          ///< multiplier of the stage widths 64, 128, 256, 512
+  int depth = 34;      ///< 18, 34 (basic blocks) or 50 (bottlenecks)
+  double width = 1.0;  ///< multiplier of the stage widths 64, 128, 256, 512
   int64_t in_channels = 3;
   int64_t num_classes = 10;
-  bool dyrelu = false;         ///< DyReLU-B instead of ReLU
-  bool share = false;          ///< residual weight sharing from block 2 of every stage on
+  bool dyrelu = false;  ///< DyReLU-B instead of ReLU
+  bool share = false;   ///< residual weight sharing from block 2 of every stage on
   DyReLUBackend backend = DyReLUBackend::torch_ops;
-  uint64_t seed = 0;           ///< initialisation of the sharing scalars (torch's RNG does the rest)
+  uint64_t seed = 0;  ///< initialisation of the sharing scalars (torch's RNG does the rest)
 };
 
 namespace detail {
@@ -64,8 +64,9 @@ inline torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride
 /// its convolutions or borrowing those of `source` (a block of the same shape).
 class ResidualBlockImpl : public torch::nn::Module {
  public:
-  ResidualBlockImpl(int64_t in, int64_t planes, int64_t stride, bool bottleneck, bool dyrelu, DyReLUBackend backend,
-                    ResidualBlockImpl* source = nullptr, std::vector<double> scales = {})
+  ResidualBlockImpl(int64_t in, int64_t planes, int64_t stride, bool bottleneck, bool dyrelu,
+                    DyReLUBackend backend, ResidualBlockImpl* source = nullptr,
+                    std::vector<double> scales = {})
       : bottleneck_(bottleneck) {
     const int64_t out = bottleneck ? planes * 4 : planes;
     std::vector<std::pair<int64_t, int64_t>> io;  // (in, out) per conv, kernel sizes below
@@ -83,7 +84,8 @@ class ResidualBlockImpl : public torch::nn::Module {
       const std::string n = "conv" + std::to_string(i + 1);
       if (source) {
         east::detail::require(source->own_.size() == io.size(), "east::torch_adapter::ResidualBlock()",
-                              "source block has ", source->own_.size(), " convolutions, expected ", io.size());
+                              "source block has ", source->own_.size(), " convolutions, expected ",
+                              io.size());
         shared_.push_back(register_module(n, SharedConv2d(source->own_[i], scales.at(i))));
       } else {
         own_.push_back(register_module(n, detail::conv(io[i].first, io[i].second, ks[i], strides[i])));
@@ -95,8 +97,10 @@ class ResidualBlockImpl : public torch::nn::Module {
     for (std::size_t i = 0; i <= inner; ++i) {
       const int64_t ch = i < inner ? io[i].second : out;
       const std::string n = i < inner ? "act" + std::to_string(i + 1) : "act_out";
-      if (dyrelu) acts_.push_back(register_module(n, DyReLUB(ch, 4, backend)));
-      else acts_.emplace_back(nullptr);
+      if (dyrelu)
+        acts_.push_back(register_module(n, DyReLUB(ch, 4, backend)));
+      else
+        acts_.emplace_back(nullptr);
     }
     if (stride != 1 || in != out) {
       east::detail::require(source == nullptr, "east::torch_adapter::ResidualBlock()",
@@ -138,10 +142,14 @@ class ResNetImpl : public torch::nn::Module {
     constexpr const char* where = "east::torch_adapter::ResNet()";
     std::vector<int> blocks;
     bool bottleneck = false;
-    if (o.depth == 18) blocks = {2, 2, 2, 2};
-    else if (o.depth == 34) blocks = {3, 4, 6, 3};
-    else if (o.depth == 50) blocks = {3, 4, 6, 3}, bottleneck = true;
-    else east::detail::require(false, where, "depth ", o.depth, " (valid: 18, 34, 50)");
+    if (o.depth == 18)
+      blocks = {2, 2, 2, 2};
+    else if (o.depth == 34)
+      blocks = {3, 4, 6, 3};
+    else if (o.depth == 50)
+      blocks = {3, 4, 6, 3}, bottleneck = true;
+    else
+      east::detail::require(false, where, "depth ", o.depth, " (valid: 18, 34, 50)");
     east::detail::require(o.width > 0 && o.width <= 16, where, "width ", o.width, " (valid: (0, 16])");
     east::detail::require(o.in_channels >= 1, where, "in_channels ", o.in_channels, " (valid: >= 1)");
     east::detail::require(o.num_classes >= 2, where, "num_classes ", o.num_classes, " (valid: >= 2)");

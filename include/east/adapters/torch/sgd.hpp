@@ -31,7 +31,8 @@ class Sgd {
     constexpr const char* where = "east::torch_adapter::Sgd()";
     east::detail::require(options.momentum >= 0 && options.momentum < 1, where, "momentum ", options.momentum,
                           " (valid: [0, 1))");
-    east::detail::require(options.weight_decay >= 0, where, "weight_decay ", options.weight_decay, " (valid: >= 0)");
+    east::detail::require(options.weight_decay >= 0, where, "weight_decay ", options.weight_decay,
+                          " (valid: >= 0)");
     east::detail::require(!options.nesterov || options.momentum > 0, where, "nesterov needs momentum > 0");
     for (const auto& p : params) {
       torch::Tensor w = p.value();
@@ -46,7 +47,8 @@ class Sgd {
   /// Registers every momentum buffer of a layer of `params` as its optimizer state.
   void register_state(ParameterSet& params) const {
     for (std::size_t i = 0; i < names_.size(); ++i)
-      if (params.find(names_[i]) != ParameterSet::npos) params.add_state(names_[i], momentum_[i].data_ptr<float>());
+      if (params.find(names_[i]) != ParameterSet::npos)
+        params.add_state(names_[i], momentum_[i].data_ptr<float>());
   }
 
   /// Zeroes gradients in place (never sets them to None: east holds views of them).

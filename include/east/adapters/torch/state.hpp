@@ -47,7 +47,8 @@ class StateWriter {
   }
   void put_sgd(Sgd& sgd) {
     put(static_cast<std::uint64_t>(sgd.names().size()));
-    for (std::size_t i = 0; i < sgd.names().size(); ++i) put_tensor(sgd.names()[i], sgd.momentum_buffers()[i]);
+    for (std::size_t i = 0; i < sgd.names().size(); ++i)
+      put_tensor(sgd.names()[i], sgd.momentum_buffers()[i]);
   }
   const std::string& bytes() const { return bytes_; }
 
@@ -81,8 +82,8 @@ class StateReader {
     const auto type = get<std::int32_t>("dtype");
     fail_if(type != static_cast<std::int32_t>(target.scalar_type()), "tensor '", name, "' has another dtype");
     const auto dims = get<std::uint64_t>("dims");
-    fail_if(dims != static_cast<std::uint64_t>(target.dim()), "tensor '", name, "' has ", dims, " dims, expected ",
-            target.dim());
+    fail_if(dims != static_cast<std::uint64_t>(target.dim()), "tensor '", name, "' has ", dims,
+            " dims, expected ", target.dim());
     for (std::uint64_t i = 0; i < dims; ++i)
       fail_if(get<std::int64_t>("size") != target.size(static_cast<int64_t>(i)), "tensor '", name,
               "' has another shape than ", target.sizes());
@@ -99,21 +100,25 @@ class StateReader {
     const auto p = module.named_parameters(true);
     const auto b = module.named_buffers(true);
     const auto n = get<std::uint64_t>("tensor count");
-    fail_if(n != p.size() + b.size(), "checkpoint has ", n, " model tensors, the model ", p.size() + b.size());
+    fail_if(n != p.size() + b.size(), "checkpoint has ", n, " model tensors, the model ",
+            p.size() + b.size());
     for (const auto& t : p) get_tensor_into(t.key(), t.value());
     for (const auto& t : b) get_tensor_into(t.key(), t.value());
   }
   void get_sgd(Sgd& sgd) {
     const auto n = get<std::uint64_t>("momentum count");
-    fail_if(n != sgd.names().size(), "checkpoint has ", n, " momentum buffers, the optimizer ", sgd.names().size());
-    for (std::size_t i = 0; i < sgd.names().size(); ++i) get_tensor_into(sgd.names()[i], sgd.momentum_buffers()[i]);
+    fail_if(n != sgd.names().size(), "checkpoint has ", n, " momentum buffers, the optimizer ",
+            sgd.names().size());
+    for (std::size_t i = 0; i < sgd.names().size(); ++i)
+      get_tensor_into(sgd.names()[i], sgd.momentum_buffers()[i]);
   }
   std::size_t left() const { return b_.size() - pos_; }
 
  private:
   void need(std::uint64_t k, const char* what) {
     if (k > b_.size() - pos_)
-      throw CorruptCheckpoint(east::detail::concat("east::torch_adapter::StateReader: truncated while reading ", what));
+      throw CorruptCheckpoint(
+          east::detail::concat("east::torch_adapter::StateReader: truncated while reading ", what));
   }
   template <class... P>
   void fail_if(bool bad, const P&... parts) {
