@@ -12,7 +12,9 @@
 #include <torch/torch.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -109,6 +111,23 @@ void register_all() {
         }
       });
     }
+    // Regrowth scores at a mask update (0.1% density, grow 30% of nnz): dense weight gradient of
+    // the layer block by block + exact top-k over inactive positions. Compare with dense_bwd.
+    add("regrow/" + L + "/0.1%", [l, g](benchmark::State& s) {
+      east::kernels::set_threads(g_threads);
+      const auto wt = make_weight(l, 0.001);
+      east::BitMask mask(g.weight_size());
+      for (std::size_t j = 0; j < wt.nnz(); ++j) mask.set(wt.position(j));
+      const auto x = randn(g.input_size(), 2), dy = randn(g.output_size(), 3);
+      const std::size_t k = std::max<std::size_t>(1, wt.nnz() * 3 / 10);
+      for (auto _ : s) {
+        auto top = east::sparse::top_inactive_gradient(
+            mask, wt.rows(), wt.cols(), k, [&](std::size_t r0, std::size_t r1, float* out) {
+              east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), r0, r1, out);
+            });
+        benchmark::DoNotOptimize(top.index.data());
+      }
+    });
 #if defined(EAST_BENCH_HAS_TORCH)
     add("dense_fwd/" + L + "/dense", [l](benchmark::State& s) {
       at::set_num_threads(g_threads);
@@ -180,6 +199,13 @@ class TableReporter : public benchmark::ConsoleReporter {
       if (cross > 1) std::printf("crossover %s: above %s (sparse wins everywhere measured)\n", L.c_str(), dname(kDensities[0]).c_str());
       else if (cross > 0) std::printf("crossover %s: %s\n", L.c_str(), dname(cross).c_str());
       else std::printf("crossover %s: below %s\n", L.c_str(), dname(prev_d).c_str());
+    }
+    std::printf("\nRegrowth scores at a mask update (dense dW block by block + top-k inactive), 0.1%%:\n");
+    for (std::size_t li = 0; li < sizeof kLayers / sizeof kLayers[0]; ++li) {
+      const std::string L = kLayers[li].name;
+      const double r = get("regrow/" + L + "/0.1%"), db = get("dense_bwd/" + L + "/dense");
+      std::printf("  %s: %.1f ms (libtorch dense backward of the layer: %.1f ms, ratio %.1f)\n", L.c_str(), r, db,
+                  r / db);
     }
     std::printf("\nWhole-network conv time (ResNet-34 shape counts), fwd+bwd, batch %zu: dense %.1f ms\n", g_batch,
                 net_dense);

@@ -243,6 +243,23 @@ int main(int argc, char** argv) {
       if (std::getenv("EAST_CHECK_VERBOSE")) std::printf("conv%zu %s grad rel diff %.3g\n", i, c10::str(dense.convs[i].dense->weight.sizes()).c_str(), e);
       gworst = std::max(gworst, e);
     }
+    {  // Regrowth scores via libtorch's weight gradient, block by block, vs the dense gradient.
+      auto x = torch::randn({cfg.batch, 64, 16, 16});
+      auto dy = torch::randn({cfg.batch, 128, 8, 8});
+      const auto w = torch::zeros({128, 64, 3, 3});
+      const auto full = std::get<1>(at::convolution_backward(dy, x, w, c10::nullopt, {2, 2}, {1, 1}, {1, 1}, false,
+                                                             {0, 0}, 1, {false, true, false}));
+      const auto mask = random_mask(static_cast<std::size_t>(w.numel()), 0.1, 3);
+      const auto top = east::sparse::top_inactive_gradient(mask, 128, 64 * 9, 100,
+                                                           east::sparse::torch_conv2d_grad_weight_rows(x, dy, 3, 3, 2, 1),
+                                                           /*block_rows=*/40);
+      double e = 0;
+      for (std::size_t i = 0; i < top.index.size(); ++i)
+        e = std::max(e, std::fabs(top.grad[i] - full.view(-1)[static_cast<long>(top.index[i])].item<double>()));
+      std::printf("torch_conv2d_grad_weight_rows + top_inactive_gradient: %zu picked, largest value difference %.3g\n",
+                  top.index.size(), e);
+      lworst = std::max(lworst, e);
+    }
     std::printf("whole net, sparse vs masked-dense: largest conv gradient difference (relative to the layer's "
                 "largest): %.3g\n", gworst);
     {  // Float64 copy of the masked-dense net: how far each float32 run is from exact.
