@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "../config.hpp"
 #include "../core/error.hpp"
@@ -247,20 +248,51 @@ inline void conv2d_grad_weight_rows(const Conv2dGeometry& g, const float* x, con
   g.check("east::sparse::conv2d_grad_weight_rows()");
   ::east::detail::require(row_begin <= row_end && row_end <= g.c_out, "east::sparse::conv2d_grad_weight_rows()",
                           "rows [", row_begin, ", ", row_end, ") (valid: within [0, ", g.c_out, "])");
-  const detail::ConvSpans sp(g);
-  const std::size_t khw = g.kh * g.kw, cols = g.c_in * khw, hw = g.h * g.w, hwo = g.out_h() * g.out_w();
-  const double work = static_cast<double>(row_end - row_begin) * cols * g.batch * hwo;
-  detail::parallel_for(row_end - row_begin, work, [&](std::size_t i) {
-    const std::size_t co = row_begin + i;
-    float* o = out + i * cols;
-    std::fill(o, o + cols, 0.0f);
-    for (std::size_t n = 0; n < g.batch; ++n) {
-      const float* dyp = dy + (n * g.c_out + co) * hwo;
-      const float* xn = x + n * g.c_in * hw;
-      for (std::size_t ci = 0; ci < g.c_in; ++ci)
-        for (std::size_t r = 0; r < g.kh; ++r)
-          for (std::size_t s = 0; s < g.kw; ++s)
-            o[ci * khw + r * g.kw + s] += detail::tap_dot(g, sp, dyp, xn + ci * hw, r, s);
+  // A GEMM out[rows × cols] = dyᵀ[rows × P] · im2col[P × cols] over P = N·H_out·W_out positions,
+  // done as dot products: dy rows are copied contiguous once, and for each chunk of positions each
+  // im2col column is built once (zero where the tap falls in the padding) and dotted with every
+  // row of the block. Threads own column blocks, so sums have a fixed order.
+  const std::size_t khw = g.kh * g.kw, cols = g.c_in * khw, hw = g.h * g.w, wo = g.out_w();
+  const std::size_t hwo = g.out_h() * wo, P = g.batch * hwo, nb = row_end - row_begin;
+  std::vector<float> dyt(nb * P);
+  for (std::size_t i = 0; i < nb; ++i)
+    for (std::size_t n = 0; n < g.batch; ++n)
+      std::copy(dy + (n * g.c_out + row_begin + i) * hwo, dy + (n * g.c_out + row_begin + i + 1) * hwo,
+                dyt.data() + i * P + n * hwo);
+  std::fill(out, out + nb * cols, 0.0f);
+  // Chunks small enough that the kCols columns (16 KiB) and one dy row chunk stay in L1.
+  constexpr std::size_t kChunk = 512, kCols = 8;
+  const double work = static_cast<double>(nb) * cols * P;
+  detail::parallel_for((cols + kCols - 1) / kCols, work, [&](std::size_t item) {
+    std::vector<float> v(kCols * kChunk);
+    const std::size_t c0 = item * kCols, c1 = std::min(cols, c0 + kCols);
+    for (std::size_t p0 = 0; p0 < P; p0 += kChunk) {
+      const std::size_t len = std::min(kChunk, P - p0);
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
+        float* vc = v.data() + (c - c0) * kChunk;
+        // im2col column c for positions [p0, p0 + len), walking (n, oh, ow) incrementally.
+        std::size_t n = p0 / hwo, rem = p0 - n * hwo, oh = rem / wo, ow = rem - oh * wo;
+        for (std::size_t q = 0; q < len; ++q) {
+          const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(oh * g.stride_h + r) - static_cast<std::ptrdiff_t>(g.pad_h);
+          const std::ptrdiff_t iw = static_cast<std::ptrdiff_t>(ow * g.stride_w + s) - static_cast<std::ptrdiff_t>(g.pad_w);
+          vc[q] = (ih >= 0 && iw >= 0 && ih < static_cast<std::ptrdiff_t>(g.h) && iw < static_cast<std::ptrdiff_t>(g.w))
+                      ? x[(n * g.c_in + ci) * hw + static_cast<std::size_t>(ih) * g.w + static_cast<std::size_t>(iw)]
+                      : 0.0f;
+          if (++ow == wo) {
+            ow = 0;
+            if (++oh == g.out_h()) {
+              oh = 0;
+              ++n;
+            }
+          }
+        }
+      }
+      for (std::size_t i = 0; i < nb; ++i) {
+        const float* d = dyt.data() + i * P + p0;
+        for (std::size_t c = c0; c < c1; ++c)
+          out[i * cols + c] += detail::dot_strided(d, v.data() + (c - c0) * kChunk, 1, len);
+      }
     }
   });
 }
