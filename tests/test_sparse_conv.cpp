@@ -1,14 +1,12 @@
 // Sparse conv2d kernels (east/sparse) against a dense reference with the mask applied: forward,
 // input gradient, weight gradient at active positions, dense gradient rows, regrowth top-k, the
 // compact format's round trips and the compact SGD step; 1 and 2 threads give identical bits.
+#include <algorithm>
 #include <catch2/catch.hpp>
-
+#include <cmath>
 #include <east/east.hpp>
 #include <east/kernels/reference/sgd.hpp>
 #include <east/sparse/sparse.hpp>
-
-#include <algorithm>
-#include <cmath>
 #include <random>
 #include <vector>
 
@@ -54,7 +52,8 @@ struct Dense {
                 for (std::size_t s = 0; s < g.kw; ++s) {
                   const long ih = static_cast<long>(oh * g.stride_h + r) - static_cast<long>(g.pad_h);
                   const long iw = static_cast<long>(ow * g.stride_w + s) - static_cast<long>(g.pad_w);
-                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w)) continue;
+                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w))
+                    continue;
                   const double t = static_cast<double>(w[((co * g.c_in + ci) * g.kh + r) * g.kw + s]) *
                                    x[((n * g.c_in + ci) * g.h + ih) * g.w + iw];
                   y[yi] += t;
@@ -76,7 +75,8 @@ struct Dense {
                 for (std::size_t s = 0; s < g.kw; ++s) {
                   const long ih = static_cast<long>(oh * g.stride_h + r) - static_cast<long>(g.pad_h);
                   const long iw = static_cast<long>(ow * g.stride_w + s) - static_cast<long>(g.pad_w);
-                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w)) continue;
+                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w))
+                    continue;
                   const std::size_t xi = ((n * g.c_in + ci) * g.h + ih) * g.w + iw;
                   const double t = static_cast<double>(w[((co * g.c_in + ci) * g.kh + r) * g.kw + s]) *
                                    dy[((n * g.c_out + co) * ho + oh) * wo + ow];
@@ -98,7 +98,8 @@ struct Dense {
                 for (std::size_t s = 0; s < g.kw; ++s) {
                   const long ih = static_cast<long>(oh * g.stride_h + r) - static_cast<long>(g.pad_h);
                   const long iw = static_cast<long>(ow * g.stride_w + s) - static_cast<long>(g.pad_w);
-                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w)) continue;
+                  if (ih < 0 || iw < 0 || ih >= static_cast<long>(g.h) || iw >= static_cast<long>(g.w))
+                    continue;
                   const std::size_t wi = ((co * g.c_in + ci) * g.kh + r) * g.kw + s;
                   const double t = static_cast<double>(dy[((n * g.c_out + co) * ho + oh) * wo + ow]) *
                                    x[((n * g.c_in + ci) * g.h + ih) * g.w + iw];
@@ -108,7 +109,8 @@ struct Dense {
   }
 };
 
-void check_close(const std::vector<float>& got, const std::vector<double>& want, const std::vector<double>& mag) {
+void check_close(const std::vector<float>& got, const std::vector<double>& want,
+                 const std::vector<double>& mag) {
   REQUIRE(got.size() == want.size());
   std::size_t bad = 0;
   for (std::size_t i = 0; i < got.size(); ++i)
@@ -136,15 +138,17 @@ TEST_CASE("sparse conv2d matches the masked dense reference", "[sparse][conv]") 
     for (std::size_t stride : {1u, 2u})
       for (std::size_t pad : {0u, 1u})
         for (double d : densities) {
-          Conv2dGeometry g = Conv2dGeometry::square(bs(rng), ch(rng), std::max<std::size_t>(k, dim(rng)), ch(rng),
-                                                    k, stride, pad);
+          Conv2dGeometry g = Conv2dGeometry::square(bs(rng), ch(rng), std::max<std::size_t>(k, dim(rng)),
+                                                    ch(rng), k, stride, pad);
           g.w = std::max<std::size_t>(k, dim(rng));  // non-square input
           if (d <= 0.001) g.c_in = g.c_out = 48;     // enough weights for a few nonzeros
           INFO("k " << k << " stride " << stride << " pad " << pad << " density " << d << " batch " << g.batch
                     << " c_in " << g.c_in << " c_out " << g.c_out << " h " << g.h << " w " << g.w);
           const std::size_t cols = g.c_in * k * k;
-          const BitMask mask = random_mask(g.c_out, cols, k * k, d, rng, g.c_out > 1 ? 0 : 99, g.c_in > 1 ? 1 : 99);
-          auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+          const BitMask mask =
+              random_mask(g.c_out, cols, k * k, d, rng, g.c_out > 1 ? 0 : 99, g.c_in > 1 ? 1 : 99);
+          auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng),
+               dy = randn(g.output_size(), rng);
           mask.apply(w.data());
           const CsrWeight wt = CsrWeight::from_shape(w.data(), mask,
                                                      {static_cast<long>(g.c_out), static_cast<long>(g.c_in),
@@ -188,7 +192,8 @@ TEST_CASE("sparse conv2d matches the masked dense reference", "[sparse][conv]") 
           std::vector<float> rows(g.weight_size());
           const std::size_t split = g.c_out / 3;
           east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), 0, split, rows.data());
-          east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), split, g.c_out, rows.data() + split * cols);
+          east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), split, g.c_out,
+                                                rows.data() + split * cols);
           check_close(rows, ref, mag);
           ++cases;
         }
@@ -214,7 +219,8 @@ TEST_CASE("sparse conv2d: a ResNet-shaped layer at 0.01% and an empty weight", "
     check_close(dx, ref, mag);
     east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
     Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
-    for (std::size_t j = 0; j < wt.nnz(); ++j) CHECK(std::fabs(gw[j] - ref[wt.position(j)]) <= 1e-5 * mag[wt.position(j)] + 1e-6);
+    for (std::size_t j = 0; j < wt.nnz(); ++j)
+      CHECK(std::fabs(gw[j] - ref[wt.position(j)]) <= 1e-5 * mag[wt.position(j)] + 1e-6);
   }
 }
 
@@ -289,8 +295,9 @@ TEST_CASE("top_inactive_gradient equals a full sort of the inactive gradients", 
       for (std::size_t i = 0; i < got.index.size(); ++i) CHECK(got.grad[i] == g[got.index[i]]);
     }
   }
-  CHECK_THROWS_AS(east::sparse::top_inactive_gradient(BitMask(4, true), 2, 2, 1, [](std::size_t, std::size_t, float*) {}),
-                  east::InvalidArgument);
+  CHECK_THROWS_AS(
+      east::sparse::top_inactive_gradient(BitMask(4, true), 2, 2, 1, [](std::size_t, std::size_t, float*) {}),
+      east::InvalidArgument);
 }
 
 TEST_CASE("compact SGD equals the masked dense SGD step", "[sparse][sgd]") {
@@ -319,8 +326,9 @@ TEST_CASE("compact SGD equals the masked dense SGD step", "[sparse][sgd]") {
     CHECK(back == dw);
     CHECK(backb == db);
   }
-  CHECK_THROWS_AS(east::sparse::sgd_step(w.data(), g.data(), nullptr, n, east::kernels::SgdParams{0.1f, 0.9f}),
-                  east::InvalidArgument);
+  CHECK_THROWS_AS(
+      east::sparse::sgd_step(w.data(), g.data(), nullptr, n, east::kernels::SgdParams{0.1f, 0.9f}),
+      east::InvalidArgument);
 }
 
 TEST_CASE("Crossover picks sparse below the crossover density", "[sparse][policy]") {

@@ -2,11 +2,9 @@
 // forward (with and without bias), input gradient, weight gradient at active positions, dense
 // gradient rows; densities 50% to 0.01% with empty rows and columns; 1 and 2 threads agree.
 #include <catch2/catch.hpp>
-
+#include <cmath>
 #include <east/east.hpp>
 #include <east/sparse/sparse.hpp>
-
-#include <cmath>
 #include <random>
 #include <vector>
 
@@ -49,7 +47,8 @@ TEST_CASE("sparse linear matches the masked dense reference", "[sparse][linear]"
       for (std::size_t o = 0; o < out; ++o)
         for (std::size_t i = 0; i < in; ++i)
           if (o != 1 && i != 2 && u(rng) < d) mask.set(o * in + i);  // row 1, column 2 empty
-      auto w = randn(out * in, rng), x = randn(batch * in, rng), dy = randn(batch * out, rng), b = randn(out, rng);
+      auto w = randn(out * in, rng), x = randn(batch * in, rng), dy = randn(batch * out, rng),
+           b = randn(out, rng);
       mask.apply(w.data());
       const CsrWeight wt(w.data(), mask, out, in);
 
@@ -94,7 +93,8 @@ TEST_CASE("sparse linear matches the masked dense reference", "[sparse][linear]"
               full[o * in + i] += term;
               mag[o * in + i] += std::fabs(term);
             }
-        for (std::size_t j = 0; j < wt.nnz(); ++j) bad += !close(gw[j], full[wt.position(j)], mag[wt.position(j)]);
+        for (std::size_t j = 0; j < wt.nnz(); ++j)
+          bad += !close(gw[j], full[wt.position(j)], mag[wt.position(j)]);
         for (std::size_t i = 0; i < out * in; ++i) bad += !close(rows[i], full[i], mag[i]);
         CHECK(bad == 0);
       }

@@ -14,9 +14,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -31,9 +31,9 @@ struct LayerShape {
 
 // Every distinct convolution shape of a CIFAR-style ResNet-34 (32×32 input) but the dense stem.
 const LayerShape kLayers[] = {
-    {"l1.conv3x3", 64, 64, 32, 3, 1, 1},      {"l2.0.conv1_s2", 64, 128, 32, 3, 2, 1},
-    {"l2.conv3x3", 128, 128, 16, 3, 1, 1},    {"l2.0.down1x1", 64, 128, 32, 1, 2, 0},
-    {"l3.conv3x3", 256, 256, 8, 3, 1, 1},     {"l4.conv3x3", 512, 512, 4, 3, 1, 1},
+    {"l1.conv3x3", 64, 64, 32, 3, 1, 1},    {"l2.0.conv1_s2", 64, 128, 32, 3, 2, 1},
+    {"l2.conv3x3", 128, 128, 16, 3, 1, 1},  {"l2.0.down1x1", 64, 128, 32, 1, 2, 0},
+    {"l3.conv3x3", 256, 256, 8, 3, 1, 1},   {"l4.conv3x3", 512, 512, 4, 3, 1, 1},
     {"l4.0.down1x1", 256, 512, 8, 1, 2, 0},
 };
 // How often each shape occurs in ResNet-34 (3, 4, 6, 3 blocks): for the whole-network sum.
@@ -131,10 +131,10 @@ void register_all() {
 #if defined(EAST_BENCH_HAS_TORCH)
     add("dense_fwd/" + L + "/dense", [l](benchmark::State& s) {
       at::set_num_threads(g_threads);
-      const auto x = torch::randn({static_cast<long>(g_batch), static_cast<long>(l.c_in), static_cast<long>(l.hw),
-                                   static_cast<long>(l.hw)});
-      const auto w = torch::randn({static_cast<long>(l.c_out), static_cast<long>(l.c_in), static_cast<long>(l.k),
-                                   static_cast<long>(l.k)});
+      const auto x = torch::randn({static_cast<long>(g_batch), static_cast<long>(l.c_in),
+                                   static_cast<long>(l.hw), static_cast<long>(l.hw)});
+      const auto w = torch::randn({static_cast<long>(l.c_out), static_cast<long>(l.c_in),
+                                   static_cast<long>(l.k), static_cast<long>(l.k)});
       torch::NoGradGuard ng;
       for (auto _ : s) {
         auto y = torch::conv2d(x, w, {}, static_cast<long>(l.stride), static_cast<long>(l.pad));
@@ -143,17 +143,17 @@ void register_all() {
     });
     add("dense_bwd/" + L + "/dense", [l, g](benchmark::State& s) {
       at::set_num_threads(g_threads);
-      const auto x = torch::randn({static_cast<long>(g_batch), static_cast<long>(l.c_in), static_cast<long>(l.hw),
-                                   static_cast<long>(l.hw)});
-      const auto w = torch::randn({static_cast<long>(l.c_out), static_cast<long>(l.c_in), static_cast<long>(l.k),
-                                   static_cast<long>(l.k)});
+      const auto x = torch::randn({static_cast<long>(g_batch), static_cast<long>(l.c_in),
+                                   static_cast<long>(l.hw), static_cast<long>(l.hw)});
+      const auto w = torch::randn({static_cast<long>(l.c_out), static_cast<long>(l.c_in),
+                                   static_cast<long>(l.k), static_cast<long>(l.k)});
       const auto dy = torch::randn({static_cast<long>(g_batch), static_cast<long>(l.c_out),
                                     static_cast<long>(g.out_h()), static_cast<long>(g.out_w())});
       const long st = static_cast<long>(l.stride), pd = static_cast<long>(l.pad);
       torch::NoGradGuard ng;
       for (auto _ : s) {
-        auto r = at::convolution_backward(dy, x, w, c10::nullopt, {st, st}, {pd, pd}, {1, 1}, false, {0, 0}, 1,
-                                          {true, true, false});
+        auto r = at::convolution_backward(dy, x, w, c10::nullopt, {st, st}, {pd, pd}, {1, 1}, false, {0, 0},
+                                          1, {true, true, false});
         benchmark::DoNotOptimize(std::get<0>(r).data_ptr());
       }
     });
@@ -172,9 +172,11 @@ class TableReporter : public benchmark::ConsoleReporter {
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
-    std::printf("\n| layer (batch %zu, %d threads) | density | sparse fwd ms | sparse bwd ms | dense fwd ms | "
-                "dense bwd ms | fwd speed-up | bwd speed-up | fwd+bwd speed-up |\n|---|---|---|---|---|---|---|---|---|\n",
-                g_batch, g_threads);
+    std::printf(
+        "\n| layer (batch %zu, %d threads) | density | sparse fwd ms | sparse bwd ms | dense fwd ms | "
+        "dense bwd ms | fwd speed-up | bwd speed-up | fwd+bwd speed-up "
+        "|\n|---|---|---|---|---|---|---|---|---|\n",
+        g_batch, g_threads);
     std::map<double, double> net_sparse;
     double net_dense = 0;
     for (std::size_t li = 0; li < sizeof kLayers / sizeof kLayers[0]; ++li) {
@@ -187,28 +189,32 @@ class TableReporter : public benchmark::ConsoleReporter {
         const double sf = get("sparse_fwd/" + L + "/" + D), sb = get("sparse_bwd/" + L + "/" + D);
         net_sparse[d] += kCount[li] * (sf + sb);
         const double r = (df + db) / (sf + sb);
-        std::printf("| %s | %s | %.3f | %.3f | %.3f | %.3f | %.2f | %.2f | %.2f |\n", L.c_str(), D.c_str(), sf, sb,
-                    df, db, df / sf, db / sb, r);
+        std::printf("| %s | %s | %.3f | %.3f | %.3f | %.3f | %.2f | %.2f | %.2f |\n", L.c_str(), D.c_str(),
+                    sf, sb, df, db, df / sf, db / sb, r);
         if (cross < 0 && prev_d > 0 && prev_r < 1 && r >= 1)
           cross = std::exp(std::log(prev_d) + (std::log(d) - std::log(prev_d)) * (0 - std::log(prev_r)) /
-                                                   (std::log(r) - std::log(prev_r)));
+                                                  (std::log(r) - std::log(prev_r)));
         if (prev_d == 0 && r >= 1) cross = 2;  // sparse wins at every measured density
         prev_d = d;
         prev_r = r;
       }
-      if (cross > 1) std::printf("crossover %s: above %s (sparse wins everywhere measured)\n", L.c_str(), dname(kDensities[0]).c_str());
-      else if (cross > 0) std::printf("crossover %s: %s\n", L.c_str(), dname(cross).c_str());
-      else std::printf("crossover %s: below %s\n", L.c_str(), dname(prev_d).c_str());
+      if (cross > 1)
+        std::printf("crossover %s: above %s (sparse wins everywhere measured)\n", L.c_str(),
+                    dname(kDensities[0]).c_str());
+      else if (cross > 0)
+        std::printf("crossover %s: %s\n", L.c_str(), dname(cross).c_str());
+      else
+        std::printf("crossover %s: below %s\n", L.c_str(), dname(prev_d).c_str());
     }
     std::printf("\nRegrowth scores at a mask update (dense dW block by block + top-k inactive), 0.1%%:\n");
     for (std::size_t li = 0; li < sizeof kLayers / sizeof kLayers[0]; ++li) {
       const std::string L = kLayers[li].name;
       const double r = get("regrow/" + L + "/0.1%"), db = get("dense_bwd/" + L + "/dense");
-      std::printf("  %s: %.1f ms (libtorch dense backward of the layer: %.1f ms, ratio %.1f)\n", L.c_str(), r, db,
-                  r / db);
+      std::printf("  %s: %.1f ms (libtorch dense backward of the layer: %.1f ms, ratio %.1f)\n", L.c_str(), r,
+                  db, r / db);
     }
-    std::printf("\nWhole-network conv time (ResNet-34 shape counts), fwd+bwd, batch %zu: dense %.1f ms\n", g_batch,
-                net_dense);
+    std::printf("\nWhole-network conv time (ResNet-34 shape counts), fwd+bwd, batch %zu: dense %.1f ms\n",
+                g_batch, net_dense);
     for (auto it = net_sparse.rbegin(); it != net_sparse.rend(); ++it)
       std::printf("  density %s: sparse %.2f ms, speed-up x%.1f\n", dname(it->first).c_str(), it->second,
                   net_dense / it->second);
@@ -228,9 +234,12 @@ class TableReporter : public benchmark::ConsoleReporter {
 int main(int argc, char** argv) {
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--batch=", 8) == 0) g_batch = std::stoul(argv[i] + 8);
-    else if (std::strncmp(argv[i], "--threads=", 10) == 0) g_threads = std::stoi(argv[i] + 10);
-    else rest.push_back(argv[i]);
+    if (std::strncmp(argv[i], "--batch=", 8) == 0)
+      g_batch = std::stoul(argv[i] + 8);
+    else if (std::strncmp(argv[i], "--threads=", 10) == 0)
+      g_threads = std::stoi(argv[i] + 10);
+    else
+      rest.push_back(argv[i]);
   }
   int n = static_cast<int>(rest.size());
   register_all();

@@ -5,19 +5,17 @@
 // weights + optimizer state, and the step time of the sparse model with empty masks — what the
 // dense parts (stem, BatchNorm, ReLU, activation writes, loss) cost on their own.
 //   east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--density=0.001]
-#include <torch/torch.h>
-
-#include <east/adapters/torch_sparse.hpp>
-
 #include <malloc.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <east/adapters/torch_sparse.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -66,7 +64,8 @@ struct Net : torch::nn::Module {
 
   /// With `from` (a masked-dense net), the sparse net takes its weights, masks and dense params.
   Net(bool sparse_, double density, long in_ch, Net* from = nullptr) : sparse(sparse_), from_(from) {
-    stem = register_module("stem", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_ch, 64, 3).padding(1).bias(false)));
+    stem = register_module("stem",
+                           torch::nn::Conv2d(torch::nn::Conv2dOptions(in_ch, 64, 3).padding(1).bias(false)));
     stem_bn = register_module("stem_bn", torch::nn::BatchNorm2d(64));
     long in = 64;
     const long widths[] = {64, 128, 256, 512};
@@ -92,7 +91,8 @@ struct Net : torch::nn::Module {
 
   int add_conv(long in, long out, long k, long stride, long pad, double density) {
     const int id = static_cast<int>(convs.size());
-    auto proto = torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
+    auto proto =
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
     const auto n = static_cast<std::size_t>(proto->weight.numel());
     prunable += n;
     auto mask = random_mask(n, density, 1000 + id);
@@ -105,13 +105,13 @@ struct Net : torch::nn::Module {
     ConvSlot slot;
     if (sparse) {
       slot.sparse = register_module("conv" + std::to_string(id),
-                                    east::sparse::SparseConv2d(w, mask,
-                                                               static_cast<std::size_t>(stride),
+                                    east::sparse::SparseConv2d(w, mask, static_cast<std::size_t>(stride),
                                                                static_cast<std::size_t>(pad)));
     } else {
       slot.dense = register_module("conv" + std::to_string(id), proto);
       const auto f = mask.to_floats();
-      slot.mask = torch::from_blob(const_cast<float*>(f.data()), proto->weight.sizes(), torch::kFloat).clone();
+      slot.mask =
+          torch::from_blob(const_cast<float*>(f.data()), proto->weight.sizes(), torch::kFloat).clone();
       torch::NoGradGuard ng;
       slot.dense->weight.mul_(slot.mask);
     }
@@ -120,7 +120,9 @@ struct Net : torch::nn::Module {
     return id;
   }
 
-  at::Tensor cbn(int id, const at::Tensor& x) { return bns[static_cast<std::size_t>(id)]->forward(convs[static_cast<std::size_t>(id)](x)); }
+  at::Tensor cbn(int id, const at::Tensor& x) {
+    return bns[static_cast<std::size_t>(id)]->forward(convs[static_cast<std::size_t>(id)](x));
+  }
 
   at::Tensor forward(at::Tensor x) {
     x = torch::relu(stem_bn->forward(stem->forward(x)));
@@ -153,8 +155,10 @@ double step_seconds(Net& net, const at::Tensor& x, const at::Tensor& y, int step
     opt.step();
     torch::NoGradGuard ng;
     for (auto& c : net.convs) {
-      if (c.sparse) c.sparse->sgd_step(sp);
-      else c.dense->weight.mul_(c.mask);  // keep pruned weights at zero, as RigL-style code does
+      if (c.sparse)
+        c.sparse->sgd_step(sp);
+      else
+        c.dense->weight.mul_(c.mask);  // keep pruned weights at zero, as RigL-style code does
     }
     const auto t1 = std::chrono::steady_clock::now();
     if (s > 0) times.push_back(std::chrono::duration<double>(t1 - t0).count());
@@ -166,8 +170,10 @@ double step_seconds(Net& net, const at::Tensor& x, const at::Tensor& y, int step
 std::size_t state_bytes(Net& net) {
   std::size_t b = 0;
   for (auto& c : net.convs) {
-    if (c.sparse) b += c.sparse->state().weight.bytes() + 4 * c.sparse->state().momentum.size();
-    else b += 2 * 4 * static_cast<std::size_t>(c.dense->weight.numel());  // weight + momentum
+    if (c.sparse)
+      b += c.sparse->state().weight.bytes() + 4 * c.sparse->state().momentum.size();
+    else
+      b += 2 * 4 * static_cast<std::size_t>(c.dense->weight.numel());  // weight + momentum
   }
   return b;
 }
@@ -177,12 +183,18 @@ std::size_t state_bytes(Net& net) {
 int main(int argc, char** argv) {
   Config cfg;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strncmp(argv[i], "--batch=", 8)) cfg.batch = std::stol(argv[i] + 8);
-    else if (!std::strncmp(argv[i], "--threads=", 10)) cfg.threads = std::stoi(argv[i] + 10);
-    else if (!std::strncmp(argv[i], "--steps=", 8)) cfg.steps = std::stoi(argv[i] + 8);
-    else if (!std::strncmp(argv[i], "--density=", 10)) cfg.density = std::stod(argv[i] + 10);
-    else if (!std::strncmp(argv[i], "--only=", 7)) cfg.only = argv[i] + 7;
-    else if (!std::strcmp(argv[i], "--check")) cfg.check = true;
+    if (!std::strncmp(argv[i], "--batch=", 8))
+      cfg.batch = std::stol(argv[i] + 8);
+    else if (!std::strncmp(argv[i], "--threads=", 10))
+      cfg.threads = std::stoi(argv[i] + 10);
+    else if (!std::strncmp(argv[i], "--steps=", 8))
+      cfg.steps = std::stoi(argv[i] + 8);
+    else if (!std::strncmp(argv[i], "--density=", 10))
+      cfg.density = std::stod(argv[i] + 10);
+    else if (!std::strncmp(argv[i], "--only=", 7))
+      cfg.only = argv[i] + 7;
+    else if (!std::strcmp(argv[i], "--check"))
+      cfg.check = true;
   }
   // glibc returns large freed blocks to the OS, so every step's fresh activation tensors
   // page-fault again (a fifth of the sparse step in perf). Keep freed memory for reuse, for
@@ -194,9 +206,12 @@ int main(int argc, char** argv) {
   at::set_num_threads(cfg.threads);
   east::kernels::set_threads(cfg.threads);
   torch::manual_seed(0);
-  std::printf("ResNet-34 (CIFAR-style, full width) training step, batch %ld, %d threads, density %g, median of %d\n",
-              cfg.batch, cfg.threads, cfg.density, cfg.steps);
-  std::printf("| input | masked-dense libtorch s | east sparse s | speed-up | sparse, empty masks s | weights+momentum dense MB | compact MB | smaller |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "ResNet-34 (CIFAR-style, full width) training step, batch %ld, %d threads, density %g, median of %d\n",
+      cfg.batch, cfg.threads, cfg.density, cfg.steps);
+  std::printf(
+      "| input | masked-dense libtorch s | east sparse s | speed-up | sparse, empty masks s | "
+      "weights+momentum dense MB | compact MB | smaller |\n|---|---|---|---|---|---|---|---|\n");
   if (cfg.check) {
     // Each layer alone through autograd: SparseConv2d vs torch::conv2d with the masked weight.
     double lworst = 0;
@@ -221,8 +236,8 @@ int main(int argc, char** argv) {
         return (a - b).abs().max().item<double>() / std::max(1e-30, b.abs().max().item<double>());
       };
       const double ey = rel(y1, y2), ex = rel(x1.grad(), x2.grad()), ew = rel(gd, wd.grad() * (w != 0));
-      std::printf("layer %ld->%ld %ldx%ld k%ld s%ld: rel diff y %.2g dx %.2g dw %.2g\n", cin, cout, hw, hw, k, st, ey,
-                  ex, ew);
+      std::printf("layer %ld->%ld %ldx%ld k%ld s%ld: rel diff y %.2g dx %.2g dw %.2g\n", cin, cout, hw, hw, k,
+                  st, ey, ex, ew);
       lworst = std::max({lworst, ey, ex, ew});
     }
     // The sparse net built from the masked-dense one must follow the same trajectory.
@@ -240,28 +255,35 @@ int main(int argc, char** argv) {
       const auto ref = dense.convs[i].dense->weight.grad() * dense.convs[i].mask;
       const double scale = ref.abs().max().item<double>();
       const double e = scale > 0 ? (gd - ref).abs().max().item<double>() / scale : 0.0;
-      if (std::getenv("EAST_CHECK_VERBOSE")) std::printf("conv%zu %s grad rel diff %.3g\n", i, c10::str(dense.convs[i].dense->weight.sizes()).c_str(), e);
+      if (std::getenv("EAST_CHECK_VERBOSE"))
+        std::printf("conv%zu %s grad rel diff %.3g\n", i,
+                    c10::str(dense.convs[i].dense->weight.sizes()).c_str(), e);
       gworst = std::max(gworst, e);
     }
     {  // Regrowth scores via libtorch's weight gradient, block by block, vs the dense gradient.
       auto x = torch::randn({cfg.batch, 64, 16, 16});
       auto dy = torch::randn({cfg.batch, 128, 8, 8});
       const auto w = torch::zeros({128, 64, 3, 3});
-      const auto full = std::get<1>(at::convolution_backward(dy, x, w, c10::nullopt, {2, 2}, {1, 1}, {1, 1}, false,
-                                                             {0, 0}, 1, {false, true, false}));
+      const auto full = std::get<1>(at::convolution_backward(dy, x, w, c10::nullopt, {2, 2}, {1, 1}, {1, 1},
+                                                             false, {0, 0}, 1, {false, true, false}));
       const auto mask = random_mask(static_cast<std::size_t>(w.numel()), 0.1, 3);
-      const auto top = east::sparse::top_inactive_gradient(mask, 128, 64 * 9, 100,
-                                                           east::sparse::torch_conv2d_grad_weight_rows(x, dy, 3, 3, 2, 1),
-                                                           /*block_rows=*/40);
+      const auto top = east::sparse::top_inactive_gradient(
+          mask, 128, 64 * 9, 100, east::sparse::torch_conv2d_grad_weight_rows(x, dy, 3, 3, 2, 1),
+          /*block_rows=*/40);
       double e = 0;
       for (std::size_t i = 0; i < top.index.size(); ++i)
-        e = std::max(e, std::fabs(top.grad[i] - full.view(-1)[static_cast<long>(top.index[i])].item<double>()));
-      std::printf("torch_conv2d_grad_weight_rows + top_inactive_gradient: %zu picked, largest value difference %.3g\n",
-                  top.index.size(), e);
+        e = std::max(e,
+                     std::fabs(top.grad[i] - full.view(-1)[static_cast<long>(top.index[i])].item<double>()));
+      std::printf(
+          "torch_conv2d_grad_weight_rows + top_inactive_gradient: %zu picked, largest value difference "
+          "%.3g\n",
+          top.index.size(), e);
       lworst = std::max(lworst, e);
     }
-    std::printf("whole net, sparse vs masked-dense: largest conv gradient difference (relative to the layer's "
-                "largest): %.3g\n", gworst);
+    std::printf(
+        "whole net, sparse vs masked-dense: largest conv gradient difference (relative to the layer's "
+        "largest): %.3g\n",
+        gworst);
     {  // Float64 copy of the masked-dense net: how far each float32 run is from exact.
       Net dd(false, cfg.density, 3);
       {
@@ -280,11 +302,14 @@ int main(int argc, char** argv) {
         auto& spc = sparse.convs[i].sparse;
         auto gs = torch::zeros_like(ref);
         spc->state().weight.scatter_array(spc->values().grad().data_ptr<float>(), gs.data_ptr<float>());
-        e_dense = std::max(e_dense, (dense.convs[i].dense->weight.grad() * m - ref).abs().max().item<double>() / sc);
+        e_dense = std::max(e_dense,
+                           (dense.convs[i].dense->weight.grad() * m - ref).abs().max().item<double>() / sc);
         e_sparse = std::max(e_sparse, (gs - ref).abs().max().item<double>() / sc);
       }
-      std::printf("whole net vs a float64 masked-dense run: largest conv gradient error: masked-dense float32 %.3g, "
-                  "east sparse float32 %.3g\n", e_dense, e_sparse);
+      std::printf(
+          "whole net vs a float64 masked-dense run: largest conv gradient error: masked-dense float32 %.3g, "
+          "east sparse float32 %.3g\n",
+          e_dense, e_sparse);
     }
     for (Net* n : {&dense, &sparse})
       for (auto& p : n->parameters())
@@ -299,9 +324,11 @@ int main(int argc, char** argv) {
     }
     double wdiff = 0;
     for (std::size_t i = 0; i < dense.convs.size(); ++i)
-      wdiff = std::max(wdiff, (dense.convs[i].dense->weight - sparse.convs[i].sparse->to_dense()).abs().max().item<double>());
-    std::printf("largest relative loss difference %.3g, largest weight difference after %zu steps %.3g\n", worst,
-                ld.size(), wdiff);
+      wdiff = std::max(
+          wdiff,
+          (dense.convs[i].dense->weight - sparse.convs[i].sparse->to_dense()).abs().max().item<double>());
+    std::printf("largest relative loss difference %.3g, largest weight difference after %zu steps %.3g\n",
+                worst, ld.size(), wdiff);
     return lworst < 1e-4 ? 0 : 1;
   }
   if (!cfg.only.empty()) {
@@ -320,8 +347,8 @@ int main(int argc, char** argv) {
     const double ts = step_seconds(sparse, x, y, cfg.steps);
     const double te = step_seconds(empty, x, y, cfg.steps);
     const double md = state_bytes(dense) / 1e6, ms = state_bytes(sparse) / 1e6;
-    std::printf("| %ldx%ldx%ld | %.3f | %.3f | x%.1f | %.3f | %.1f | %.2f | x%.0f |\n", ch, hw, hw, td, ts, td / ts, te,
-                md, ms, md / ms);
+    std::printf("| %ldx%ldx%ld | %.3f | %.3f | x%.1f | %.3f | %.1f | %.2f | x%.0f |\n", ch, hw, hw, td, ts,
+                td / ts, te, md, ms, md / ms);
     std::fflush(stdout);
     if (hw == 32) std::printf("(prunable conv weights: %zu)\n", dense.prunable);
   }

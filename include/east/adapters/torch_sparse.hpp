@@ -21,8 +21,9 @@ namespace east::sparse {
 
 namespace detail {
 inline void require_cpu_float_contiguous(const at::Tensor& t, const char* where, const char* what) {
-  ::east::detail::require(t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-                          where, what, " must be a defined, contiguous float32 CPU tensor");
+  ::east::detail::require(
+      t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), where, what,
+      " must be a defined, contiguous float32 CPU tensor");
 }
 }  // namespace detail
 
@@ -37,15 +38,16 @@ struct SparseLayerState {
 /// Autograd function y = conv2d(x, W) with W = (state->weight index, `values`).
 class SparseConv2dFunction : public torch::autograd::Function<SparseConv2dFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& values,
-                            SparseLayerState* state) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& values, SparseLayerState* state) {
     constexpr const char* where = "east::sparse::SparseConv2dFunction::forward()";
     detail::require_cpu_float_contiguous(input, where, "input");
-    ::east::detail::require(input.dim() == 4, where, "input has ", input.dim(), " dimensions (valid: 4, NCHW)");
+    ::east::detail::require(input.dim() == 4, where, "input has ", input.dim(),
+                            " dimensions (valid: 4, NCHW)");
     const auto g = geometry(input, *state);
     sync_values(values, *state);
-    auto y = torch::empty({static_cast<long>(g.batch), static_cast<long>(g.c_out), static_cast<long>(g.out_h()),
-                           static_cast<long>(g.out_w())},
+    auto y = torch::empty({static_cast<long>(g.batch), static_cast<long>(g.c_out),
+                           static_cast<long>(g.out_h()), static_cast<long>(g.out_w())},
                           input.options());
     conv2d_forward(g, input.data_ptr<float>(), state->weight, y.data_ptr<float>());
     ctx->save_for_backward({input});
@@ -66,7 +68,8 @@ class SparseConv2dFunction : public torch::autograd::Function<SparseConv2dFuncti
     }
     if (ctx->needs_input_grad(1)) {
       dv = torch::empty({static_cast<long>(state->weight.nnz())}, input.options());
-      conv2d_grad_weight(g, input.data_ptr<float>(), dy.data_ptr<float>(), state->weight, dv.data_ptr<float>());
+      conv2d_grad_weight(g, input.data_ptr<float>(), dy.data_ptr<float>(), state->weight,
+                         dv.data_ptr<float>());
     }
     return {dx, dv, at::Tensor()};
   }
@@ -97,12 +100,12 @@ class SparseConv2dFunction : public torch::autograd::Function<SparseConv2dFuncti
 /// Autograd function y = x Wᵀ + b with W compact.
 class SparseLinearFunction : public torch::autograd::Function<SparseLinearFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& values,
-                            const at::Tensor& bias, SparseLayerState* state) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& values, const at::Tensor& bias, SparseLayerState* state) {
     constexpr const char* where = "east::sparse::SparseLinearFunction::forward()";
     detail::require_cpu_float_contiguous(input, where, "input");
-    ::east::detail::require(input.dim() == 2 && input.size(1) == static_cast<long>(state->weight.cols()), where,
-                            "input shape must be {batch, ", state->weight.cols(), "}");
+    ::east::detail::require(input.dim() == 2 && input.size(1) == static_cast<long>(state->weight.cols()),
+                            where, "input shape must be {batch, ", state->weight.cols(), "}");
     SparseConv2dFunction::sync_values(values, *state);
     auto y = torch::empty({input.size(0), static_cast<long>(state->weight.rows())}, input.options());
     linear_forward(input.data_ptr<float>(), static_cast<std::size_t>(input.size(0)), state->weight,
@@ -125,7 +128,8 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
     }
     if (ctx->needs_input_grad(1)) {
       dv = torch::empty({static_cast<long>(state->weight.nnz())}, input.options());
-      linear_grad_weight(input.data_ptr<float>(), dy.data_ptr<float>(), batch, state->weight, dv.data_ptr<float>());
+      linear_grad_weight(input.data_ptr<float>(), dy.data_ptr<float>(), batch, state->weight,
+                         dv.data_ptr<float>());
     }
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) db = dy.sum(0);
     return {dx, dv, db, at::Tensor()};
@@ -137,16 +141,18 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
 /// channels [r0, r1), row-major. Same FLOPs as the dense backward's weight gradient of those rows,
 /// at GEMM speed (east's conv2d_grad_weight_rows is a plain loop, 3–60× slower on ResNet shapes).
 /// @param input the layer's forward input {N, C_in, H, W}  @param grad_output {N, C_out, H', W'}
-inline auto torch_conv2d_grad_weight_rows(const at::Tensor& input, const at::Tensor& grad_output, std::size_t kh,
-                                          std::size_t kw, std::size_t stride, std::size_t pad) {
+inline auto torch_conv2d_grad_weight_rows(const at::Tensor& input, const at::Tensor& grad_output,
+                                          std::size_t kh, std::size_t kw, std::size_t stride,
+                                          std::size_t pad) {
   return [input, grad_output, kh, kw, stride, pad](std::size_t r0, std::size_t r1, float* out) {
     torch::NoGradGuard ng;
     const auto dy = grad_output.slice(1, static_cast<long>(r0), static_cast<long>(r1)).contiguous();
-    const auto w = torch::empty({static_cast<long>(r1 - r0), input.size(1), static_cast<long>(kh), static_cast<long>(kw)},
-                                input.options());
+    const auto w = torch::empty(
+        {static_cast<long>(r1 - r0), input.size(1), static_cast<long>(kh), static_cast<long>(kw)},
+        input.options());
     const long s = static_cast<long>(stride), p = static_cast<long>(pad);
-    const auto gw = std::get<1>(at::convolution_backward(dy, input, w, c10::nullopt, {s, s}, {p, p}, {1, 1}, false,
-                                                         {0, 0}, 1, {false, true, false}))
+    const auto gw = std::get<1>(at::convolution_backward(dy, input, w, c10::nullopt, {s, s}, {p, p}, {1, 1},
+                                                         false, {0, 0}, 1, {false, true, false}))
                         .contiguous();
     std::memcpy(out, gw.data_ptr<float>(), static_cast<std::size_t>(gw.numel()) * sizeof(float));
   };
@@ -212,8 +218,8 @@ class SparseLayerBase {
 class SparseConv2dImpl : public torch::nn::Module, public SparseLayerBase {
  public:
   SparseConv2dImpl(const at::Tensor& dense_weight, const BitMask& mask, std::size_t stride, std::size_t pad) {
-    ::east::detail::require(dense_weight.dim() == 4, "east::sparse::SparseConv2d", "weight has ", dense_weight.dim(),
-                            " dimensions (valid: 4)");
+    ::east::detail::require(dense_weight.dim() == 4, "east::sparse::SparseConv2d", "weight has ",
+                            dense_weight.dim(), " dimensions (valid: 4)");
     state_->kh = static_cast<std::size_t>(dense_weight.size(2));
     state_->kw = static_cast<std::size_t>(dense_weight.size(3));
     state_->stride = stride;
@@ -243,8 +249,8 @@ TORCH_MODULE(SparseConv2d);
 class SparseLinearImpl : public torch::nn::Module, public SparseLayerBase {
  public:
   SparseLinearImpl(const at::Tensor& dense_weight, const BitMask& mask, const at::Tensor& bias = {}) {
-    ::east::detail::require(dense_weight.dim() == 2, "east::sparse::SparseLinear", "weight has ", dense_weight.dim(),
-                            " dimensions (valid: 2)");
+    ::east::detail::require(dense_weight.dim() == 2, "east::sparse::SparseLinear", "weight has ",
+                            dense_weight.dim(), " dimensions (valid: 2)");
     init_state(dense_weight.contiguous(), mask, 1);
     reset_values_parameter();
     if (bias.defined()) bias_ = register_parameter("bias", bias.detach().clone());

@@ -53,8 +53,9 @@ struct Conv2dGeometry {
   void check_weight(const CsrWeight& wt, const char* where) const {
     check(where);
     ::east::detail::require(wt.rows() == c_out && wt.cols() == c_in * kh * kw && wt.group_size() == kh * kw,
-                            where, "weight is ", wt.rows(), " x ", wt.cols(), " in groups of ", wt.group_size(),
-                            " (valid: ", c_out, " x ", c_in * kh * kw, " in groups of ", kh * kw, ")");
+                            where, "weight is ", wt.rows(), " x ", wt.cols(), " in groups of ",
+                            wt.group_size(), " (valid: ", c_out, " x ", c_in * kh * kw, " in groups of ",
+                            kh * kw, ")");
   }
 };
 
@@ -70,7 +71,7 @@ struct Span {
 inline Span valid_span(std::size_t in, std::size_t out, std::size_t k, std::size_t stride, std::size_t pad) {
   const auto p = static_cast<std::ptrdiff_t>(pad), kk = static_cast<std::ptrdiff_t>(k);
   const auto s = static_cast<std::ptrdiff_t>(stride);
-  const std::ptrdiff_t first = p - kk > 0 ? (p - kk + s - 1) / s : 0;     // o·s ≥ pad − k
+  const std::ptrdiff_t first = p - kk > 0 ? (p - kk + s - 1) / s : 0;           // o·s ≥ pad − k
   const std::ptrdiff_t last_in = static_cast<std::ptrdiff_t>(in) - 1 + p - kk;  // o·s ≤ in − 1 + pad − k
   if (last_in < 0) return {0, 0};
   const std::ptrdiff_t hi = std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(out), last_in / s + 1);
@@ -88,8 +89,8 @@ struct ConvSpans {
 };
 
 /// Offset in the input plane of output (oh, ow) for kernel tap (r, s); valid inside the spans.
-EAST_ALWAYS_INLINE std::size_t in_offset(const Conv2dGeometry& g, std::size_t oh, std::size_t ow, std::size_t r,
-                                         std::size_t s) {
+EAST_ALWAYS_INLINE std::size_t in_offset(const Conv2dGeometry& g, std::size_t oh, std::size_t ow,
+                                         std::size_t r, std::size_t s) {
   return (oh * g.stride_h + r - g.pad_h) * g.w + (ow * g.stride_w + s - g.pad_w);
 }
 
@@ -113,8 +114,8 @@ EAST_ALWAYS_INLINE void axpy_scatter(float v, const float* EAST_RESTRICT y, std:
 }
 // Σ y[i] · x[i·stride]: the inner loop of the weight gradient (8 partial sums so it vectorizes
 // without -ffast-math; the order is fixed, so results do not depend on threads).
-EAST_ALWAYS_INLINE float dot_strided(const float* EAST_RESTRICT y, const float* EAST_RESTRICT x, std::size_t stride,
-                                     std::size_t n) {
+EAST_ALWAYS_INLINE float dot_strided(const float* EAST_RESTRICT y, const float* EAST_RESTRICT x,
+                                     std::size_t stride, std::size_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::size_t i = 0;
   if (stride == 1) {
@@ -130,8 +131,8 @@ EAST_ALWAYS_INLINE float dot_strided(const float* EAST_RESTRICT y, const float* 
 
 /// Σ over the valid outputs of tap (r, s) of dy(oh, ow) · x(in_offset): one weight's gradient
 /// contribution from one image plane.
-inline float tap_dot(const Conv2dGeometry& g, const ConvSpans& sp, const float* dy, const float* x, std::size_t r,
-                     std::size_t s) {
+inline float tap_dot(const Conv2dGeometry& g, const ConvSpans& sp, const float* dy, const float* x,
+                     std::size_t r, std::size_t s) {
   const Span sh = sp.rows[r], sw = sp.cols[s];
   const std::size_t wo = g.out_w();
   float acc = 0.0f;
@@ -173,8 +174,8 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
         const float v = val[j];
         const float* xp = xn + ci * hw;
         for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
-          detail::axpy_strided(v, xp + detail::in_offset(g, oh, sw.lo, r, s), g.stride_w, yp + oh * wo + sw.lo,
-                               sw.hi - sw.lo);
+          detail::axpy_strided(v, xp + detail::in_offset(g, oh, sw.lo, r, s), g.stride_w,
+                               yp + oh * wo + sw.lo, sw.hi - sw.lo);
       }
     }
   });
@@ -208,8 +209,8 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
         const float v = val[j];
         const float* yp = dyn + trow[t] * hwo;
         for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
-          detail::axpy_scatter(v, yp + oh * wo + sw.lo, g.stride_w, xp + detail::in_offset(g, oh, sw.lo, r, s),
-                               sw.hi - sw.lo);
+          detail::axpy_scatter(v, yp + oh * wo + sw.lo, g.stride_w,
+                               xp + detail::in_offset(g, oh, sw.lo, r, s), sw.hi - sw.lo);
       }
     }
   });
@@ -243,11 +244,12 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
 /// (row_end − row_begin) · c_in·kh·kw floats, row-major like the weight. Used at mask updates
 /// to score inactive positions one block at a time; costs the dense weight-gradient FLOPs of
 /// those rows (N · H_out · W_out multiply-adds per weight).
-inline void conv2d_grad_weight_rows(const Conv2dGeometry& g, const float* x, const float* dy, std::size_t row_begin,
-                                    std::size_t row_end, float* out) {
+inline void conv2d_grad_weight_rows(const Conv2dGeometry& g, const float* x, const float* dy,
+                                    std::size_t row_begin, std::size_t row_end, float* out) {
   g.check("east::sparse::conv2d_grad_weight_rows()");
-  ::east::detail::require(row_begin <= row_end && row_end <= g.c_out, "east::sparse::conv2d_grad_weight_rows()",
-                          "rows [", row_begin, ", ", row_end, ") (valid: within [0, ", g.c_out, "])");
+  ::east::detail::require(row_begin <= row_end && row_end <= g.c_out,
+                          "east::sparse::conv2d_grad_weight_rows()", "rows [", row_begin, ", ", row_end,
+                          ") (valid: within [0, ", g.c_out, "])");
   // A GEMM out[rows × cols] = dyᵀ[rows × P] · im2col[P × cols] over P = N·H_out·W_out positions,
   // done as dot products: dy rows are copied contiguous once, and for each chunk of positions each
   // im2col column is built once (zero where the tap falls in the padding) and dotted with every
@@ -274,10 +276,14 @@ inline void conv2d_grad_weight_rows(const Conv2dGeometry& g, const float* x, con
         // im2col column c for positions [p0, p0 + len), walking (n, oh, ow) incrementally.
         std::size_t n = p0 / hwo, rem = p0 - n * hwo, oh = rem / wo, ow = rem - oh * wo;
         for (std::size_t q = 0; q < len; ++q) {
-          const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(oh * g.stride_h + r) - static_cast<std::ptrdiff_t>(g.pad_h);
-          const std::ptrdiff_t iw = static_cast<std::ptrdiff_t>(ow * g.stride_w + s) - static_cast<std::ptrdiff_t>(g.pad_w);
-          vc[q] = (ih >= 0 && iw >= 0 && ih < static_cast<std::ptrdiff_t>(g.h) && iw < static_cast<std::ptrdiff_t>(g.w))
-                      ? x[(n * g.c_in + ci) * hw + static_cast<std::size_t>(ih) * g.w + static_cast<std::size_t>(iw)]
+          const std::ptrdiff_t ih =
+              static_cast<std::ptrdiff_t>(oh * g.stride_h + r) - static_cast<std::ptrdiff_t>(g.pad_h);
+          const std::ptrdiff_t iw =
+              static_cast<std::ptrdiff_t>(ow * g.stride_w + s) - static_cast<std::ptrdiff_t>(g.pad_w);
+          vc[q] = (ih >= 0 && iw >= 0 && ih < static_cast<std::ptrdiff_t>(g.h) &&
+                   iw < static_cast<std::ptrdiff_t>(g.w))
+                      ? x[(n * g.c_in + ci) * hw + static_cast<std::size_t>(ih) * g.w +
+                          static_cast<std::size_t>(iw)]
                       : 0.0f;
           if (++ow == wo) {
             ow = 0;

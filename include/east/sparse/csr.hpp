@@ -54,9 +54,10 @@ class CsrWeight {
   /// Rebuilds the index for a new mask; values are zeroed (use remap to carry them over).
   void build(const BitMask& mask, std::size_t rows, std::size_t cols, std::size_t group_size = 1) {
     constexpr const char* where = "east::sparse::CsrWeight::build()";
-    ::east::detail::require(rows >= 1 && cols >= 1, where, "shape ", rows, " x ", cols, " (valid: both >= 1)");
-    ::east::detail::require(mask.size() == rows * cols, where, "mask has ", mask.size(), " positions, weight ",
-                            rows * cols, " (valid: equal)");
+    ::east::detail::require(rows >= 1 && cols >= 1, where, "shape ", rows, " x ", cols,
+                            " (valid: both >= 1)");
+    ::east::detail::require(mask.size() == rows * cols, where, "mask has ", mask.size(),
+                            " positions, weight ", rows * cols, " (valid: equal)");
     ::east::detail::require(group_size >= 1 && cols % group_size == 0, where, "group size ", group_size,
                             " does not divide ", cols, " columns (valid: k_h*k_w, or 1)");
     ::east::detail::require(cols < std::numeric_limits<std::uint32_t>::max() &&
@@ -87,7 +88,8 @@ class CsrWeight {
     out.build(new_mask, rows_, cols_, group_);
     for (auto* c : carry)
       ::east::detail::require(c && c->size() == nnz(), "east::sparse::CsrWeight::remap()",
-                              "a carried array has ", c ? c->size() : 0, " values (valid: nnz() = ", nnz(), ")");
+                              "a carried array has ", c ? c->size() : 0, " values (valid: nnz() = ", nnz(),
+                              ")");
     std::vector<std::vector<float>> carried(carry.size(), std::vector<float>(out.nnz(), 0.0f));
     for (std::size_t r = 0; r < rows_; ++r) {
       std::size_t a = row_ptr_[r], b = out.row_ptr_[r];
@@ -130,8 +132,9 @@ class CsrWeight {
   }
   /// Dense index of entry j (row * cols + col).
   std::size_t position(std::size_t j) const {
-    const auto r = static_cast<std::size_t>(std::upper_bound(row_ptr_.begin(), row_ptr_.end(), j) -
-                                            row_ptr_.begin()) - 1;
+    const auto r =
+        static_cast<std::size_t>(std::upper_bound(row_ptr_.begin(), row_ptr_.end(), j) - row_ptr_.begin()) -
+        1;
     return r * cols_ + col_[j];
   }
 

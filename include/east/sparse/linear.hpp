@@ -22,8 +22,8 @@ namespace east::sparse {
 namespace detail {
 inline void check_linear(const CsrWeight& wt, std::size_t batch, const char* where) {
   ::east::detail::require(batch >= 1, where, "batch ", batch, " (valid: >= 1)");
-  ::east::detail::require(wt.rows() >= 1 && wt.cols() >= 1 && wt.group_size() == 1, where,
-                          "weight is ", wt.rows(), " x ", wt.cols(), " in groups of ", wt.group_size(),
+  ::east::detail::require(wt.rows() >= 1 && wt.cols() >= 1 && wt.group_size() == 1, where, "weight is ",
+                          wt.rows(), " x ", wt.cols(), " in groups of ", wt.group_size(),
                           " (valid: a linear weight, groups of 1)");
 }
 }  // namespace detail
@@ -88,7 +88,8 @@ EAST_ALWAYS_INLINE float dot8(const float* EAST_RESTRICT a, const float* EAST_RE
 
 /// Gradient of the weights at stored positions only: gw[j] = Σ_n dy[n, o_j] x[n, i_j], nnz
 /// floats, overwritten.
-inline void linear_grad_weight(const float* x, const float* dy, std::size_t batch, const CsrWeight& wt, float* gw) {
+inline void linear_grad_weight(const float* x, const float* dy, std::size_t batch, const CsrWeight& wt,
+                               float* gw) {
   detail::check_linear(wt, batch, "east::sparse::linear_grad_weight()");
   const std::size_t in = wt.cols(), out = wt.rows();
   std::vector<float> xt(in * batch), dyt(out * batch);
@@ -108,8 +109,8 @@ inline void linear_grad_weight(const float* x, const float* dy, std::size_t batc
 inline void linear_grad_weight_rows(const float* x, const float* dy, std::size_t batch, std::size_t in,
                                     std::size_t out, std::size_t row_begin, std::size_t row_end, float* dst) {
   constexpr const char* where = "east::sparse::linear_grad_weight_rows()";
-  ::east::detail::require(batch >= 1 && in >= 1 && out >= 1, where, "batch ", batch, ", in ", in, ", out ", out,
-                          " (valid: all >= 1)");
+  ::east::detail::require(batch >= 1 && in >= 1 && out >= 1, where, "batch ", batch, ", in ", in, ", out ",
+                          out, " (valid: all >= 1)");
   ::east::detail::require(row_begin <= row_end && row_end <= out, where, "rows [", row_begin, ", ", row_end,
                           ") (valid: within [0, ", out, "])");
   std::vector<float> xt(in * batch), dyt(out * batch);

@@ -22,7 +22,9 @@ struct Crossover {
   double linear = 0.015;
 
   /// Backend for a convolution of the given density (in [0, 1]).
-  Backend for_conv(double density) const { return pick(density, conv, "east::sparse::Crossover::for_conv()"); }
+  Backend for_conv(double density) const {
+    return pick(density, conv, "east::sparse::Crossover::for_conv()");
+  }
   /// Backend for a linear layer of the given density (in [0, 1]).
   Backend for_linear(double density) const {
     return pick(density, linear, "east::sparse::Crossover::for_linear()");

@@ -50,8 +50,8 @@ template <class RowsFn>
 GrowCandidates top_inactive_gradient(const BitMask& mask, std::size_t rows, std::size_t cols, std::size_t k,
                                      RowsFn&& rows_fn, std::size_t block_rows = 0) {
   constexpr const char* where = "east::sparse::top_inactive_gradient()";
-  ::east::detail::require(rows >= 1 && cols >= 1 && mask.size() == rows * cols, where, "mask has ", mask.size(),
-                          " positions for ", rows, " x ", cols, " (valid: equal, >= 1)");
+  ::east::detail::require(rows >= 1 && cols >= 1 && mask.size() == rows * cols, where, "mask has ",
+                          mask.size(), " positions for ", rows, " x ", cols, " (valid: equal, >= 1)");
   const std::size_t inactive = mask.size() - mask.count();
   ::east::detail::require(k <= inactive, where, "k = ", k, " (valid: 0..", inactive, " inactive positions)");
   if (block_rows == 0) block_rows = std::max<std::size_t>(1, (std::size_t{1} << 20) / cols);
@@ -86,8 +86,8 @@ GrowCandidates top_inactive_gradient(const BitMask& mask, std::size_t rows, std:
       const std::size_t m = pool.index.size();
       const auto s = kernels::select_abs(pool.grad.data(), m, k, kernels::Extreme::largest);
       picked.assign(kernels::words_for(m), 0);
-      kernels::mark_selected_abs(pool.grad.data(), m, s, kernels::Extreme::largest, nullptr, kernels::Among::all,
-                                 picked.data());
+      kernels::mark_selected_abs(pool.grad.data(), m, s, kernels::Extreme::largest, nullptr,
+                                 kernels::Among::all, picked.data());
       std::size_t o = 0;
       for (std::size_t i = 0; i < m; ++i)
         if (kernels::test_bit(picked.data(), i)) {

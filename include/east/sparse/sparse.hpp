@@ -5,8 +5,8 @@
 //   top_inactive_gradient   regrowth scores (top-k |dW| at inactive positions), block by block
 //   sgd_step                SGD with momentum over the compact values
 //   Crossover               per-layer sparse/dense switch at the measured crossover density
-#include "csr.hpp"
 #include "conv.hpp"
+#include "csr.hpp"
 #include "linear.hpp"
 #include "policy.hpp"
 #include "regrow.hpp"
