@@ -26,14 +26,16 @@ inline std::string name(const std::string& family, const std::string& impl, cons
 
 inline std::string human(std::size_t n) {
   std::ostringstream os;
-  if (n % 100000 == 0 && n >= 1000000) os << static_cast<double>(n) / 1e6 << "M";
-  else os << n;
+  if (n % 100000 == 0 && n >= 1000000)
+    os << static_cast<double>(n) / 1e6 << "M";
+  else
+    os << n;
   return os.str();
 }
 
 struct Options {
   std::vector<std::size_t> sizes{1000000, 11700000, 21800000, 25600000};  // ResNet-18/34/50 sizes
-  std::vector<double> ks{0.1, 1, 10, 50};                                  // percent of N
+  std::vector<double> ks{0.1, 1, 10, 50};                                 // percent of N
   std::vector<int> threads{1, 2};
   std::string baselines = "all";  // all: + scalar reference and torch; fast: nth_element only
 };
@@ -44,7 +46,9 @@ inline std::string kname(double pct) {
   return os.str();
 }
 
-inline std::size_t k_of(std::size_t n, double pct) { return static_cast<std::size_t>(static_cast<double>(n) * pct / 100.0); }
+inline std::size_t k_of(std::size_t n, double pct) {
+  return static_cast<std::size_t>(static_cast<double>(n) * pct / 100.0);
+}
 
 /// Registers fn as family/impl/config with `reps` repetitions, medians reported.
 inline void add(const std::string& full, std::function<void(benchmark::State&)> fn, int iters = 0) {
@@ -94,7 +98,8 @@ inline std::uint32_t stream_read(const float* x, std::size_t n, int threads) {
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
   /// bytes_per_weight: minimum bytes a family must move per weight (for the floor ratio).
-  explicit RatioReporter(std::map<std::string, double> bytes_per_weight) : bytes_(std::move(bytes_per_weight)) {}
+  explicit RatioReporter(std::map<std::string, double> bytes_per_weight)
+      : bytes_(std::move(bytes_per_weight)) {}
 
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
@@ -110,8 +115,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
   void Finalize() override {
     ConsoleReporter::Finalize();
-    std::printf("\n== ratios (median times; speed-up = baseline time / east time; floor = streaming-read time of "
-                "the bytes the kernel must move / east time) ==\n");
+    std::printf(
+        "\n== ratios (median times; speed-up = baseline time / east time; floor = streaming-read time of "
+        "the bytes the kernel must move / east time) ==\n");
     for (auto& [family, configs] : times_) {
       if (family == "stream") continue;
       for (auto& [config, impls] : configs) {
@@ -133,10 +139,14 @@ class RatioReporter : public benchmark::ConsoleReporter {
  private:
   static double unit_seconds(benchmark::TimeUnit u) {
     switch (u) {
-      case benchmark::kNanosecond: return 1e-9;
-      case benchmark::kMicrosecond: return 1e-6;
-      case benchmark::kMillisecond: return 1e-3;
-      default: return 1.0;
+      case benchmark::kNanosecond:
+        return 1e-9;
+      case benchmark::kMicrosecond:
+        return 1e-6;
+      case benchmark::kMillisecond:
+        return 1e-3;
+      default:
+        return 1.0;
     }
   }
   // Config fields are "N=..,k=..,t=.."; baselines measured on one thread only are matched by
@@ -146,7 +156,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
     const auto pos = config.find("t=");
     if (pos == std::string::npos || config.compare(pos, 3, "t=1") == 0) return out;
     std::string c1 = config;
-    c1.replace(pos, config.find(',', pos) == std::string::npos ? std::string::npos : config.find(',', pos) - pos, "t=1");
+    c1.replace(pos,
+               config.find(',', pos) == std::string::npos ? std::string::npos : config.find(',', pos) - pos,
+               "t=1");
     auto it = times_[family].find(c1);
     if (it == times_[family].end()) return out;
     for (auto& [impl, t] : it->second)

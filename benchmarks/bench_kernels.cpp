@@ -28,19 +28,22 @@ Options parse(int& argc, char** argv) {
   int w = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a.rfind("--sizes=", 0) == 0) o.sizes = parse_list<std::size_t>(a.substr(8));
-    else if (a.rfind("--ks=", 0) == 0) o.ks = parse_list<double>(a.substr(5));
-    else if (a.rfind("--threads=", 0) == 0) o.threads = parse_list<int>(a.substr(10));
-    else if (a.rfind("--baselines=", 0) == 0) o.baselines = a.substr(12);
-    else argv[w++] = argv[i];
+    if (a.rfind("--sizes=", 0) == 0)
+      o.sizes = parse_list<std::size_t>(a.substr(8));
+    else if (a.rfind("--ks=", 0) == 0)
+      o.ks = parse_list<double>(a.substr(5));
+    else if (a.rfind("--threads=", 0) == 0)
+      o.threads = parse_list<int>(a.substr(10));
+    else if (a.rfind("--baselines=", 0) == 0)
+      o.baselines = a.substr(12);
+    else
+      argv[w++] = argv[i];
   }
   argc = w;
   return o;
 }
 
-void use_threads(int t) {
-  kernels::set_threads(t);
-}
+void use_threads(int t) { kernels::set_threads(t); }
 
 void register_all(const Options& o) {
   using namespace east::kernels;
@@ -83,34 +86,46 @@ void register_all(const Options& o) {
       if (o.baselines == "none") continue;
       const std::string c1 = cfg + ",t=1";
       // What a straightforward C++ mask update does: copy the keys, std::nth_element.
-      add(name("select", "nth_element", c1), [n, k](benchmark::State& s) {
-        const auto& w = weights(n);
-        std::vector<std::uint32_t> keys(n);
-        for (auto _ : s) {
-          for (std::size_t i = 0; i < n; ++i) keys[i] = abs_key(w[i]);
-          std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(k > 0 ? k - 1 : 0), keys.end());
-          benchmark::DoNotOptimize(keys.data());
-        }
-      }, 1);
-      add(name("update", "nth_element", c1), [n, k](benchmark::State& s) {
-        const auto& w = weights(n);
-        std::vector<std::uint32_t> keys(n);
-        std::vector<std::uint64_t> bits(words_for(n));
-        for (auto _ : s) {
-          for (std::size_t i = 0; i < n; ++i) keys[i] = abs_key(w[i]);
-          std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(k > 0 ? k - 1 : 0), keys.end());
-          const std::uint32_t thr = keys[k > 0 ? k - 1 : 0];
-          std::fill(bits.begin(), bits.end(), 0);
-          for (std::size_t i = 0; i < n; ++i)  // ties not resolved: a lower bound on its cost
-            if (abs_key(w[i]) < thr) bits[i >> 6] |= std::uint64_t{1} << (i & 63);
-          benchmark::DoNotOptimize(bits.data());
-        }
-      }, 1);
+      add(
+          name("select", "nth_element", c1),
+          [n, k](benchmark::State& s) {
+            const auto& w = weights(n);
+            std::vector<std::uint32_t> keys(n);
+            for (auto _ : s) {
+              for (std::size_t i = 0; i < n; ++i) keys[i] = abs_key(w[i]);
+              std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(k > 0 ? k - 1 : 0),
+                               keys.end());
+              benchmark::DoNotOptimize(keys.data());
+            }
+          },
+          1);
+      add(
+          name("update", "nth_element", c1),
+          [n, k](benchmark::State& s) {
+            const auto& w = weights(n);
+            std::vector<std::uint32_t> keys(n);
+            std::vector<std::uint64_t> bits(words_for(n));
+            for (auto _ : s) {
+              for (std::size_t i = 0; i < n; ++i) keys[i] = abs_key(w[i]);
+              std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(k > 0 ? k - 1 : 0),
+                               keys.end());
+              const std::uint32_t thr = keys[k > 0 ? k - 1 : 0];
+              std::fill(bits.begin(), bits.end(), 0);
+              for (std::size_t i = 0; i < n; ++i)  // ties not resolved: a lower bound on its cost
+                if (abs_key(w[i]) < thr) bits[i >> 6] |= std::uint64_t{1} << (i & 63);
+              benchmark::DoNotOptimize(bits.data());
+            }
+          },
+          1);
       if (o.baselines == "all" && (n == o.sizes.front() || n == o.sizes.back()) && pct == 1.0) {
-        add(name("select", "reference", c1), [n, k](benchmark::State& s) {
-          const auto& w = weights(n);
-          for (auto _ : s) benchmark::DoNotOptimize(reference::select_abs(w.data(), n, k, Extreme::smallest));
-        }, 1);
+        add(
+            name("select", "reference", c1),
+            [n, k](benchmark::State& s) {
+              const auto& w = weights(n);
+              for (auto _ : s)
+                benchmark::DoNotOptimize(reference::select_abs(w.data(), n, k, Extreme::smallest));
+            },
+            1);
       }
     }
   }
@@ -203,7 +218,8 @@ int main(int argc, char** argv) {
   const auto opts = east::bench::parse(argc, argv);
   benchmark::Initialize(&argc, argv);
   east::bench::register_all(opts);
-  std::printf("east kernels: ISA %s, threads %s\n", east::kernels::isa_name(east::kernels::active_isa()), "per benchmark (t=)");
+  std::printf("east kernels: ISA %s, threads %s\n", east::kernels::isa_name(east::kernels::active_isa()),
+              "per benchmark (t=)");
   // Minimum bytes per weight each family must move (docs/benchmarks.md, ../shared/PERF.md).
   east::bench::RatioReporter reporter({{"select", 4.0}, {"update", 4.0}, {"apply", 4.125}, {"sgd", 20.125}});
   benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -19,8 +19,8 @@ int main(int argc, char** argv) {
     kernels::set_threads(threads);
     bench::ModelBuffers m(bench::read_shapes(argv[1]));
     const double floor = bench::time_stream(m, reps);
-    std::printf("%zu layers, %zu weights, density %g, %d thread(s), ISA %s\n", m.layers.size(), m.size(), density,
-                threads, kernels::isa_name(kernels::active_isa()));
+    std::printf("%zu layers, %zu weights, density %g, %d thread(s), ISA %s\n", m.layers.size(), m.size(),
+                density, threads, kernels::isa_name(kernels::active_isa()));
     std::printf("floor (one streaming read of the weights): %.3f ms\n", floor * 1e3);
     const auto c = bench::harness_config(density);
     {

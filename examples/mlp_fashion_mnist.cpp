@@ -43,14 +43,21 @@ Options parse(int argc, char** argv) {
       o.methods.clear();
       std::stringstream ss(next());
       for (std::string m; std::getline(ss, m, ',');) o.methods.push_back(m);
-    } else if (a == "--density") o.density = std::stod(next());
-    else if (a == "--epochs") o.epochs = std::stoi(next());
-    else if (a == "--seed") o.seed = static_cast<unsigned>(std::stoul(next()));
-    else if (a == "--data") o.data = next();
+    } else if (a == "--density")
+      o.density = std::stod(next());
+    else if (a == "--epochs")
+      o.epochs = std::stoi(next());
+    else if (a == "--seed")
+      o.seed = static_cast<unsigned>(std::stoul(next()));
+    else if (a == "--data")
+      o.data = next();
     else if (a == "--help" || a == "-h") {
-      std::puts("usage: mlp_fashion_mnist [--methods dense,rigl,set,static] [--density D] [--epochs E] [--seed S] [--data DIR]");
+      std::puts(
+          "usage: mlp_fashion_mnist [--methods dense,rigl,set,static] [--density D] [--epochs E] [--seed S] "
+          "[--data DIR]");
       std::exit(0);
-    } else throw east::InvalidArgument("mlp_fashion_mnist: unknown argument '" + a + "' (see --help)");
+    } else
+      throw east::InvalidArgument("mlp_fashion_mnist: unknown argument '" + a + "' (see --help)");
   }
   east::detail::require_density(o.density, "mlp_fashion_mnist --density");
   east::detail::require(o.epochs >= 1, "mlp_fashion_mnist", "--epochs ", o.epochs, " (valid: >= 1)");
@@ -178,7 +185,7 @@ Result train(const std::string& method, const Options& o, const east::data::Imag
       loss_avg = step == 0 ? loss : 0.98f * loss_avg + 0.02f * loss;
       if (ctl) ctl->before_optimizer_step(step);  // masks gradients (kept dense on update steps)
       net.sgd(lr, o.momentum, o.weight_decay);
-      if (ctl) ctl->after_optimizer_step(step);   // drop/grow on update steps; re-masks weights + momentum
+      if (ctl) ctl->after_optimizer_step(step);  // drop/grow on update steps; re-masks weights + momentum
       char extra[64];
       std::snprintf(extra, sizeof extra, "epoch %d loss %.3f", epoch + 1, loss_avg);
       progress.update(static_cast<std::size_t>(step) + 1, extra);
@@ -192,16 +199,21 @@ Result train(const std::string& method, const Options& o, const east::data::Imag
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   std::fprintf(stderr, "loading Fashion-MNIST from %s\n", o.data.c_str());
-  const auto train_set = east::data::read_idx_images(o.data + "/train-images-idx3-ubyte.gz", o.data + "/train-labels-idx1-ubyte.gz");
-  const auto test_set = east::data::read_idx_images(o.data + "/t10k-images-idx3-ubyte.gz", o.data + "/t10k-labels-idx1-ubyte.gz");
-  std::fprintf(stderr, "train %zu, test %zu images; %d epochs, batch %d\n", train_set.count, test_set.count, o.epochs, o.batch);
+  const auto train_set = east::data::read_idx_images(o.data + "/train-images-idx3-ubyte.gz",
+                                                     o.data + "/train-labels-idx1-ubyte.gz");
+  const auto test_set = east::data::read_idx_images(o.data + "/t10k-images-idx3-ubyte.gz",
+                                                    o.data + "/t10k-labels-idx1-ubyte.gz");
+  std::fprintf(stderr, "train %zu, test %zu images; %d epochs, batch %d\n", train_set.count, test_set.count,
+               o.epochs, o.batch);
 
   std::vector<Result> results;
   for (const auto& method : o.methods) {
     Mlp net(o.seed);
     if (method == "dense") {
-      results.push_back(train<east::Controller<east::Method<east::Uniform, east::ConstantDensity, east::ConstantDrop, east::Never>>>(
-          method, o, train_set, test_set, net, nullptr));
+      results.push_back(
+          train<east::Controller<
+              east::Method<east::Uniform, east::ConstantDensity, east::ConstantDrop, east::Never>>>(
+              method, o, train_set, test_set, net, nullptr));
       continue;
     }
     east::ParameterSet params;

@@ -20,11 +20,11 @@
 // Dense-ish warm-up, then the density is multiplied by `factor` every `stage` steps until it
 // reaches `target`. A DensitySchedule needs only `double density(std::int64_t) const`.
 struct WarmupStepDown {
-  double start = 0.5;           // density during the warm-up
-  double target = 0.05;         // final density
-  double factor = 0.5;          // each stage multiplies the density by this
-  std::int64_t warmup = 100;    // steps at `start`
-  std::int64_t stage = 100;     // steps per stage after the warm-up
+  double start = 0.5;         // density during the warm-up
+  double target = 0.05;       // final density
+  double factor = 0.5;        // each stage multiplies the density by this
+  std::int64_t warmup = 100;  // steps at `start`
+  std::int64_t stage = 100;   // steps per stage after the warm-up
 
   double density(std::int64_t step) const {
     if (step < warmup) return start;
@@ -68,8 +68,8 @@ struct JitteredGradientRegrow {
       const float g = layer.grad[i];
       // Keys bypass the controller's NaN/Inf check on float scores: do it here.
       if (!std::isfinite(g))
-        throw east::InvalidArgument("JitteredGradientRegrow: layer '" + layer.name + "' has a non-finite gradient at index " +
-                                    std::to_string(i));
+        throw east::InvalidArgument("JitteredGradientRegrow: layer '" + layer.name +
+                                    "' has a non-finite gradient at index " + std::to_string(i));
       const float u = static_cast<float>(ctx.stream.uniform(i));
       // abs_key orders non-negative floats exactly like their values.
       ctx.scratch[i] = east::kernels::abs_key(g * (1.0f - jitter * u));
@@ -112,7 +112,8 @@ struct Mlp {
     const float loss = 0.5f * (out - Y).squaredNorm() * inv;
     for (int l = 2; l >= 0; --l) {
       gW[l].noalias() = delta * a[l].transpose();
-      if (l > 0) delta = (W[l].transpose() * delta).cwiseProduct((a[l].array() > 0.0f).cast<float>().matrix());
+      if (l > 0)
+        delta = (W[l].transpose() * delta).cwiseProduct((a[l].array() > 0.0f).cast<float>().matrix());
     }
     return loss;
   }
@@ -143,14 +144,15 @@ struct UpdateTable {
     std::printf("  -- step %lld: density %.4f -> %.4f\n", static_cast<long long>(step), from, to);
   }
   void on_update(const east::UpdateReport& r) {
-    std::printf("%5lld %8.4f %6.3f %6zu %7zu %6zu", static_cast<long long>(r.step), r.density, r.drop_fraction,
-                r.total_nnz(), r.total_dropped(), r.total_grown());
+    std::printf("%5lld %8.4f %6.3f %6zu %7zu %6zu", static_cast<long long>(r.step), r.density,
+                r.drop_fraction, r.total_nnz(), r.total_dropped(), r.total_grown());
     for (const auto& l : r.layers) std::printf(" %5zu", l.nnz);
     std::printf(" %7.3f\n", r.layers[0].ever_active_fraction);
 
     const auto& method = ctl.method();
     check(r.density == method.density.density(r.step), "report density == schedule", r.step);
-    const auto expected = east::layer_counts(method.distribution, ctl.params(), r.density, ctl.options().allocation);
+    const auto expected =
+        east::layer_counts(method.distribution, ctl.params(), r.density, ctl.options().allocation);
     check(r.total_nnz() == east::nonzero_budget(ctl.params(), r.density), "total == budget", r.step);
     for (std::size_t l = 0; l < r.layers.size(); ++l) {
       const auto& lr = r.layers[l];
@@ -184,13 +186,13 @@ int main() try {
   // [register]
 
   // [compose]
-  east::Method method{east::ErdosRenyiKernel{},                              // distribution
-                      WarmupStepDown{0.5, 0.05, 0.5, 100, 100},              // density schedule
-                      LinearDecayDrop{0.4, 0.05, 500},                       // drop schedule
+  east::Method method{east::ErdosRenyiKernel{},                                    // distribution
+                      WarmupStepDown{0.5, 0.05, 0.5, 100, 100},                    // density schedule
+                      LinearDecayDrop{0.4, 0.05, 500},                             // drop schedule
                       east::Periodic{/*interval=*/40, /*begin=*/40, /*end=*/520},  // update schedule
-                      east::MagnitudePrune{},                                // prune criterion
-                      JitteredGradientRegrow{0.25f}};                        // regrow criterion
-                                                                             // (grow init: ZeroInit)
+                      east::MagnitudePrune{},                                      // prune criterion
+                      JitteredGradientRegrow{0.25f}};                              // regrow criterion
+                                                                                   // (grow init: ZeroInit)
   east::Controller ctl(params, method, east::ControllerOptions{/*seed=*/7});
   // [compose]
 
@@ -198,8 +200,8 @@ int main() try {
   for (const auto& m : ctl.masks()) initial.push_back(m.count());
   UpdateTable table{ctl, initial, 0};
 
-  std::printf("initial: %zu of %zu weights active (density %.4f); fc1 %zu, fc2 %zu, fc3 %zu\n\n", ctl.nonzeros(),
-              ctl.params().logical_size(), ctl.density(), initial[0], initial[1], initial[2]);
+  std::printf("initial: %zu of %zu weights active (density %.4f); fc1 %zu, fc2 %zu, fc3 %zu\n\n",
+              ctl.nonzeros(), ctl.params().logical_size(), ctl.density(), initial[0], initial[1], initial[2]);
   std::printf(" step  density drop f    nnz dropped  grown   fc1   fc2   fc3 fc1 ever\n");
 
   // [loop]
@@ -210,21 +212,23 @@ int main() try {
   for (std::int64_t step = 0; step < steps; ++step) {
     for (Eigen::Index i = 0; i < X.size(); ++i) X.data()[i] = nd(rng);
     const Eigen::MatrixXf Y = teacher.forward(X);
-    loss = student.loss_and_grad(X, Y);        // forward + backward: dense gradients in gW
+    loss = student.loss_and_grad(X, Y);  // forward + backward: dense gradients in gW
     if (step == 0) first_loss = loss;
-    ctl.before_optimizer_step(step);           // masks gW, except on update steps
-    student.sgd(0.01f, 0.9f);                  // the user's optimizer
-    ctl.after_optimizer_step(step, table);     // update steps: move/drop/grow; always: re-mask
-    for (int l = 0; l < 3; ++l) {              // pruned weights stay exactly zero
+    ctl.before_optimizer_step(step);        // masks gW, except on update steps
+    student.sgd(0.01f, 0.9f);               // the user's optimizer
+    ctl.after_optimizer_step(step, table);  // update steps: move/drop/grow; always: re-mask
+    for (int l = 0; l < 3; ++l) {           // pruned weights stay exactly zero
       const auto nz = static_cast<std::size_t>((student.W[l].array() != 0.0f).count());
-      table.check(nz <= ctl.masks()[static_cast<std::size_t>(l)].count(), "weights outside the mask are zero", step);
+      table.check(nz <= ctl.masks()[static_cast<std::size_t>(l)].count(), "weights outside the mask are zero",
+                  step);
     }
   }
   // [loop]
 
   // [final-check]
   const double final_density = ctl.method().density.density(steps - 1);
-  table.check(ctl.nonzeros() == east::nonzero_budget(ctl.params(), final_density), "final count == budget", steps);
+  table.check(ctl.nonzeros() == east::nonzero_budget(ctl.params(), final_density), "final count == budget",
+              steps);
   table.check(ctl.empty_layers().empty(), "no layer collapsed to zero weights", steps);
   std::printf("\n%llu updates; final density %.4f (%zu nonzeros); loss %.4f -> %.4f; mask digest %016llx\n",
               static_cast<unsigned long long>(ctl.updates()), ctl.density(), ctl.nonzeros(), first_loss, loss,

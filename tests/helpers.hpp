@@ -32,7 +32,8 @@ struct ToyModel {
     }
   }
   static ToyModel small() {
-    return ToyModel({{"conv1", {16, 3, 3, 3}}, {"conv2", {32, 16, 3, 3}}, {"conv3", {32, 32, 1, 1}}, {"fc", {10, 32}}});
+    return ToyModel(
+        {{"conv1", {16, 3, 3, 3}}, {"conv2", {32, 16, 3, 3}}, {"conv3", {32, 32, 1, 1}}, {"fc", {10, 32}}});
   }
   east::ParameterSet params(bool with_state = false) {
     east::ParameterSet p;

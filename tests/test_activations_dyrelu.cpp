@@ -37,8 +37,8 @@ std::vector<T> random_params(int C, std::mt19937_64& rng) {
 
 // Straightforward, unblended DyReLU-B written from the paper's definition (no workspace, no
 // tricks): the forward pass every fast path is compared against.
-std::vector<double> reference_dyrelu(const std::vector<double>& flat, const std::vector<double>& x,
-                                     Shape s, std::vector<double>* coefs_out = nullptr) {
+std::vector<double> reference_dyrelu(const std::vector<double>& flat, const std::vector<double>& x, Shape s,
+                                     std::vector<double>* coefs_out = nullptr) {
   const int C = s.C, hid = std::max(1, C / 4), HW = s.H * s.W;
   const double* W1 = flat.data();
   const double* b1 = W1 + hid * C;
@@ -77,12 +77,12 @@ std::vector<double> reference_dyrelu(const std::vector<double>& flat, const std:
 }
 
 // L = sum r * y: its gradient w.r.t. y is r.
-double loss(const std::vector<double>& flat, const std::vector<double>& x,
-            const std::vector<double>& r, Shape s, double beta) {
+double loss(const std::vector<double>& flat, const std::vector<double>& x, const std::vector<double>& r,
+            Shape s, double beta) {
   east::DyReLUWorkspace<double> ws;
   std::vector<double> y(x.size());
-  east::dyrelu_forward(east::dyrelu_params_from_flat(flat.data(), s.C), x.data(), y.data(), s.B, s.C,
-                       s.H, s.W, beta, ws);
+  east::dyrelu_forward(east::dyrelu_params_from_flat(flat.data(), s.C), x.data(), y.data(), s.B, s.C, s.H,
+                       s.W, beta, ws);
   double l = 0.0;
   for (std::size_t i = 0; i < y.size(); ++i) l += r[i] * y[i];
   return l;
@@ -145,8 +145,8 @@ TEST_CASE("dyrelu_hidden_size keeps at least one hidden unit", "[dyrelu]") {
 }
 
 TEST_CASE("DyReLU-B gradients match central finite differences", "[dyrelu]") {
-  const Shape fixed[] = {{2, 5, 3, 4}, {3, 8, 1, 1}, {1, 3, 2, 2}, {2, 6, 5, 1}, {1, 1, 1, 1},
-                         {2, 4, 2, 3}, {1, 9, 1, 2}};
+  const Shape fixed[] = {{2, 5, 3, 4}, {3, 8, 1, 1}, {1, 3, 2, 2}, {2, 6, 5, 1},
+                         {1, 1, 1, 1}, {2, 4, 2, 3}, {1, 9, 1, 2}};
   std::uint64_t seed = 11;
   for (double beta : {1.0, 0.37}) {
     for (const Shape& s : fixed) check_gradients(s, beta, seed++);
@@ -166,8 +166,8 @@ TEST_CASE("DyReLU-B at beta = 1 equals an unblended reference", "[dyrelu]") {
 
     east::DyReLUWorkspace<double> ws;
     std::vector<double> y(x.size());
-    east::dyrelu_forward(east::dyrelu_params_from_flat(flat.data(), s.C), x.data(), y.data(), s.B,
-                         s.C, s.H, s.W, 1.0, ws);
+    east::dyrelu_forward(east::dyrelu_params_from_flat(flat.data(), s.C), x.data(), y.data(), s.B, s.C, s.H,
+                         s.W, 1.0, ws);
     for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(y[i] == Approx(ref[i]).epsilon(1e-12).margin(1e-14));
     for (int b = 0; b < s.B; ++b)
       for (int c = 0; c < s.C; ++c)
@@ -178,8 +178,8 @@ TEST_CASE("DyReLU-B at beta = 1 equals an unblended reference", "[dyrelu]") {
     // float agrees with the double reference to float precision.
     std::vector<float> flatf(flat.begin(), flat.end()), xf(x.begin(), x.end()), yf(x.size());
     east::DyReLUWorkspace<float> wsf;
-    east::dyrelu_forward(east::dyrelu_params_from_flat(flatf.data(), s.C), xf.data(), yf.data(),
-                         s.B, s.C, s.H, s.W, 1.0, wsf);
+    east::dyrelu_forward(east::dyrelu_params_from_flat(flatf.data(), s.C), xf.data(), yf.data(), s.B, s.C,
+                         s.H, s.W, 1.0, wsf);
     for (std::size_t i = 0; i < y.size(); ++i) REQUIRE(yf[i] == Approx(ref[i]).epsilon(1e-5).margin(1e-5));
   }
 }
@@ -225,8 +225,8 @@ TEST_CASE("DyReLU-B at beta = 0 is exactly ReLU and needs no hyper-network", "[d
   // With real parameters the result is the same bits.
   auto flat = random_params<float>(s.C, rng);
   std::vector<float> y2(x.size());
-  east::dyrelu_forward(east::dyrelu_params_from_flat(flat.data(), s.C), x.data(), y2.data(), s.B,
-                       s.C, s.H, s.W, 0.0, ws);
+  east::dyrelu_forward(east::dyrelu_params_from_flat(flat.data(), s.C), x.data(), y2.data(), s.B, s.C, s.H,
+                       s.W, 0.0, ws);
   REQUIRE(y2 == y);
 }
 
@@ -245,7 +245,8 @@ TEST_CASE("DyReLU-B parameter gradients accumulate and dx may alias dy", "[dyrel
   east::dyrelu_backward(params, x.data(), dy.data(), dx.data(), s.B, s.C, s.H, s.W, ws, &v1);
   east::dyrelu_backward(params, x.data(), dy.data(), dx.data(), s.B, s.C, s.H, s.W, ws, &v2);
   east::dyrelu_backward(params, x.data(), dy.data(), dx.data(), s.B, s.C, s.H, s.W, ws, &v2);
-  for (std::size_t i = 0; i < g1.size(); ++i) REQUIRE(g2[i] == Approx(2 * g1[i]).epsilon(1e-14).margin(1e-15));
+  for (std::size_t i = 0; i < g1.size(); ++i)
+    REQUIRE(g2[i] == Approx(2 * g1[i]).epsilon(1e-14).margin(1e-15));
   auto inplace = dy;
   east::dyrelu_backward(params, x.data(), inplace.data(), inplace.data(), s.B, s.C, s.H, s.W, ws);
   REQUIRE(inplace == dx);
@@ -305,9 +306,9 @@ TEST_CASE("DyReLU-B rejects bad arguments with a clear message", "[dyrelu]") {
   REQUIRE_THROWS_WITH(fwd(2, 4, 3, 3, 1.5), Contains("beta 1.5") && Contains("[0, 1]"));
   REQUIRE_THROWS_WITH(fwd(2, 4, 3, 3, -0.1), Contains("beta -0.1"));
   REQUIRE_THROWS_WITH(fwd(2, 4, 3, 3, std::nan("")), Contains("beta nan"));
-  REQUIRE_THROWS_WITH(east::dyrelu_forward(p, static_cast<const double*>(nullptr), y.data(), 2, 4, 3,
-                                           3, 1.0, ws),
-                      Contains("dyrelu_forward") && Contains("x is null"));
+  REQUIRE_THROWS_WITH(
+      east::dyrelu_forward(p, static_cast<const double*>(nullptr), y.data(), 2, 4, 3, 3, 1.0, ws),
+      Contains("dyrelu_forward") && Contains("x is null"));
   east::DyReLUParams<double> missing = p;
   missing.fc2_weight = nullptr;
   REQUIRE_THROWS_WITH(east::dyrelu_forward(missing, x.data(), y.data(), 2, 4, 3, 3, 0.5, ws),
@@ -323,8 +324,9 @@ TEST_CASE("DyReLU-B rejects bad arguments with a clear message", "[dyrelu]") {
   east::dyrelu_forward(p, x.data(), y.data(), 2, 4, 3, 3, 0.5, ws);
   REQUIRE_THROWS_WITH(east::dyrelu_backward(p, x.data(), x.data(), dx.data(), 1, 4, 3, 3, ws),
                       Contains("B=1") && Contains("B=2"));
-  REQUIRE_THROWS_WITH(east::dyrelu_backward(p, x.data(), static_cast<const double*>(nullptr), dx.data(), 2, 4, 3, 3, ws),
-                      Contains("dy is null"));
+  REQUIRE_THROWS_WITH(
+      east::dyrelu_backward(p, x.data(), static_cast<const double*>(nullptr), dx.data(), 2, 4, 3, 3, ws),
+      Contains("dy is null"));
   std::vector<double> g(flat.size());
   auto grads = east::dyrelu_grads_from_flat(g.data(), 4);
   grads.fc1_bias = nullptr;

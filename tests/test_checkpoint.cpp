@@ -42,7 +42,8 @@ TEST_CASE("Resuming from a checkpoint gives bit-identical masks", "[checkpoint]"
       // weights, then the east checkpoint (constructing a controller masks the weights).
       auto m2 = ToyModel::small();
       auto ctl2 = make(m2.params());
-      for (std::size_t l = 0; l < m2.tensors.size(); ++l) std::copy(m.tensors[l].w.begin(), m.tensors[l].w.end(), m2.tensors[l].w.begin());
+      for (std::size_t l = 0; l < m2.tensors.size(); ++l)
+        std::copy(m.tensors[l].w.begin(), m.tensors[l].w.end(), m2.tensors[l].w.begin());
       CHECK(load_checkpoint(ctl2, ss) == "user");
       CHECK(ctl2.digest() == ctl.digest());
       train(m2, ctl2, 17, 40);
@@ -56,7 +57,9 @@ TEST_CASE("Resuming from a checkpoint gives bit-identical masks", "[checkpoint]"
       auto make = [](ParameterSet p) { return make_snfs(std::move(p), cfg, {4}); };
       CHECK(run_full(make).first == run_resumed(make).first);
     } else {
-      auto make = [](ParameterSet p) { return make_cyclic(std::move(p), cfg, CyclicDensity{0, 3, 2, 10}, {5}); };
+      auto make = [](ParameterSet p) {
+        return make_cyclic(std::move(p), cfg, CyclicDensity{0, 3, 2, 10}, {5});
+      };
       const auto a = run_full(make), b = run_resumed(make);
       CHECK(a.first == b.first);
       for (std::size_t l = 0; l < a.second.size(); ++l) CHECK(a.second[l].w == b.second[l].w);

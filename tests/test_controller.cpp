@@ -74,8 +74,10 @@ TEST_CASE("RigL update: pruned are the smallest |w|, grown were inactive, start 
     float min_grown = INFINITY, max_not_grown = 0;
     for (std::size_t i = 0; i < old.size(); ++i) {
       if (old[i]) continue;
-      if (now[i]) min_grown = std::min(min_grown, std::abs(t.g[i]));
-      else max_not_grown = std::max(max_not_grown, std::abs(t.g[i]));
+      if (now[i])
+        min_grown = std::min(min_grown, std::abs(t.g[i]));
+      else
+        max_not_grown = std::max(max_not_grown, std::abs(t.g[i]));
     }
     CHECK(min_grown >= max_not_grown);
     CHECK(rep.layers[l].ever_active_fraction == Approx(double(old.count() + k) / old.size()));
@@ -136,7 +138,8 @@ TEST_CASE("Cyclic density moves layers to their share and returns exactly to the
     if (ctl.is_update_step(step)) {
       const auto counts = layer_counts(ErdosRenyiKernel{}, ctl.params(), ctl.method().density.density(step));
       for (std::size_t l = 0; l < counts.size(); ++l) REQUIRE(ctl.masks()[l].count() == counts[l]);
-      expected_peak = std::max(expected_peak, nonzero_budget(ctl.params(), ctl.method().density.density(step)));
+      expected_peak =
+          std::max(expected_peak, nonzero_budget(ctl.params(), ctl.method().density.density(step)));
     }
     peak = std::max(peak, ctl.nonzeros());
   }
@@ -196,7 +199,8 @@ TEST_CASE("Bad configuration gets clear errors", "[controller][errors]") {
   CHECK_THROWS_WITH(ctl.update(10), Catch::Contains("no gradient buffer"));
   auto snfs = make_snfs(p, DstConfig{0.5, 10, 100});
   CHECK_THROWS_WITH(snfs.update(10), Catch::Contains("no gradient has been observed"));
-  CHECK_THROWS_WITH(make_snfs(p, DstConfig{0.5, 10, 100}, {}, ErdosRenyiKernel{}, 1.0), Catch::Contains("beta 1"));
+  CHECK_THROWS_WITH(make_snfs(p, DstConfig{0.5, 10, 100}, {}, ErdosRenyiKernel{}, 1.0),
+                    Catch::Contains("beta 1"));
 }
 
 TEST_CASE("Data-parallel ranks with the same averaged gradient agree without communication",

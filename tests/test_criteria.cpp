@@ -12,17 +12,18 @@ using east_test::ToyModel;
 namespace {
 template <class Prune, class Regrow, class Init = ZeroInit>
 auto one_layer(ToyModel& m, Prune prune, Regrow regrow, Init init = {}, std::uint64_t seed = 0) {
-  return Controller(m.params(true), Method{Uniform{}, ConstantDensity{0.2}, ConstantDrop{0.25}, Periodic{1, 1, 100},
-                                           prune, regrow, init},
-                    ControllerOptions{seed});
+  return Controller(
+      m.params(true),
+      Method{Uniform{}, ConstantDensity{0.2}, ConstantDrop{0.25}, Periodic{1, 1, 100}, prune, regrow, init},
+      ControllerOptions{seed});
 }
 }  // namespace
 
 TEST_CASE("MomentumRegrow grows the largest |momentum of the dense gradient| among inactive (SNFS)",
           "[criteria]") {
   ToyModel m({{"w", {40, 25}}});
-  auto ctl = Controller(m.params(), Method{Uniform{}, ConstantDensity{0.2}, ConstantDrop{0.25}, Periodic{10, 10, 100},
-                                           MagnitudePrune{}, MomentumRegrow{0.5, {}}});
+  auto ctl = Controller(m.params(), Method{Uniform{}, ConstantDensity{0.2}, ConstantDrop{0.25},
+                                           Periodic{10, 10, 100}, MagnitudePrune{}, MomentumRegrow{0.5, {}}});
   // The criterion sees every step's dense gradient, although east masks the gradient after.
   std::vector<double> ema(1000, 0.0);
   for (std::int64_t step = 0; step <= 10; ++step) {
@@ -50,8 +51,10 @@ TEST_CASE("MomentumRegrow grows the largest |momentum of the dense gradient| amo
   double min_grown_g = INFINITY, max_other_g = 0;
   before.for_each_inactive([&](std::size_t i) {
     const double g = std::abs(m.tensors[0].g[i]);
-    if (now[i]) min_grown_g = std::min(min_grown_g, g);
-    else max_other_g = std::max(max_other_g, g);
+    if (now[i])
+      min_grown_g = std::min(min_grown_g, g);
+    else
+      max_other_g = std::max(max_other_g, g);
   });
   CHECK(min_grown_g < max_other_g);
 }
@@ -109,7 +112,8 @@ struct FirstHalfGradient {
     const auto n = ctx.layer.size();
     const auto cols = static_cast<std::size_t>(ctx.layer.shape[1]);
     keys.resize(n);
-    for (std::size_t i = 0; i < n; ++i) keys[i] = (i % cols) < cols / 2 ? kernels::abs_key(ctx.layer.grad[i]) + 1 : 0;
+    for (std::size_t i = 0; i < n; ++i)
+      keys[i] = (i % cols) < cols / 2 ? kernels::abs_key(ctx.layer.grad[i]) + 1 : 0;
     return Scores{nullptr, keys.data()};
   }
 };
@@ -147,8 +151,8 @@ TEST_CASE("Zero gradients are regrown in seeded random order, after every nonzer
   const auto by_index = grown_positions(false, 1);
   const auto a = grown_positions(true, 1), b = grown_positions(true, 1), c = grown_positions(true, 2);
   REQUIRE(by_index.size() == 50);
-  CHECK(a == b);        // seeded
-  CHECK(a != c);        // another seed, other positions
+  CHECK(a == b);  // seeded
+  CHECK(a != c);  // another seed, other positions
   CHECK(a != by_index);
   // Index order takes the lowest inactive indices: the bias the random order removes.
   std::size_t low = 0;
@@ -161,7 +165,8 @@ TEST_CASE("Zero weights are pruned before nonzero ones, in random order", "[crit
   auto ctl = one_layer(m, MagnitudePrune{}, GradientRegrow{});
   std::vector<std::size_t> active;
   ctl.masks()[0].for_each_active([&](std::size_t i) { active.push_back(i); });
-  for (std::size_t j = 0; j < 80; ++j) m.tensors[0].w[active[active.size() - 1 - j]] = 0.0f;  // 80 zeros, high indices
+  for (std::size_t j = 0; j < 80; ++j)
+    m.tensors[0].w[active[active.size() - 1 - j]] = 0.0f;  // 80 zeros, high indices
   ctl.update(1);
   std::size_t zeros_dropped = 0;
   for (std::size_t j = 0; j < 80; ++j) zeros_dropped += !ctl.masks()[0][active[active.size() - 1 - j]];

@@ -18,9 +18,9 @@ TEST_CASE("EAST defaults: cyclic density over the first 40%, cosine drop 0.5→0
   cfg.total_steps = 1000;
   auto e = make_east(m.params(), cfg);
   const auto& method = e.controller.method();
-  CHECK(method.update.interval == 40);             // 1000 / 25
+  CHECK(method.update.interval == 40);  // 1000 / 25
   CHECK(method.density.cycles == 2);
-  CHECK(method.density.length == 200);            // 0.4 · 1000 / 2
+  CHECK(method.density.length == 200);  // 0.4 · 1000 / 2
   CHECK(method.density.end() == 400);
   CHECK(method.density.density(100) == Approx(0.06));  // peak of the first cycle: m = 3
   CHECK(method.drop.drop_fraction(0) == Approx(0.5));
@@ -42,7 +42,7 @@ TEST_CASE("EAST's ablation switches turn each trick off", "[east]") {
   auto e = make_east(m.params(), cfg);
   for (std::int64_t s : {0, 100, 200, 700}) {
     CHECK(e.controller.method().density.density(s) == 0.02);  // no cycles: constant target
-    CHECK(e.beta(s) == 0.0);                                   // no DyReLU: plain ReLU throughout
+    CHECK(e.beta(s) == 0.0);                                  // no DyReLU: plain ReLU throughout
   }
   EastConfig bad = cfg;
   bad.total_steps = 0;
@@ -84,8 +84,14 @@ TEST_CASE("Shared tensors: one mask for every use, budget as the unshared networ
   float s[3] = {0.3f, 0.7f, 1.2f}, ds[3];
   std::vector<float> uw[3] = {std::vector<float>(24), std::vector<float>(24), std::vector<float>(24)};
   std::vector<float> ug[3] = {std::vector<float>(24), std::vector<float>(24), std::vector<float>(24)};
-  SharedTensor t{"shared", w.data(), g.data(), 24, {&s[0], &s[1], &s[2]}, {&ds[0], &ds[1], &ds[2]},
-                 {uw[0].data(), uw[1].data(), uw[2].data()}, {ug[0].data(), ug[1].data(), ug[2].data()}};
+  SharedTensor t{"shared",
+                 w.data(),
+                 g.data(),
+                 24,
+                 {&s[0], &s[1], &s[2]},
+                 {&ds[0], &ds[1], &ds[2]},
+                 {uw[0].data(), uw[1].data(), uw[2].data()},
+                 {ug[0].data(), ug[1].data(), ug[2].data()}};
   ParameterSet p;
   add_shared(p, t, {6, 4});
   p.add("other", other.data(), {8, 5}, other_g.data());
@@ -111,7 +117,8 @@ TEST_CASE("Shared tensors: one mask for every use, budget as the unshared networ
   auto loss = [&](const std::vector<float>& W, const float* sc) {
     double L = 0;
     for (int i = 0; i < 3; ++i)
-      for (std::size_t j = 0; j < 24; ++j) L += 0.5 * c[24 * i + j] * double(sc[i] * W[j]) * double(sc[i] * W[j]);
+      for (std::size_t j = 0; j < 24; ++j)
+        L += 0.5 * c[24 * i + j] * double(sc[i] * W[j]) * double(sc[i] * W[j]);
     return L;
   };
   for (int i = 0; i < 3; ++i)

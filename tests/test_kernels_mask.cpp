@@ -43,9 +43,14 @@ float from_bits(std::uint32_t u) {
 std::vector<float> make_data(std::size_t n, std::mt19937& rng, int special_pct) {
   std::normal_distribution<float> nd;
   std::uniform_int_distribution<int> pick(0, 99);
-  const float special[] = {0.0f, -0.0f, std::numeric_limits<float>::quiet_NaN(),
-                           std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                           std::numeric_limits<float>::denorm_min(), from_bits(0xFFC00001u), from_bits(0x7F800001u)};
+  const float special[] = {0.0f,
+                           -0.0f,
+                           std::numeric_limits<float>::quiet_NaN(),
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::denorm_min(),
+                           from_bits(0xFFC00001u),
+                           from_bits(0x7F800001u)};
   std::vector<float> x(n);
   for (auto& v : x) v = pick(rng) < special_pct ? special[pick(rng) % 8] : nd(rng);
   return x;

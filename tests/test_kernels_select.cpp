@@ -51,19 +51,31 @@ std::vector<float> make_data(Data d, std::size_t n, std::mt19937& rng) {
   std::normal_distribution<float> nd;
   std::uniform_int_distribution<int> pick(0, 99);
   std::vector<float> x(n);
-  const float special[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
-                           -std::numeric_limits<float>::infinity(), -0.0f, 0.0f,
-                           std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(),
+  const float special[] = {std::numeric_limits<float>::quiet_NaN(),
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           -0.0f,
+                           0.0f,
+                           std::numeric_limits<float>::denorm_min(),
+                           std::numeric_limits<float>::max(),
                            from_bits(0xFFC00001u) /* negative NaN with payload */};
   for (auto& v : x) {
     switch (d) {
-      case Data::normal: v = nd(rng); break;
-      case Data::ties: v = static_cast<float>(pick(rng) % 8 - 4) * 0.5f; break;
-      case Data::special: v = pick(rng) < 6 ? special[pick(rng) % 8] : nd(rng); break;
+      case Data::normal:
+        v = nd(rng);
+        break;
+      case Data::ties:
+        v = static_cast<float>(pick(rng) % 8 - 4) * 0.5f;
+        break;
+      case Data::special:
+        v = pick(rng) < 6 ? special[pick(rng) % 8] : nd(rng);
+        break;
       case Data::denormal:
         v = pick(rng) < 20 ? 0.0f : from_bits((rng() & 0x807FFFFFu) | (pick(rng) < 10 ? 0x00800000u : 0u));
         break;
-      case Data::zeros: v = pick(rng) < 90 ? (pick(rng) < 50 ? 0.0f : -0.0f) : nd(rng); break;
+      case Data::zeros:
+        v = pick(rng) < 90 ? (pick(rng) < 50 ? 0.0f : -0.0f) : nd(rng);
+        break;
     }
   }
   return x;
@@ -103,40 +115,43 @@ void check_all(const T* x, std::size_t n, const std::uint64_t* mask, bool many_k
         const Selection want = ref_select(x, n, k, e, mask, among);
         std::vector<std::uint64_t> want_bits(words_for(n) + 1, 0);
         ref_mark(x, n, want, e, mask, among, want_bits.data());
-        for_each_config([&](Isa isa, int t) {
-          INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", k " << k << ", among "
-                      << static_cast<int>(among) << ", extreme " << static_cast<int>(e));
-          const Selection got = fast_select(x, n, k, e, mask, among);
-          CHECK(got.k == want.k);
-          if (k > 0) {
-            CHECK(got.threshold == want.threshold);
-            CHECK(got.ties == want.ties);
-          }
-          std::vector<std::uint64_t> bits(words_for(n) + 1, 0);
-          fast_mark(x, n, got, e, mask, among, bits.data());
-          CHECK(bits == want_bits);
-        }, k == 1 || k == c / 2 || k == c);
+        for_each_config(
+            [&](Isa isa, int t) {
+              INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", k " << k << ", among "
+                          << static_cast<int>(among) << ", extreme " << static_cast<int>(e));
+              const Selection got = fast_select(x, n, k, e, mask, among);
+              CHECK(got.k == want.k);
+              if (k > 0) {
+                CHECK(got.threshold == want.threshold);
+                CHECK(got.ties == want.ties);
+              }
+              std::vector<std::uint64_t> bits(words_for(n) + 1, 0);
+              fast_mark(x, n, got, e, mask, among, bits.data());
+              CHECK(bits == want_bits);
+            },
+            k == 1 || k == c / 2 || k == c);
       }
   }
 }
 
 void check_abs(const float* x, std::size_t n, const std::uint64_t* mask, bool many_ks) {
   check_all(
-      x, n, mask, many_ks,
-      [](auto... a) { return reference::select_abs(a...); }, [](auto... a) { return select_abs(a...); },
-      [](auto... a) { reference::mark_selected_abs(a...); }, [](auto... a) { mark_selected_abs(a...); });
+      x, n, mask, many_ks, [](auto... a) { return reference::select_abs(a...); },
+      [](auto... a) { return select_abs(a...); }, [](auto... a) { reference::mark_selected_abs(a...); },
+      [](auto... a) { mark_selected_abs(a...); });
 }
 
 void check_keys(const std::uint32_t* x, std::size_t n, const std::uint64_t* mask, bool many_ks) {
   check_all(
-      x, n, mask, many_ks,
-      [](auto... a) { return reference::select_keys(a...); }, [](auto... a) { return select_keys(a...); },
-      [](auto... a) { reference::mark_selected_keys(a...); }, [](auto... a) { mark_selected_keys(a...); });
+      x, n, mask, many_ks, [](auto... a) { return reference::select_keys(a...); },
+      [](auto... a) { return select_keys(a...); }, [](auto... a) { reference::mark_selected_keys(a...); },
+      [](auto... a) { mark_selected_keys(a...); });
 }
 
 }  // namespace
 
-TEST_CASE("select_abs and mark_selected_abs equal the reference on small and odd sizes", "[kernels][select]") {
+TEST_CASE("select_abs and mark_selected_abs equal the reference on small and odd sizes",
+          "[kernels][select]") {
   std::mt19937 rng(12345);
   for (std::size_t n : {0u, 1u, 5u, 15u, 16u, 17u, 63u, 64u, 65u, 130u, 1000u, 4099u}) {
     for (Data d : {Data::normal, Data::ties, Data::special, Data::denormal, Data::zeros}) {
@@ -185,7 +200,8 @@ TEST_CASE("selection survives a sample that lies about the data", "[kernels][sel
   const std::size_t n = 150000;
   std::vector<float> x(n, 1.0f);
   const std::size_t probes = std::min(n, detail::kTopSample);
-  for (std::size_t j = 0; j < probes; ++j) x[(2 * j + 1) * n / (2 * probes)] = 1000.0f + static_cast<float>(j);
+  for (std::size_t j = 0; j < probes; ++j)
+    x[(2 * j + 1) * n / (2 * probes)] = 1000.0f + static_cast<float>(j);
   for (std::size_t i = 0; i < n; i += 7) x[i] = 0.5f;
   check_abs(x.data(), n, nullptr, true);
 }
@@ -197,7 +213,8 @@ TEST_CASE("selection rejects k above the candidate count", "[kernels][select]") 
   ConfigGuard guard;
   for (Isa isa : available_isas()) {
     set_isa(isa);
-    CHECK_THROWS_AS(select_abs(x.data(), 100, 9, Extreme::largest, mask.data(), Among::active), east::InvalidArgument);
+    CHECK_THROWS_AS(select_abs(x.data(), 100, 9, Extreme::largest, mask.data(), Among::active),
+                    east::InvalidArgument);
     CHECK_THROWS_AS(select_abs(x.data(), 100, 93, Extreme::smallest, mask.data(), Among::inactive),
                     east::InvalidArgument);
     CHECK_THROWS_AS(select_abs(x.data(), 100, 101, Extreme::smallest), east::InvalidArgument);

@@ -41,10 +41,14 @@ std::vector<float> make_data(std::size_t n, std::mt19937& rng, float scale, bool
     v = nd(rng);
     if (specials) {
       const int p = pick(rng);
-      if (p < 3) v = std::numeric_limits<float>::quiet_NaN();
-      else if (p < 6) v = -std::numeric_limits<float>::infinity();
-      else if (p < 20) v = std::numeric_limits<float>::denorm_min() * static_cast<float>(p);
-      else if (p < 40) v = -0.0f;
+      if (p < 3)
+        v = std::numeric_limits<float>::quiet_NaN();
+      else if (p < 6)
+        v = -std::numeric_limits<float>::infinity();
+      else if (p < 20)
+        v = std::numeric_limits<float>::denorm_min() * static_cast<float>(p);
+      else if (p < 40)
+        v = -0.0f;
     }
   }
   return x;
@@ -93,7 +97,8 @@ TEST_CASE("masked_sgd equals the reference for every option combination", "[kern
                                   want_h.data());
           for_each_config([&](Isa isa, int t) {
             INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", density " << density
-                        << ", momentum " << p.momentum << ", nesterov " << p.nesterov << ", specials " << specials);
+                        << ", momentum " << p.momentum << ", nesterov " << p.nesterov << ", specials "
+                        << specials);
             auto w = w0, b = b0;
             std::vector<std::uint64_t> h(kHistBins, 0);
             masked_sgd(w.data() + off, g.data() + off, b.data() + off, mask.data(), n, p, h.data());

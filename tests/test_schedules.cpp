@@ -3,7 +3,6 @@
 
 using namespace east;
 
-
 TEST_CASE("Periodic updates every ΔT between begin and end", "[schedules]") {
   Periodic p{100, 100, 450};
   CHECK_FALSE(p.is_update_step(0));
@@ -18,7 +17,7 @@ TEST_CASE("Periodic updates every ΔT between begin and end", "[schedules]") {
 TEST_CASE("Cosine drop fraction at chosen steps", "[schedules]") {
   CosineDrop c{0.5, 0.005, 0, 1000};
   CHECK(c.drop_fraction(0) == Approx(0.5));
-  CHECK(c.drop_fraction(500) == Approx(0.005 + 0.495 * 0.5));      // cos(π/2) = 0
+  CHECK(c.drop_fraction(500) == Approx(0.005 + 0.495 * 0.5));  // cos(π/2) = 0
   CHECK(c.drop_fraction(250) == Approx(0.005 + 0.495 * (1 + std::sqrt(0.5)) / 2));
   CHECK(c.drop_fraction(1000) == Approx(0.005));
   CHECK(c.drop_fraction(5000) == Approx(0.005));
@@ -46,17 +45,17 @@ TEST_CASE("Cyclic density: cosine and triangular cycles, then the target", "[sch
   CyclicDensity c{0.001, 3.0, 2, 100};
   CHECK(c.end() == 200);
   CHECK(c.density(0) == Approx(0.001));
-  CHECK(c.density(50) == Approx(0.003));                  // cycle peak
-  CHECK(c.density(25) == Approx(0.001 + 0.002 * 0.5));    // ½(1 − cos(π/2))
+  CHECK(c.density(50) == Approx(0.003));                // cycle peak
+  CHECK(c.density(25) == Approx(0.001 + 0.002 * 0.5));  // ½(1 − cos(π/2))
   CHECK(c.density(150) == Approx(0.003));
   CHECK(c.density(200) == Approx(0.001));
   CHECK(c.density(10000) == Approx(0.001));
   CHECK(c.forces_update(200));
   CHECK_FALSE(c.forces_update(199));
   CyclicDensity t{0.01, 2.0, 1, 100, 1.0, CycleShape::triangular, 10};
-  CHECK(t.density(5) == Approx(0.01));   // before begin
-  CHECK(t.density(35) == Approx(0.015)); // p = 0.25 → 0.5 up
-  CHECK(t.density(60) == Approx(0.02));  // peak
+  CHECK(t.density(5) == Approx(0.01));    // before begin
+  CHECK(t.density(35) == Approx(0.015));  // p = 0.25 → 0.5 up
+  CHECK(t.density(60) == Approx(0.02));   // peak
   CyclicDensity grow{0.001, 3.0, 2, 100, 2.0};
   CHECK(grow.end() == 300);  // 100 + 200
   CHECK(grow.density(200) == Approx(0.003));

@@ -14,8 +14,7 @@
 
 namespace {
 
-std::vector<double> random_vector(std::size_t n, std::mt19937_64& rng, double lo = -1.0,
-                                  double hi = 1.0) {
+std::vector<double> random_vector(std::size_t n, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
   std::uniform_real_distribution<double> u(lo, hi);
   std::vector<double> v(n);
   for (auto& e : v) e = u(rng);
@@ -155,7 +154,7 @@ TEST_CASE("sharing kernels reject null buffers", "[sharing]") {
                       Contains("shared_use_backward") && Contains("n 4"));
   const double* uses[2] = {w.data(), nullptr};
   const double s[2] = {1.0, 2.0};
-  REQUIRE_THROWS_WITH(east::shared_weight_backward(w.data(), uses, s, 2, dw.data(),
-                                                   static_cast<double*>(nullptr), 4),
-                      Contains("shared_weight_backward") && Contains("dw_uses[1] is null"));
+  REQUIRE_THROWS_WITH(
+      east::shared_weight_backward(w.data(), uses, s, 2, dw.data(), static_cast<double*>(nullptr), 4),
+      Contains("shared_weight_backward") && Contains("dw_uses[1] is null"));
 }

@@ -19,9 +19,10 @@ class Progress {
     const double secs = std::chrono::duration<double>(now - start_).count();
     const double rate = secs > 0 ? static_cast<double>(done) / secs : 0.0;
     const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : 0.0;
-    std::fprintf(stderr, "\r%s %zu/%zu %s (%.0f%%) %.1f %s/s ETA %s %s   ", label_.c_str(), done, total_, unit_.c_str(),
-                 total_ ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 100.0, rate, unit_.c_str(),
-                 format_time(eta).c_str(), extra.c_str());
+    std::fprintf(stderr, "\r%s %zu/%zu %s (%.0f%%) %.1f %s/s ETA %s %s   ", label_.c_str(), done, total_,
+                 unit_.c_str(),
+                 total_ ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 100.0, rate,
+                 unit_.c_str(), format_time(eta).c_str(), extra.c_str());
     if (done >= total_) std::fprintf(stderr, "\n");
     std::fflush(stderr);
   }
@@ -30,8 +31,10 @@ class Progress {
   static std::string format_time(double s) {
     char buf[32];
     const long t = static_cast<long>(s + 0.5);
-    if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-    else std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+    if (t >= 3600)
+      std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else
+      std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
     return buf;
   }
 

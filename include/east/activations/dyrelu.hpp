@@ -73,8 +73,7 @@ struct DyReLUSizes {
 /// Sizes of a DyReLU-B layer with `channels` channels; hidden = 0 picks dyrelu_hidden_size.
 inline DyReLUSizes dyrelu_sizes(int channels, int hidden = 0) {
   detail::require(channels >= 1, "dyrelu_sizes", "channels ", channels, " must be >= 1");
-  detail::require(hidden >= 0, "dyrelu_sizes", "hidden ", hidden,
-                  " must be >= 0 (0 = max(1, C/4))");
+  detail::require(hidden >= 0, "dyrelu_sizes", "hidden ", hidden, " must be >= 0 (0 = max(1, C/4))");
   DyReLUSizes s;
   s.channels = channels;
   s.hidden = hidden == 0 ? dyrelu_hidden_size(channels) : hidden;
@@ -95,8 +94,7 @@ template <class T>
 DyReLUParams<T> dyrelu_params_from_flat(const T* flat, int channels, int hidden = 0) {
   detail::require(flat != nullptr, "dyrelu_params_from_flat", "flat is null");
   const DyReLUSizes s = dyrelu_sizes(channels, hidden);
-  return {flat, flat + s.fc1_bias_offset, flat + s.fc2_weight_offset, flat + s.fc2_bias_offset,
-          s.hidden};
+  return {flat, flat + s.fc1_bias_offset, flat + s.fc2_weight_offset, flat + s.fc2_bias_offset, s.hidden};
 }
 
 /// Gradient views into a flat buffer laid out like dyrelu_params_from_flat.
@@ -200,8 +198,8 @@ inline int dyrelu_max_threads() {
 
 // Hyper-network of one sample: theta (C) -> u (hidden) -> d, coef (4C).
 template <class T>
-void dyrelu_hyper_forward(const DyReLUParams<T>& p, int C, int hidden, T beta, const T* theta,
-                          T* u, T* d, T* coef) {
+void dyrelu_hyper_forward(const DyReLUParams<T>& p, int C, int hidden, T beta, const T* theta, T* u, T* d,
+                          T* coef) {
   for (int i = 0; i < hidden; ++i) {
     const T* w = p.fc1_weight + static_cast<std::int64_t>(i) * C;
     T acc = p.fc1_bias[i];
@@ -274,8 +272,8 @@ void dyrelu_plane_coef_grad(const T* coef, const T* EAST_RESTRICT x, const T* EA
 // Hyper-network backward of one sample: dcoef (4C, overwritten with dL/dz) -> du (hidden)
 // -> dtheta (C).
 template <class T>
-void dyrelu_hyper_backward(const DyReLUParams<T>& p, int C, int hidden, T beta, const T* u,
-                           const T* d, T* dz, T* du, T* dtheta) {
+void dyrelu_hyper_backward(const DyReLUParams<T>& p, int C, int hidden, T beta, const T* u, const T* d, T* dz,
+                           T* du, T* dtheta) {
   for (int o = 0; o < 4 * C; ++o) {
     const T lambda = (o & 3) < 2 ? T(1) : T(0.5);
     // d(2 sigmoid(z) - 1)/dz = (1 - d^2) / 2.
@@ -299,8 +297,7 @@ void dyrelu_hyper_backward(const DyReLUParams<T>& p, int C, int hidden, T beta, 
 // dx = dy * slope of the winning piece + dtheta / HW (the pool spreads its gradient evenly)
 // over one plane; dx may alias dy.
 template <class T>
-void dyrelu_plane_dx(const T* coef, T pool, const T* EAST_RESTRICT x, const T* dy, T* dx,
-                     std::int64_t hw) {
+void dyrelu_plane_dx(const T* coef, T pool, const T* EAST_RESTRICT x, const T* dy, T* dx, std::int64_t hw) {
   const T a1 = coef[0], a2 = coef[1], b1 = coef[2], b2 = coef[3];
   for (std::int64_t p = 0; p < hw; ++p) {
     const T xv = x[p];
@@ -324,8 +321,8 @@ void dyrelu_plane_dx(const T* coef, T pool, const T* EAST_RESTRICT x, const T* d
 /// @param beta phase blend in [0, 1].
 /// @param ws workspace that records what backward needs; pass the same one to dyrelu_backward.
 template <class T>
-void dyrelu_forward(const DyReLUParams<T>& params, const T* x, T* y, int B, int C, int H, int W,
-                    double beta, DyReLUWorkspace<T>& ws) {
+void dyrelu_forward(const DyReLUParams<T>& params, const T* x, T* y, int B, int C, int H, int W, double beta,
+                    DyReLUWorkspace<T>& ws) {
   constexpr const char* where = "dyrelu_forward";
   detail::dyrelu_check_shape(where, B, C, H, W);
   detail::require(x != nullptr, where, "x is null");
@@ -364,8 +361,8 @@ void dyrelu_forward(const DyReLUParams<T>& params, const T* x, T* y, int B, int 
     theta[pl] = static_cast<T>(detail::plane_sum(x + pl * hw, hw) * inv_hw);
   };
   auto hyper = [&](std::int64_t b) {
-    detail::dyrelu_hyper_forward(params, C, hidden, tb, theta + b * C, u + b * hidden,
-                                 d + b * 4 * C, coef + b * 4 * C);
+    detail::dyrelu_hyper_forward(params, C, hidden, tb, theta + b * C, u + b * hidden, d + b * 4 * C,
+                                 coef + b * 4 * C);
   };
   auto apply = [&](std::int64_t pl) {
     detail::dyrelu_plane_apply(coef + pl * 4, x + pl * hw, y + pl * hw, hw);
@@ -409,18 +406,17 @@ void dyrelu_forward(const DyReLUParams<T>& params, const T* x, T* y, int B, int 
 /// @param ws the workspace of the matching forward call; its scratch buffers are reused.
 /// @param grads where to add parameter gradients, or nullptr (frozen hyper-network).
 template <class T>
-void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* dx, int B, int C,
-                     int H, int W, DyReLUWorkspace<T>& ws, const DyReLUGrads<T>* grads = nullptr) {
+void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* dx, int B, int C, int H,
+                     int W, DyReLUWorkspace<T>& ws, const DyReLUGrads<T>* grads = nullptr) {
   constexpr const char* where = "dyrelu_backward";
   detail::dyrelu_check_shape(where, B, C, H, W);
   detail::require(x != nullptr, where, "x is null");
   detail::require(dy != nullptr, where, "dy is null");
   detail::require(dx != nullptr, where, "dx is null");
   detail::require(ws.ready, where, "workspace holds no forward pass; call dyrelu_forward first");
-  detail::require(ws.batch == B && ws.channels == C && ws.height == H && ws.width == W, where,
-                  "shape B=", B, " C=", C, " H=", H, " W=", W,
-                  " differs from the forward pass's B=", ws.batch, " C=", ws.channels,
-                  " H=", ws.height, " W=", ws.width);
+  detail::require(ws.batch == B && ws.channels == C && ws.height == H && ws.width == W, where, "shape B=", B,
+                  " C=", C, " H=", H, " W=", W, " differs from the forward pass's B=", ws.batch,
+                  " C=", ws.channels, " H=", ws.height, " W=", ws.width);
   const std::int64_t planes = detail::dyrelu_plane_count(B, C);
   const std::int64_t hw = static_cast<std::int64_t>(H) * W;
   const std::int64_t total = planes * hw;
@@ -434,8 +430,8 @@ void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* 
   }
 
   const int hidden = detail::dyrelu_check_params(where, params, C);
-  detail::require(hidden == ws.hidden, where, "params hidden ", hidden,
-                  " differs from the forward pass's ", ws.hidden);
+  detail::require(hidden == ws.hidden, where, "params hidden ", hidden, " differs from the forward pass's ",
+                  ws.hidden);
   if (grads != nullptr) {
     detail::require(grads->fc1_weight != nullptr, where, "grads->fc1_weight is null");
     detail::require(grads->fc1_bias != nullptr, where, "grads->fc1_bias is null");
@@ -459,12 +455,11 @@ void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* 
     detail::dyrelu_plane_coef_grad(coef + pl * 4, x + pl * hw, dy + pl * hw, hw, dz + pl * 4);
   };
   auto hyper = [&](std::int64_t b) {
-    detail::dyrelu_hyper_backward(params, C, hidden, tb, u + b * hidden, d + b * 4 * C,
-                                  dz + b * 4 * C, du + b * hidden, dtheta + b * C);
+    detail::dyrelu_hyper_backward(params, C, hidden, tb, u + b * hidden, d + b * 4 * C, dz + b * 4 * C,
+                                  du + b * hidden, dtheta + b * C);
   };
   auto input_grad = [&](std::int64_t pl) {
-    detail::dyrelu_plane_dx(coef + pl * 4, dtheta[pl] * inv_hw, x + pl * hw, dy + pl * hw,
-                            dx + pl * hw, hw);
+    detail::dyrelu_plane_dx(coef + pl * 4, dtheta[pl] * inv_hw, x + pl * hw, dy + pl * hw, dx + pl * hw, hw);
   };
   // 1-2. Coefficient gradients per plane, then the hyper-network backward per sample, then dx;
   // the same loop-order choice as the forward pass.

@@ -85,8 +85,8 @@ struct LinearPhase {
 
   /// Ramp from fraction `start_fraction` to `end_fraction` of `total_steps` (each rounded to the
   /// nearest step). EAST's default is from_fractions(0.25, 0.5, total).
-  static LinearPhase from_fractions(double start_fraction, double end_fraction,
-                                    std::int64_t total_steps, bool freeze_hypernet = false) {
+  static LinearPhase from_fractions(double start_fraction, double end_fraction, std::int64_t total_steps,
+                                    bool freeze_hypernet = false) {
     constexpr const char* where = "LinearPhase::from_fractions";
     detail::require(total_steps >= 1, where, "total_steps ", total_steps, " must be >= 1");
     const auto s = detail::phase_fraction_to_step(where, "start_fraction", start_fraction, total_steps);
@@ -98,17 +98,16 @@ struct LinearPhase {
 
   /// Ramp from (possibly fractional) epoch `start_epoch` to `end_epoch`, with
   /// `steps_per_epoch` optimizer steps per epoch (each boundary rounded to the nearest step).
-  static LinearPhase from_epochs(double start_epoch, double end_epoch,
-                                 std::int64_t steps_per_epoch, bool freeze_hypernet = false) {
+  static LinearPhase from_epochs(double start_epoch, double end_epoch, std::int64_t steps_per_epoch,
+                                 bool freeze_hypernet = false) {
     constexpr const char* where = "LinearPhase::from_epochs";
-    detail::require(steps_per_epoch >= 1, where, "steps_per_epoch ", steps_per_epoch,
-                    " must be >= 1");
+    detail::require(steps_per_epoch >= 1, where, "steps_per_epoch ", steps_per_epoch, " must be >= 1");
     detail::require(start_epoch >= 0.0, where, "start_epoch ", start_epoch, " must be >= 0");
-    detail::require(end_epoch >= start_epoch, where, "end_epoch ", end_epoch,
-                    " must be >= start_epoch ", start_epoch);
+    detail::require(end_epoch >= start_epoch, where, "end_epoch ", end_epoch, " must be >= start_epoch ",
+                    start_epoch);
     const double spe = static_cast<double>(steps_per_epoch);
-    return LinearPhase(detail::phase_round_step(start_epoch * spe),
-                       detail::phase_round_step(end_epoch * spe), freeze_hypernet);
+    return LinearPhase(detail::phase_round_step(start_epoch * spe), detail::phase_round_step(end_epoch * spe),
+                       freeze_hypernet);
   }
 
   double beta(std::int64_t step) const {
@@ -132,17 +131,16 @@ struct CosinePhase {
     detail::phase_check_window("CosinePhase", start, end);
   }
   /// Same rounding rules as LinearPhase::from_fractions.
-  static CosinePhase from_fractions(double start_fraction, double end_fraction,
-                                    std::int64_t total_steps, bool freeze_hypernet = false) {
+  static CosinePhase from_fractions(double start_fraction, double end_fraction, std::int64_t total_steps,
+                                    bool freeze_hypernet = false) {
     const LinearPhase l =
         LinearPhase::from_fractions(start_fraction, end_fraction, total_steps, freeze_hypernet);
     return CosinePhase(l.start, l.end, freeze_hypernet);
   }
   /// Same rounding rules as LinearPhase::from_epochs.
-  static CosinePhase from_epochs(double start_epoch, double end_epoch,
-                                 std::int64_t steps_per_epoch, bool freeze_hypernet = false) {
-    const LinearPhase l =
-        LinearPhase::from_epochs(start_epoch, end_epoch, steps_per_epoch, freeze_hypernet);
+  static CosinePhase from_epochs(double start_epoch, double end_epoch, std::int64_t steps_per_epoch,
+                                 bool freeze_hypernet = false) {
+    const LinearPhase l = LinearPhase::from_epochs(start_epoch, end_epoch, steps_per_epoch, freeze_hypernet);
     return CosinePhase(l.start, l.end, freeze_hypernet);
   }
 
@@ -162,8 +160,7 @@ struct ConstantPhase {
 
   ConstantPhase() = default;
   explicit ConstantPhase(double value) : value(value) {
-    detail::require(value >= 0.0 && value <= 1.0, "ConstantPhase", "value ", value,
-                    " is outside [0, 1]");
+    detail::require(value >= 0.0 && value <= 1.0, "ConstantPhase", "value ", value, " is outside [0, 1]");
   }
   double beta(std::int64_t) const { return value; }
 };

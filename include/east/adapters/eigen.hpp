@@ -15,9 +15,10 @@ LayerView& add_eigen(ParameterSet& params, std::string name, Eigen::PlainObjectB
   static_assert(std::is_same_v<typename Derived::Scalar, float>, "east::add_eigen: weights must be float");
   if (grad)
     detail::require(grad->rows() == weight.rows() && grad->cols() == weight.cols(), "east::add_eigen()",
-                    "gradient of '", name, "' is ", grad->rows(), "x", grad->cols(), ", weight is ", weight.rows(),
-                    "x", weight.cols());
-  return params.add(std::move(name), weight.data(), {weight.rows(), weight.cols()}, grad ? grad->data() : nullptr);
+                    "gradient of '", name, "' is ", grad->rows(), "x", grad->cols(), ", weight is ",
+                    weight.rows(), "x", weight.cols());
+  return params.add(std::move(name), weight.data(), {weight.rows(), weight.cols()},
+                    grad ? grad->data() : nullptr);
 }
 
 template <class Derived>
@@ -30,8 +31,8 @@ LayerView& add_eigen(ParameterSet& params, std::string name, Eigen::PlainObjectB
 template <class MapW, class MapG>
 LayerView& add_eigen_map(ParameterSet& params, std::string name, MapW& weight, MapG& grad) {
   detail::require(grad.rows() == weight.rows() && grad.cols() == weight.cols(), "east::add_eigen_map()",
-                  "gradient of '", name, "' is ", grad.rows(), "x", grad.cols(), ", weight is ", weight.rows(), "x",
-                  weight.cols());
+                  "gradient of '", name, "' is ", grad.rows(), "x", grad.cols(), ", weight is ",
+                  weight.rows(), "x", weight.cols());
   return params.add(std::move(name), weight.data(), {weight.rows(), weight.cols()}, grad.data());
 }
 

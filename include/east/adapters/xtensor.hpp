@@ -14,7 +14,8 @@ LayerView& add_xtensor(ParameterSet& params, std::string name, W& weight, G& gra
                   "' is not row-major");
   Shape shape(weight.shape().begin(), weight.shape().end());
   Shape gshape(grad.shape().begin(), grad.shape().end());
-  detail::require(shape == gshape, "east::add_xtensor()", "gradient of '", name, "' has another shape than its weight");
+  detail::require(shape == gshape, "east::add_xtensor()", "gradient of '", name,
+                  "' has another shape than its weight");
   return params.add(std::move(name), weight.data(), std::move(shape), grad.data());
 }
 

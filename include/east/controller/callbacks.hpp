@@ -17,20 +17,22 @@ namespace east::detail {
 template <class T, class = void>
 struct has_on_update : std::false_type {};
 template <class T>
-struct has_on_update<T, std::void_t<decltype(std::declval<T&>().on_update(std::declval<const UpdateReport&>()))>>
+struct has_on_update<T,
+                     std::void_t<decltype(std::declval<T&>().on_update(std::declval<const UpdateReport&>()))>>
     : std::true_type {};
 
 template <class T, class = void>
 struct has_on_density_change : std::false_type {};
 template <class T>
-struct has_on_density_change<T, std::void_t<decltype(std::declval<T&>().on_density_change(
-                                    std::int64_t{}, double{}, double{}))>> : std::true_type {};
+struct has_on_density_change<
+    T, std::void_t<decltype(std::declval<T&>().on_density_change(std::int64_t{}, double{}, double{}))>>
+    : std::true_type {};
 
 template <class T, class = void>
 struct has_on_grown : std::false_type {};
 template <class T>
 struct has_on_grown<T, std::void_t<decltype(std::declval<T&>().on_grown(std::declval<const LayerView&>(),
-                                                                         std::declval<const BitMask&>()))>>
+                                                                        std::declval<const BitMask&>()))>>
     : std::true_type {};
 
 template <class... C>
@@ -42,7 +44,8 @@ void notify_update([[maybe_unused]] const UpdateReport& r, C&... cbs) {
       ...);
 }
 template <class... C>
-void notify_density_change([[maybe_unused]] std::int64_t step, [[maybe_unused]] double from, [[maybe_unused]] double to, C&... cbs) {
+void notify_density_change([[maybe_unused]] std::int64_t step, [[maybe_unused]] double from,
+                           [[maybe_unused]] double to, C&... cbs) {
   (
       [&] {
         if constexpr (has_on_density_change<C>::value) cbs.on_density_change(step, from, to);

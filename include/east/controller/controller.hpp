@@ -96,8 +96,10 @@ class Controller {
   template <class... Callbacks>
   bool after_optimizer_step(std::int64_t step, Callbacks&&... callbacks) {
     const bool upd = is_update_step(step);
-    if (upd) update(step, callbacks...);
-    else apply_masks();
+    if (upd)
+      update(step, callbacks...);
+    else
+      apply_masks();
     return upd;
   }
 
@@ -137,21 +139,25 @@ class Controller {
       if (layer.role == LayerRole::sparse) {
         std::size_t first = 0;
         const auto bad = kernels::count_nonfinite(layer.weight, n, &first);
-        detail::require(bad == 0, where, "layer '", layer.name, "' has ", bad, " non-finite weight(s), first at index ",
-                        first, " = ", layer.weight[first], " (valid: finite values)");
+        detail::require(bad == 0, where, "layer '", layer.name, "' has ", bad,
+                        " non-finite weight(s), first at index ", first, " = ", layer.weight[first],
+                        " (valid: finite values)");
         // k swaps on top of the move to t; grow candidates are positions inactive before
         // this update, so a just-dropped weight is not regrown in the same update.
         std::size_t k = static_cast<std::size_t>(std::ceil(f * static_cast<double>(std::min(c, t)) - 1e-9));
         k = std::min(k, n - std::max(c, t));
         const std::size_t n_drop = (c > t ? c - t : 0) + k, n_grow = (t > c ? t - c : 0) + k;
         LayerContext prune_ctx{layer, l, mask, stream.derive(l).derive(1), scratch_};
-        if (n_drop > 0) select_into(method_.prune.prune_scores(prune_ctx), layer, mask, n_drop,
-                                    kernels::Extreme::smallest, kernels::Among::active, dropped[l]);
+        if (n_drop > 0)
+          select_into(method_.prune.prune_scores(prune_ctx), layer, mask, n_drop, kernels::Extreme::smallest,
+                      kernels::Among::active, dropped[l]);
         LayerContext grow_ctx{layer, l, mask, stream.derive(l).derive(2), scratch_};
-        if (n_grow > 0) select_into(method_.regrow.regrow_scores(grow_ctx), layer, mask, n_grow,
-                                    kernels::Extreme::largest, kernels::Among::inactive, grown[l]);
+        if (n_grow > 0)
+          select_into(method_.regrow.regrow_scores(grow_ctx), layer, mask, n_grow, kernels::Extreme::largest,
+                      kernels::Among::inactive, grown[l]);
       }
-      report.layers.push_back(LayerReport{layer.name, n, layer.uses, t, dropped[l].count(), grown[l].count(), 0});
+      report.layers.push_back(
+          LayerReport{layer.name, n, layer.uses, t, dropped[l].count(), grown[l].count(), 0});
     }
 
     // Phase 2: commit.
@@ -223,9 +229,13 @@ class Controller {
   }
   /// East's one density: stored nonzeros ÷ logical size (every use of a shared tensor counted),
   /// so a shared and an unshared network at the same density hold the same nonzeros.
-  double density() const { return static_cast<double>(nonzeros()) / static_cast<double>(params_.logical_size()); }
+  double density() const {
+    return static_cast<double>(nonzeros()) / static_cast<double>(params_.logical_size());
+  }
   /// Stored nonzeros ÷ stored weights (what the memory holds).
-  double stored_density() const { return static_cast<double>(nonzeros()) / static_cast<double>(params_.stored_size()); }
+  double stored_density() const {
+    return static_cast<double>(nonzeros()) / static_cast<double>(params_.stored_size());
+  }
   /// Overall density the masks were last moved to.
   double target_density() const { return density_; }
 
@@ -258,11 +268,14 @@ class Controller {
       s.uses.push_back(params_[l].uses);
       s.roles.push_back(static_cast<std::uint8_t>(params_[l].role));
       s.masks.emplace_back(masks_[l].words(), masks_[l].words() + masks_[l].word_count());
-      s.ever_active.emplace_back(ever_active_[l].words(), ever_active_[l].words() + ever_active_[l].word_count());
+      s.ever_active.emplace_back(ever_active_[l].words(),
+                                 ever_active_[l].words() + ever_active_[l].word_count());
     }
     detail::for_each_policy(method_, [&](const auto& policy) {
-      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value) s.policy_states.push_back(policy.save_state());
-      else s.policy_states.emplace_back();
+      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value)
+        s.policy_states.push_back(policy.save_state());
+      else
+        s.policy_states.emplace_back();
     });
     return s;
   }
@@ -280,11 +293,12 @@ class Controller {
     for (std::size_t l = 0; l < params_.size(); ++l) {
       detail::require(s.names[l] == params_[l].name, where, "layer ", l, " is '", s.names[l], "', expected '",
                       params_[l].name, "'");
-      detail::require(s.sizes[l] == params_[l].size(), where, "layer '", s.names[l], "' has size ", s.sizes[l],
-                      ", expected ", params_[l].size());
-      detail::require(s.uses[l] == params_[l].uses && s.roles[l] == static_cast<std::uint8_t>(params_[l].role), where,
-                      "layer '", s.names[l], "' was saved with ", s.uses[l], " uses and role ", int(s.roles[l]),
-                      ", the model has ", params_[l].uses, " and ", int(params_[l].role));
+      detail::require(s.sizes[l] == params_[l].size(), where, "layer '", s.names[l], "' has size ",
+                      s.sizes[l], ", expected ", params_[l].size());
+      detail::require(
+          s.uses[l] == params_[l].uses && s.roles[l] == static_cast<std::uint8_t>(params_[l].role), where,
+          "layer '", s.names[l], "' was saved with ", s.uses[l], " uses and role ", int(s.roles[l]),
+          ", the model has ", params_[l].uses, " and ", int(params_[l].role));
       const auto words = kernels::words_for(params_[l].size());
       detail::require(s.masks[l].size() == words && s.ever_active[l].size() == words, where, "layer '",
                       s.names[l], "' has ", s.masks[l].size(), " mask words, expected ", words);
@@ -294,8 +308,10 @@ class Controller {
     std::size_t k = 0;
     detail::for_each_policy(method, [&](auto& policy) {
       const std::string& blob = s.policy_states[k++];
-      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value) policy.load_state(blob);
-      else detail::require(blob.empty(), where, "policy ", k - 1, " has saved state but takes none");
+      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value)
+        policy.load_state(blob);
+      else
+        detail::require(blob.empty(), where, "policy ", k - 1, " has saved state but takes none");
     });
     method_ = std::move(method);
     for (std::size_t l = 0; l < params_.size(); ++l) {
@@ -312,7 +328,8 @@ class Controller {
  private:
   double scheduled_density(std::int64_t step, const char* where) const {
     const double d = method_.density.density(step);
-    detail::require(d > 0.0 && d <= 1.0, where, "scheduled density ", d, " at step ", step, " is outside (0, 1]");
+    detail::require(d > 0.0 && d <= 1.0, where, "scheduled density ", d, " at step ", step,
+                    " is outside (0, 1]");
     return d;
   }
 
@@ -336,8 +353,8 @@ class Controller {
       const auto sel = kernels::select_abs(s.magnitudes, n, k, extreme, mask.words(), among);
       kernels::mark_selected_abs(s.magnitudes, n, sel, extreme, mask.words(), among, out.mutable_words());
     } else {
-      detail::require(s.keys != nullptr, "east::Controller::update()", "criterion returned no scores for layer '",
-                      layer.name, "'");
+      detail::require(s.keys != nullptr, "east::Controller::update()",
+                      "criterion returned no scores for layer '", layer.name, "'");
       const auto sel = kernels::select_keys(s.keys, n, k, extreme, mask.words(), among);
       kernels::mark_selected_keys(s.keys, n, sel, extreme, mask.words(), among, out.mutable_words());
     }

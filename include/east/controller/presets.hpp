@@ -10,12 +10,12 @@ namespace east {
 
 /// Hyperparameters shared by the dynamic presets. Steps are optimizer steps.
 struct DstConfig {
-  double density = 0.1;              ///< target overall density, in (0, 1]
+  double density = 0.1;                ///< target overall density, in (0, 1]
   std::int64_t update_interval = 100;  ///< ΔT
   std::int64_t end_step = INT64_MAX;   ///< no updates from here (RigL: 75% of training)
-  double drop_fraction = 0.3;        ///< initial drop fraction f_0
-  double drop_floor = 0.0;           ///< cosine decays f_0 → floor over [0, end_step]
-  std::int64_t begin_step = -1;      ///< first update; -1 means update_interval
+  double drop_fraction = 0.3;          ///< initial drop fraction f_0
+  double drop_floor = 0.0;             ///< cosine decays f_0 → floor over [0, end_step]
+  std::int64_t begin_step = -1;        ///< first update; -1 means update_interval
 };
 
 namespace detail {
@@ -26,7 +26,8 @@ inline Periodic periodic_of(const DstConfig& c) {
 inline CosineDrop cosine_of(const DstConfig& c) {
   require(c.drop_fraction >= 0 && c.drop_fraction <= 1, "east preset", "drop_fraction ", c.drop_fraction,
           " (valid: [0, 1])");
-  return CosineDrop{c.drop_fraction, c.drop_floor, 0, c.end_step == INT64_MAX ? INT64_MAX / 2 : std::max<std::int64_t>(1, c.end_step)};
+  return CosineDrop{c.drop_fraction, c.drop_floor, 0,
+                    c.end_step == INT64_MAX ? INT64_MAX / 2 : std::max<std::int64_t>(1, c.end_step)};
 }
 inline ConstantDensity constant_of(const DstConfig& c) {
   require_density(c.density, "east preset");
@@ -37,19 +38,24 @@ inline ConstantDensity constant_of(const DstConfig& c) {
 template <class Distribution = ErdosRenyiKernel>
 auto make_static(ParameterSet params, double density, ControllerOptions opt = {}, Distribution dist = {}) {
   detail::require_density(density, "east::make_static()");
-  return Controller(std::move(params), Method{dist, ConstantDensity{density}, ConstantDrop{0.0}, Never{}}, opt);
+  return Controller(std::move(params), Method{dist, ConstantDensity{density}, ConstantDrop{0.0}, Never{}},
+                    opt);
 }
 
 template <class Distribution = ErdosRenyiKernel>
 auto make_rigl(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {}) {
-  return Controller(std::move(params), Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                                              MagnitudePrune{}, GradientRegrow{}, ZeroInit{}}, opt);
+  return Controller(std::move(params),
+                    Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
+                           MagnitudePrune{}, GradientRegrow{}, ZeroInit{}},
+                    opt);
 }
 
 template <class Distribution = ErdosRenyiKernel>
 auto make_set(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {}) {
-  return Controller(std::move(params), Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                                              MagnitudePrune{}, RandomRegrow{}, ZeroInit{}}, opt);
+  return Controller(std::move(params),
+                    Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
+                           MagnitudePrune{}, RandomRegrow{}, ZeroInit{}},
+                    opt);
 }
 
 /// SNFS regrowth by the momentum (coefficient `beta`) of the dense gradient, kept by the criterion.
@@ -57,19 +63,24 @@ template <class Distribution = ErdosRenyiKernel>
 auto make_snfs(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {},
                double beta = 0.9) {
   detail::require(beta >= 0 && beta < 1, "east::make_snfs()", "beta ", beta, " (valid: [0, 1))");
-  return Controller(std::move(params), Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                                              MagnitudePrune{}, MomentumRegrow{beta, {}}, ZeroInit{}}, opt);
+  return Controller(std::move(params),
+                    Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
+                           MagnitudePrune{}, MomentumRegrow{beta, {}}, ZeroInit{}},
+                    opt);
 }
 
 /// Gradual magnitude pruning from `initial_density` to c.density between begin and end_step.
 template <class Distribution = Uniform>
-auto make_gmp(ParameterSet params, const DstConfig& c, double initial_density = 1.0, ControllerOptions opt = {},
-              Distribution dist = {}) {
+auto make_gmp(ParameterSet params, const DstConfig& c, double initial_density = 1.0,
+              ControllerOptions opt = {}, Distribution dist = {}) {
   const auto p = detail::periodic_of(c);
-  detail::require(c.end_step != INT64_MAX, "east::make_gmp()", "end_step must be set (the step pruning ends)");
-  return Controller(std::move(params), Method{dist, CubicDensity{initial_density, c.density, p.begin, c.end_step},
-                                              ConstantDrop{0.0}, Periodic{p.interval, p.begin, c.end_step + 1},
-                                              MagnitudePrune{}, GradientRegrow{}, ZeroInit{}}, opt);
+  detail::require(c.end_step != INT64_MAX, "east::make_gmp()",
+                  "end_step must be set (the step pruning ends)");
+  return Controller(
+      std::move(params),
+      Method{dist, CubicDensity{initial_density, c.density, p.begin, c.end_step}, ConstantDrop{0.0},
+             Periodic{p.interval, p.begin, c.end_step + 1}, MagnitudePrune{}, GradientRegrow{}, ZeroInit{}},
+      opt);
 }
 
 /// EAST's cyclic sparsity: `cyclic` sets the density over time (its target is c.density's role),
@@ -79,8 +90,10 @@ auto make_cyclic(ParameterSet params, const DstConfig& c, CyclicDensity cyclic, 
                  Distribution dist = {}) {
   cyclic.target = c.density;
   cyclic.validate();
-  return Controller(std::move(params), Method{dist, cyclic, detail::cosine_of(c), detail::periodic_of(c),
-                                              MagnitudePrune{}, GradientRegrow{}, ZeroInit{}}, opt);
+  return Controller(std::move(params),
+                    Method{dist, cyclic, detail::cosine_of(c), detail::periodic_of(c), MagnitudePrune{},
+                           GradientRegrow{}, ZeroInit{}},
+                    opt);
 }
 
 }  // namespace east

@@ -8,9 +8,9 @@ namespace east {
 
 struct LayerReport {
   std::string name;
-  std::size_t size = 0;      ///< stored weights
-  std::size_t uses = 1;      ///< uses of the stored tensor (weight sharing)
-  std::size_t nnz = 0;       ///< active after the update (== target)
+  std::size_t size = 0;  ///< stored weights
+  std::size_t uses = 1;  ///< uses of the stored tensor (weight sharing)
+  std::size_t nnz = 0;   ///< active after the update (== target)
   std::size_t dropped = 0;
   std::size_t grown = 0;
   double ever_active_fraction = 0;  ///< positions active at any time so far ÷ size
@@ -18,7 +18,7 @@ struct LayerReport {
 
 struct UpdateReport {
   std::int64_t step = 0;
-  double density = 0;        ///< scheduled overall density (nonzeros ÷ logical size)
+  double density = 0;  ///< scheduled overall density (nonzeros ÷ logical size)
   double drop_fraction = 0;
   std::vector<LayerReport> layers;
 

@@ -34,10 +34,10 @@ enum class LayerRole {
 struct LayerView {
   std::string name;
   Shape shape;
-  float* weight = nullptr;          ///< contiguous, shape_size(shape) floats
-  float* grad = nullptr;            ///< same size; may be null until regrowth needs it
-  std::vector<float*> state;        ///< optimizer buffers (momentum…) masked like the weight
-  std::size_t uses = 1;             ///< how many places of the network use this tensor (sharing)
+  float* weight = nullptr;    ///< contiguous, shape_size(shape) floats
+  float* grad = nullptr;      ///< same size; may be null until regrowth needs it
+  std::vector<float*> state;  ///< optimizer buffers (momentum…) masked like the weight
+  std::size_t uses = 1;       ///< how many places of the network use this tensor (sharing)
   LayerRole role = LayerRole::sparse;
 
   std::size_t size() const { return shape_size(shape); }
@@ -54,7 +54,8 @@ class ParameterSet {
     detail::require(!name.empty(), where, "layer name is empty (valid: a unique non-empty name)");
     detail::require(find(name) == npos, where, "layer name '", name, "' is already registered");
     detail::require(weight != nullptr, where, "weight pointer of layer '", name, "' is null");
-    detail::require(!shape.empty(), where, "shape of layer '", name, "' is empty (valid: at least one dimension)");
+    detail::require(!shape.empty(), where, "shape of layer '", name,
+                    "' is empty (valid: at least one dimension)");
     for (auto d : shape)
       detail::require(d > 0, where, "layer '", name, "' has dimension ", d, " (valid: >= 1)");
     layers_.push_back(LayerView{std::move(name), std::move(shape), weight, grad, {}, 1, LayerRole::sparse});

@@ -70,7 +70,8 @@ struct MomentumRegrow {
     detail::require(ctx.index < momentum.size() && momentum[ctx.index].size() == ctx.layer.size(),
                     "east::MomentumRegrow", "no gradient has been observed for layer '", ctx.layer.name,
                     "' (register a gradient buffer and call before_optimizer_step every step)");
-    return detail::magnitudes_random_zero_ties(ctx, momentum[ctx.index].data(), false, "east::MomentumRegrow");
+    return detail::magnitudes_random_zero_ties(ctx, momentum[ctx.index].data(), false,
+                                               "east::MomentumRegrow");
   }
   std::string save_state() const {
     std::string s;

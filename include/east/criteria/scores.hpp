@@ -11,17 +11,17 @@
 namespace east {
 
 struct Scores {
-  const float* magnitudes = nullptr;     ///< rank by |x|
-  const std::uint32_t* keys = nullptr;   ///< rank by key
+  const float* magnitudes = nullptr;    ///< rank by |x|
+  const std::uint32_t* keys = nullptr;  ///< rank by key
 };
 
 /// Everything a criterion may look at for one layer at one update.
 struct LayerContext {
   const LayerView& layer;
-  std::size_t index;                     ///< position of the layer in the ParameterSet
-  const BitMask& mask;                   ///< the mask before this update
-  RandomStream stream;                   ///< unique to (seed, update, layer, role)
-  std::vector<std::uint32_t>& scratch;   ///< reusable buffer of layer.size() keys
+  std::size_t index;                    ///< position of the layer in the ParameterSet
+  const BitMask& mask;                  ///< the mask before this update
+  RandomStream stream;                  ///< unique to (seed, update, layer, role)
+  std::vector<std::uint32_t>& scratch;  ///< reusable buffer of layer.size() keys
 };
 
 namespace detail {
@@ -47,8 +47,8 @@ inline Scores magnitudes_random_zero_ties(const LayerContext& ctx, const float* 
   ctx.scratch.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t k = kernels::abs_key(x[i]);
-    require(k < 0x7F800000u, who, "layer '", ctx.layer.name, "' has a non-finite score at index ", i, " = ", x[i],
-            " (valid: finite weights and gradients)");
+    require(k < 0x7F800000u, who, "layer '", ctx.layer.name, "' has a non-finite score at index ", i, " = ",
+            x[i], " (valid: finite weights and gradients)");
     // Bit 31 is free in |x| keys: nonzero values go above every zero, zeros get 31 random bits.
     ctx.scratch[i] = k != 0 ? (0x80000000u | k) : (ctx.stream.bits32(i) >> 1);
   }

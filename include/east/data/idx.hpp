@@ -23,11 +23,15 @@ inline IdxArray read_idx(const std::string& path) {
   constexpr const char* where = "east::data::read_idx()";
   gzFile f = gzopen(path.c_str(), "rb");
   detail::require(f != nullptr, where, "cannot open '", path, "'");
-  struct Closer { gzFile f; ~Closer() { gzclose(f); } } closer{f};
+  struct Closer {
+    gzFile f;
+    ~Closer() { gzclose(f); }
+  } closer{f};
   unsigned char head[4];
   detail::require(gzread(f, head, 4) == 4, where, "'", path, "' is truncated (no header)");
   detail::require(head[0] == 0 && head[1] == 0, where, "'", path, "' is not an IDX file (bad magic)");
-  detail::require(head[2] == 0x08, where, "'", path, "' has element type ", int(head[2]), " (valid: 8, unsigned byte)");
+  detail::require(head[2] == 0x08, where, "'", path, "' has element type ", int(head[2]),
+                  " (valid: 8, unsigned byte)");
   const int ndim = head[3];
   detail::require(ndim >= 1 && ndim <= 4, where, "'", path, "' has ", ndim, " dimensions (valid: 1..4)");
   IdxArray a;
@@ -35,7 +39,8 @@ inline IdxArray read_idx(const std::string& path) {
   for (int d = 0; d < ndim; ++d) {
     unsigned char b[4];
     detail::require(gzread(f, b, 4) == 4, where, "'", path, "' is truncated in its dimensions");
-    const std::uint32_t v = (std::uint32_t(b[0]) << 24) | (std::uint32_t(b[1]) << 16) | (std::uint32_t(b[2]) << 8) | b[3];
+    const std::uint32_t v =
+        (std::uint32_t(b[0]) << 24) | (std::uint32_t(b[1]) << 16) | (std::uint32_t(b[2]) << 8) | b[3];
     detail::require(v > 0 && v < (1u << 28), where, "'", path, "' has dimension ", v);
     a.dims.push_back(v);
     total *= v;
@@ -43,7 +48,8 @@ inline IdxArray read_idx(const std::string& path) {
   a.values.resize(total);
   std::size_t got = 0;
   while (got < total) {
-    const int r = gzread(f, a.values.data() + got, static_cast<unsigned>(std::min<std::size_t>(total - got, 1u << 30)));
+    const int r =
+        gzread(f, a.values.data() + got, static_cast<unsigned>(std::min<std::size_t>(total - got, 1u << 30)));
     detail::require(r > 0, where, "'", path, "' is truncated: ", got, " of ", total, " values");
     got += static_cast<std::size_t>(r);
   }

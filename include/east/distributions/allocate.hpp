@@ -31,19 +31,29 @@ inline std::size_t nonzero_budget(const ParameterSet& params, double density) {
 
 /// Exact per-layer counts. `relative[l]` is layer l's density up to a common factor ε (ignored
 /// for dense and excluded layers). The result sums to `budget` over non-excluded layers.
-inline std::vector<std::size_t> allocate_counts(const ParameterSet& params, const std::vector<double>& relative,
-                                                std::size_t budget, const AllocationOptions& opt = {}) {
+inline std::vector<std::size_t> allocate_counts(const ParameterSet& params,
+                                                const std::vector<double>& relative, std::size_t budget,
+                                                const AllocationOptions& opt = {}) {
   constexpr const char* where = "east::allocate_counts()";
   const std::size_t L = params.size();
   detail::require(L > 0, where, "the parameter set is empty (valid: at least one layer)");
-  detail::require(relative.size() == L, where, "got ", relative.size(), " relative densities for ", L, " layers");
+  detail::require(relative.size() == L, where, "got ", relative.size(), " relative densities for ", L,
+                  " layers");
   std::vector<std::size_t> count(L, 0);
   std::vector<char> fixed(L, 0);
   std::size_t fixed_total = 0, sparse_layers = 0;
   for (std::size_t l = 0; l < L; ++l) {
     const auto& layer = params[l];
-    if (layer.role == LayerRole::excluded) { fixed[l] = 1; continue; }
-    if (layer.role == LayerRole::dense) { fixed[l] = 1; count[l] = layer.size(); fixed_total += layer.size(); continue; }
+    if (layer.role == LayerRole::excluded) {
+      fixed[l] = 1;
+      continue;
+    }
+    if (layer.role == LayerRole::dense) {
+      fixed[l] = 1;
+      count[l] = layer.size();
+      fixed_total += layer.size();
+      continue;
+    }
     detail::require(std::isfinite(relative[l]) && relative[l] > 0, where, "relative density ", relative[l],
                     " of layer '", layer.name, "' (valid: finite and > 0)");
     ++sparse_layers;
@@ -72,16 +82,23 @@ inline std::vector<std::size_t> allocate_counts(const ParameterSet& params, cons
     // Densest free layer above 1 becomes dense first (one at a time, as RigL does).
     std::size_t worst = ParameterSet::npos;
     for (std::size_t l = 0; l < L; ++l)
-      if (!fixed[l] && eps * relative[l] > 1.0 && (worst == ParameterSet::npos || relative[l] > relative[worst])) worst = l;
+      if (!fixed[l] && eps * relative[l] > 1.0 &&
+          (worst == ParameterSet::npos || relative[l] > relative[worst]))
+        worst = l;
     if (worst != ParameterSet::npos) {
-      fixed[worst] = 1; count[worst] = params[worst].size(); fixed_total += count[worst];
+      fixed[worst] = 1;
+      count[worst] = params[worst].size();
+      fixed_total += count[worst];
       continue;
     }
     bool pinned = false;
     for (std::size_t l = 0; l < L; ++l) {
       const auto mn = std::min(opt.min_nonzeros_per_layer, params[l].size());
       if (!fixed[l] && eps * relative[l] * static_cast<double>(params[l].size()) < static_cast<double>(mn)) {
-        fixed[l] = 1; count[l] = mn; fixed_total += mn; pinned = true;
+        fixed[l] = 1;
+        count[l] = mn;
+        fixed_total += mn;
+        pinned = true;
       }
     }
     if (pinned) continue;

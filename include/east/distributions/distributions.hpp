@@ -41,7 +41,10 @@ struct ErdosRenyiKernel {
     std::vector<double> r;
     for (const auto& l : params) {
       double sum = 0, prod = 1;
-      for (auto d : l.shape) { sum += static_cast<double>(d); prod *= static_cast<double>(d); }
+      for (auto d : l.shape) {
+        sum += static_cast<double>(d);
+        prod *= static_cast<double>(d);
+      }
       r.push_back(std::pow(sum / prod, power));
     }
     return r;
@@ -55,10 +58,15 @@ struct CustomDensities {
   std::vector<double> relative_densities(const ParameterSet& params) const {
     std::vector<double> r;
     for (const auto& l : params) {
-      if (l.role != LayerRole::sparse) { r.push_back(1.0); continue; }
+      if (l.role != LayerRole::sparse) {
+        r.push_back(1.0);
+        continue;
+      }
       const auto it = density.find(l.name);
-      detail::require(it != density.end(), "east::CustomDensities", "no density given for layer '", l.name, "'");
-      detail::require_density(it->second, "east::CustomDensities", ("density of layer '" + l.name + "'").c_str());
+      detail::require(it != density.end(), "east::CustomDensities", "no density given for layer '", l.name,
+                      "'");
+      detail::require_density(it->second, "east::CustomDensities",
+                              ("density of layer '" + l.name + "'").c_str());
       r.push_back(it->second);
     }
     for (const auto& kv : density)

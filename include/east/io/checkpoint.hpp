@@ -65,8 +65,8 @@ class Reader {
  private:
   void need(std::size_t k, const char* what) {
     if (k > n_ - pos_)
-      throw CorruptCheckpoint(concat("east::load_checkpoint(): truncated while reading ", what, " (needed ", k,
-                                     " bytes, ", n_ - pos_, " left)"));
+      throw CorruptCheckpoint(concat("east::load_checkpoint(): truncated while reading ", what, " (needed ",
+                                     k, " bytes, ", n_ - pos_, " left)"));
   }
   const char* p_;
   std::size_t n_, pos_ = 0;
@@ -118,7 +118,8 @@ void save_checkpoint(const Controller<M>& ctl, std::ostream& out, const std::str
   out.write(reinterpret_cast<const char*>(&len), 8);
   out.write(w.bytes.data(), static_cast<std::streamsize>(len));
   out.write(reinterpret_cast<const char*>(&crc), 4);
-  detail::require(static_cast<bool>(out), "east::save_checkpoint()", "the output stream failed while writing");
+  detail::require(static_cast<bool>(out), "east::save_checkpoint()",
+                  "the output stream failed while writing");
 }
 
 /// Reads a checkpoint into `ctl`. Throws CorruptCheckpoint (bad magic, version, checksum,
@@ -130,25 +131,34 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
   std::uint32_t version = 0;
   std::uint64_t len = 0;
   if (!in.read(magic, 8) || std::memcmp(magic, "EASTCKPT", 8) != 0)
-    throw CorruptCheckpoint("east::load_checkpoint(): not an east checkpoint (bad magic; expected \"EASTCKPT\")");
-  if (!in.read(reinterpret_cast<char*>(&version), 4)) throw CorruptCheckpoint("east::load_checkpoint(): truncated header");
+    throw CorruptCheckpoint(
+        "east::load_checkpoint(): not an east checkpoint (bad magic; expected \"EASTCKPT\")");
+  if (!in.read(reinterpret_cast<char*>(&version), 4))
+    throw CorruptCheckpoint("east::load_checkpoint(): truncated header");
   if (version != checkpoint_version)
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): version ", version, " (valid: ", checkpoint_version, ")"));
-  if (!in.read(reinterpret_cast<char*>(&len), 8)) throw CorruptCheckpoint("east::load_checkpoint(): truncated header");
+    throw CorruptCheckpoint(
+        detail::concat("east::load_checkpoint(): version ", version, " (valid: ", checkpoint_version, ")"));
+  if (!in.read(reinterpret_cast<char*>(&len), 8))
+    throw CorruptCheckpoint("east::load_checkpoint(): truncated header");
   if (len > (std::uint64_t{1} << 40))
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): payload length ", len, " is implausible"));
+    throw CorruptCheckpoint(
+        detail::concat("east::load_checkpoint(): payload length ", len, " is implausible"));
   std::vector<char> payload;
   try {
     payload.resize(static_cast<std::size_t>(len));
   } catch (const std::bad_alloc&) {
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): payload length ", len, " is implausible"));
+    throw CorruptCheckpoint(
+        detail::concat("east::load_checkpoint(): payload length ", len, " is implausible"));
   }
   std::uint32_t crc = 0;
-  if (!in.read(payload.data(), static_cast<std::streamsize>(len)) || !in.read(reinterpret_cast<char*>(&crc), 4))
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): truncated: expected ", len, " payload bytes and a checksum"));
+  if (!in.read(payload.data(), static_cast<std::streamsize>(len)) ||
+      !in.read(reinterpret_cast<char*>(&crc), 4))
+    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): truncated: expected ", len,
+                                           " payload bytes and a checksum"));
   const auto actual = detail::crc32_of(payload.data(), payload.size());
   if (actual != crc)
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): checksum mismatch (stored ", crc, ", computed ", actual, ")"));
+    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): checksum mismatch (stored ", crc,
+                                           ", computed ", actual, ")"));
 
   detail::Reader r(payload.data(), payload.size());
   ControllerState s;
@@ -157,7 +167,9 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
   s.updates = r.get<std::uint64_t>("update count");
   s.density = r.get<double>("density");
   const auto layers = r.get<std::uint64_t>("layer count");
-  if (layers > r.left()) throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): layer count ", layers, " is implausible"));
+  if (layers > r.left())
+    throw CorruptCheckpoint(
+        detail::concat("east::load_checkpoint(): layer count ", layers, " is implausible"));
   for (std::uint64_t l = 0; l < layers; ++l) {
     const auto name_len = r.get<std::uint32_t>("name length");
     if (name_len > r.left()) throw CorruptCheckpoint("east::load_checkpoint(): truncated layer name");
@@ -181,7 +193,9 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
     s.ever_active.push_back(std::move(e));
   }
   const auto policies = r.get<std::uint64_t>("policy count");
-  if (policies > r.left()) throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): policy count ", policies, " is implausible"));
+  if (policies > r.left())
+    throw CorruptCheckpoint(
+        detail::concat("east::load_checkpoint(): policy count ", policies, " is implausible"));
   for (std::uint64_t p = 0; p < policies; ++p) {
     const auto len = r.get<std::uint64_t>("policy state length");
     if (len > r.left()) throw CorruptCheckpoint("east::load_checkpoint(): truncated policy state");
@@ -190,7 +204,8 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
     s.policy_states.push_back(std::move(blob));
   }
   const auto user_len = r.get<std::uint64_t>("user data length");
-  if (user_len != r.left()) throw CorruptCheckpoint("east::load_checkpoint(): user data length does not match the payload");
+  if (user_len != r.left())
+    throw CorruptCheckpoint("east::load_checkpoint(): user data length does not match the payload");
   std::string user(user_len, '\0');
   r.get_bytes(user.data(), user_len, "user data");
   ctl.restore(s);  // validates against the model before changing anything
@@ -206,8 +221,8 @@ void save_checkpoint(const Controller<M>& ctl, const std::string& path, const st
     detail::require(static_cast<bool>(f), "east::save_checkpoint()", "cannot open '", tmp, "' for writing");
     save_checkpoint(ctl, f, user_data);
   }
-  detail::require(std::rename(tmp.c_str(), path.c_str()) == 0, "east::save_checkpoint()", "cannot rename '", tmp,
-                  "' to '", path, "'");
+  detail::require(std::rename(tmp.c_str(), path.c_str()) == 0, "east::save_checkpoint()", "cannot rename '",
+                  tmp, "' to '", path, "'");
 }
 
 template <class M>

@@ -37,9 +37,12 @@ enum class Isa { scalar = 0, avx2 = 1, avx512 = 2 };
 /// Human-readable name of an ISA ("scalar", "avx2", "avx512").
 inline const char* isa_name(Isa isa) noexcept {
   switch (isa) {
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-    default: return "scalar";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
+    default:
+      return "scalar";
   }
 }
 

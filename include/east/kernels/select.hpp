@@ -34,9 +34,8 @@ inline void mark_selected_abs(const float* x, std::size_t n, const Selection& s,
 }
 
 /// As mark_selected_abs, for raw uint32 keys.
-inline void mark_selected_keys(const std::uint32_t* keys, std::size_t n, const Selection& s,
-                               Extreme extreme, const std::uint64_t* mask, Among among,
-                               std::uint64_t* out) {
+inline void mark_selected_keys(const std::uint32_t* keys, std::size_t n, const Selection& s, Extreme extreme,
+                               const std::uint64_t* mask, Among among, std::uint64_t* out) {
   detail::mark(detail::key_source(keys, extreme), n, s, mask, among, out);
 }
 
@@ -106,8 +105,8 @@ inline std::size_t count_nonfinite(const float* x, std::size_t n, std::size_t* f
 /// @param hist  optional kHistBins counters; adds hist_bin(abs_key(new w)) of active positions.
 inline void masked_sgd(float* w, const float* g, float* buf, const std::uint64_t* mask, std::size_t n,
                        const SgdParams& p, std::uint64_t* hist = nullptr) {
-  detail::require(!(p.momentum != 0.0f) || buf != nullptr, "east::kernels::masked_sgd", "momentum = ", p.momentum,
-                  " needs a momentum buffer (got null)");
+  detail::require(!(p.momentum != 0.0f) || buf != nullptr, "east::kernels::masked_sgd",
+                  "momentum = ", p.momentum, " needs a momentum buffer (got null)");
   detail::require(!p.nesterov || (p.momentum > 0.0f && p.dampening == 0.0f), "east::kernels::masked_sgd",
                   "nesterov needs momentum > 0 and dampening = 0 (got momentum ", p.momentum, ", dampening ",
                   p.dampening, ")");

@@ -62,7 +62,8 @@ class BitMask {
   template <class F>
   void for_each_active(F&& f) const {
     for (std::size_t wi = 0; wi < words_.size(); ++wi)
-      for (std::uint64_t w = words_[wi]; w; w &= w - 1) f(wi * 64 + static_cast<std::size_t>(__builtin_ctzll(w)));
+      for (std::uint64_t w = words_[wi]; w; w &= w - 1)
+        f(wi * 64 + static_cast<std::size_t>(__builtin_ctzll(w)));
   }
   /// Calls f(i) for every inactive position in increasing order.
   template <class F>

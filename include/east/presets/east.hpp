@@ -20,9 +20,9 @@ struct EastConfig {
   double update_end = 1.0;           ///< no updates from this fraction of training on (ES2: never stops)
   // Trick 3: cyclic sparsity.
   bool cyclic = true;
-  double multiplier = 3.0;           ///< d_max = m · target
+  double multiplier = 3.0;  ///< d_max = m · target
   int cycles = 2;
-  double cyclic_fraction = 0.4;      ///< the cycles fill the first 40% of training
+  double cyclic_fraction = 0.4;  ///< the cycles fill the first 40% of training
   CycleShape shape = CycleShape::cosine;
   // Drop fraction: cosine from 0.5 to 0.005 over the whole run (ES2).
   double drop_initial = 0.5;
@@ -55,8 +55,9 @@ inline CyclicDensity east_cyclic(const EastConfig& c) {
   d.multiplier = c.multiplier;
   d.cycles = c.cyclic ? c.cycles : 0;
   d.shape = c.shape;
-  d.length = c.cycles > 0 ? std::max<std::int64_t>(1, static_cast<std::int64_t>(std::llround(
-                                                            c.cyclic_fraction * static_cast<double>(c.total_steps) / c.cycles)))
+  d.length = c.cycles > 0 ? std::max<std::int64_t>(
+                                1, static_cast<std::int64_t>(std::llround(
+                                       c.cyclic_fraction * static_cast<double>(c.total_steps) / c.cycles)))
                           : 1;
   return d;
 }
@@ -65,16 +66,20 @@ inline CyclicDensity east_cyclic(const EastConfig& c) {
 /// The sparse-training half of EAST: a Controller plus the DyReLU phase it runs beside.
 template <class Distribution = ErdosRenyiKernel>
 struct East {
-  using ControllerType = Controller<Method<Distribution, CyclicDensity, CosineDrop, Periodic, MagnitudePrune,
-                                           GradientRegrow, ZeroInit>>;
+  using ControllerType = Controller<
+      Method<Distribution, CyclicDensity, CosineDrop, Periodic, MagnitudePrune, GradientRegrow, ZeroInit>>;
   ControllerType controller;
   EastPhase phase;
   EastConfig config;
 
   template <class... C>
-  void before_optimizer_step(std::int64_t step, C&&... cbs) { controller.before_optimizer_step(step, cbs...); }
+  void before_optimizer_step(std::int64_t step, C&&... cbs) {
+    controller.before_optimizer_step(step, cbs...);
+  }
   template <class... C>
-  bool after_optimizer_step(std::int64_t step, C&&... cbs) { return controller.after_optimizer_step(step, cbs...); }
+  bool after_optimizer_step(std::int64_t step, C&&... cbs) {
+    return controller.after_optimizer_step(step, cbs...);
+  }
   /// The DyReLU blend for this step (0 means plain ReLU: skip the hyper-network).
   double beta(std::int64_t step) const { return phase.beta(step); }
 };
@@ -86,21 +91,29 @@ East<Distribution> make_east(ParameterSet params, const EastConfig& c, Controlle
   constexpr const char* where = "east::make_east()";
   detail::require(c.total_steps >= 1, where, "total_steps ", c.total_steps, " (valid: >= 1)");
   detail::require_density(c.density, where);
-  detail::require(c.cyclic_fraction > 0 && c.cyclic_fraction <= 1, where, "cyclic_fraction ", c.cyclic_fraction,
+  detail::require(c.cyclic_fraction > 0 && c.cyclic_fraction <= 1, where, "cyclic_fraction ",
+                  c.cyclic_fraction, " (valid: (0, 1])");
+  detail::require(c.update_end > 0 && c.update_end <= 1, where, "update_end ", c.update_end,
                   " (valid: (0, 1])");
-  detail::require(c.update_end > 0 && c.update_end <= 1, where, "update_end ", c.update_end, " (valid: (0, 1])");
   const auto interval = detail::east_interval(c);
   const auto end = static_cast<std::int64_t>(std::llround(c.update_end * static_cast<double>(c.total_steps)));
   const auto cyclic = detail::east_cyclic(c);
   cyclic.validate();
-  detail::require(c.drop_initial >= 0 && c.drop_initial <= 1 && c.drop_floor >= 0 && c.drop_floor <= c.drop_initial,
-                  where, "drop fractions ", c.drop_initial, " → ", c.drop_floor, " (valid: 1 >= initial >= floor >= 0)");
-  Method method{dist, cyclic, CosineDrop{c.drop_initial, c.drop_floor, 0, c.total_steps}, Periodic{interval, interval, end},
-                MagnitudePrune{}, GradientRegrow{}, ZeroInit{}};
-  EastPhase phase{c.dyrelu, c.dyrelu ? LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end, c.total_steps,
-                                                                   c.freeze_hypernet)
+  detail::require(
+      c.drop_initial >= 0 && c.drop_initial <= 1 && c.drop_floor >= 0 && c.drop_floor <= c.drop_initial,
+      where, "drop fractions ", c.drop_initial, " → ", c.drop_floor, " (valid: 1 >= initial >= floor >= 0)");
+  Method method{dist,
+                cyclic,
+                CosineDrop{c.drop_initial, c.drop_floor, 0, c.total_steps},
+                Periodic{interval, interval, end},
+                MagnitudePrune{},
+                GradientRegrow{},
+                ZeroInit{}};
+  EastPhase phase{c.dyrelu, c.dyrelu ? LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end,
+                                                                   c.total_steps, c.freeze_hypernet)
                                      : LinearPhase{}};
-  return East<Distribution>{typename East<Distribution>::ControllerType(std::move(params), method, opt), phase, c};
+  return East<Distribution>{typename East<Distribution>::ControllerType(std::move(params), method, opt),
+                            phase, c};
 }
 
 }  // namespace east

@@ -20,7 +20,7 @@ inline constexpr double pi = 3.14159265358979323846;
 /// Update every `interval` steps, at begin, begin + interval, … while step < end.
 struct Periodic {
   std::int64_t interval = 100;
-  std::int64_t begin = 100;   ///< first update step (RigL: not at step 0)
+  std::int64_t begin = 100;      ///< first update step (RigL: not at step 0)
   std::int64_t end = INT64_MAX;  ///< no updates at or after this step
 
   bool is_update_step(std::int64_t step) const {
@@ -49,7 +49,8 @@ struct CosineDrop {
   std::int64_t end = 1;
   double drop_fraction(std::int64_t step) const {
     detail::require(end > begin, "east::CosineDrop", "end ", end, " must be > begin ", begin);
-    const double p = std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
+    const double p =
+        std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
     return floor + (initial - floor) * 0.5 * (1.0 + std::cos(pi * p));
   }
 };
@@ -63,7 +64,8 @@ struct ExponentialDrop {
   double floor = 0.0;
   double drop_fraction(std::int64_t step) const {
     detail::require(period > 0, "east::ExponentialDrop", "period ", period, " (valid: >= 1)");
-    const double t = static_cast<double>(std::max<std::int64_t>(0, step - begin)) / static_cast<double>(period);
+    const double t =
+        static_cast<double>(std::max<std::int64_t>(0, step - begin)) / static_cast<double>(period);
     return std::max(floor, initial * std::pow(decay, t));
   }
 };
@@ -84,7 +86,8 @@ struct CubicDensity {
   std::int64_t end = 1;
   double density(std::int64_t step) const {
     detail::require(end > begin, "east::CubicDensity", "end ", end, " must be > begin ", begin);
-    const double p = std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
+    const double p =
+        std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
     const double si = 1.0 - initial, sf = 1.0 - final_density;
     return 1.0 - (sf + (si - sf) * std::pow(1.0 - p, 3));
   }

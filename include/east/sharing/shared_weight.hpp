@@ -85,8 +85,8 @@ void shared_use_backward(const T* w, const T* dw_use, T scale, T* dw, T* dscale,
 /// @param dw gradient of the stored tensor (added to).
 /// @param dscales `uses` gradients of the scalars (added to); nullptr skips them.
 template <class T>
-void shared_weight_backward(const T* w, const T* const* dw_uses, const T* scales,
-                            std::size_t uses, T* dw, T* dscales, std::size_t n) {
+void shared_weight_backward(const T* w, const T* const* dw_uses, const T* scales, std::size_t uses, T* dw,
+                            T* dscales, std::size_t n) {
   constexpr const char* where = "shared_weight_backward";
   detail::require(uses == 0 || (dw_uses != nullptr && scales != nullptr), where,
                   "dw_uses or scales is null with uses ", uses);
@@ -94,8 +94,7 @@ void shared_weight_backward(const T* w, const T* const* dw_uses, const T* scales
   for (std::size_t i = 0; i < uses; ++i)
     detail::require(n == 0 || dw_uses[i] != nullptr, where, "dw_uses[", i, "] is null");
   if (dscales != nullptr)
-    for (std::size_t i = 0; i < uses; ++i)
-      dscales[i] += static_cast<T>(shared_dot(w, dw_uses[i], n));
+    for (std::size_t i = 0; i < uses; ++i) dscales[i] += static_cast<T>(shared_dot(w, dw_uses[i], n));
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (n * (uses + 1) >= (1u << 16))
 #endif

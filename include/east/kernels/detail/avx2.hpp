@@ -44,8 +44,8 @@ EAST_TARGET_AVX2 inline std::size_t hsum(__m256i v) {
 }
 
 EAST_TARGET_AVX2 inline void filter(const KeySource& src, std::size_t begin, std::size_t end,
-                                    const std::uint64_t* mask, Among among, std::uint32_t lo, std::uint32_t hi,
-                                    std::uint32_t* out, std::size_t cap, FilterCounts& c) {
+                                    const std::uint64_t* mask, Among among, std::uint32_t lo,
+                                    std::uint32_t hi, std::uint32_t* out, std::size_t cap, FilterCounts& c) {
   const auto* p = static_cast<const std::uint32_t*>(src.data);
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i vand = _mm256_set1_epi32(static_cast<int>(src.and_mask));
@@ -123,7 +123,8 @@ EAST_TARGET_AVX2 inline std::size_t mark(const KeySource& src, std::size_t begin
   return seen;
 }
 
-EAST_TARGET_AVX2 inline void apply_mask(float* x, const std::uint64_t* mask, std::size_t begin, std::size_t end) {
+EAST_TARGET_AVX2 inline void apply_mask(float* x, const std::uint64_t* mask, std::size_t begin,
+                                        std::size_t end) {
   const __m256i zero = _mm256_setzero_si256();
   for (std::size_t b = begin; b < end; b += 64) {
     const std::uint64_t off = ~mask[b >> 6] & valid_word(b, end);
@@ -140,8 +141,8 @@ EAST_TARGET_AVX2 inline void apply_mask(float* x, const std::uint64_t* mask, std
   }
 }
 
-EAST_TARGET_AVX2 inline void fill_where(float* x, const std::uint64_t* where, std::size_t begin, std::size_t end,
-                                        float value) {
+EAST_TARGET_AVX2 inline void fill_where(float* x, const std::uint64_t* where, std::size_t begin,
+                                        std::size_t end, float value) {
   const __m256 vv = _mm256_set1_ps(value);
   const __m256i vb = _mm256_castps_si256(vv);
   for (std::size_t b = begin; b < end; b += 64) {
@@ -196,10 +197,12 @@ EAST_TARGET_AVX2 inline void masked_sgd(float* w, const float* g, float* buf, co
       const std::size_t i = b + 8 * q;
       const __m256i lv = lane_mask(v);
       if (m == 0) {  // all inactive: read-only unless something is not zero yet
-        const __m256i nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(w + i, v == 0xFFu, lv), zero), lv);
+        const __m256i nz =
+            _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(w + i, v == 0xFFu, lv), zero), lv);
         if (lane_bits(nz)) _mm256_maskstore_ps(w + i, nz, _mm256_setzero_ps());
         if (mom) {
-          const __m256i nzb = _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(buf + i, v == 0xFFu, lv), zero), lv);
+          const __m256i nzb =
+              _mm256_andnot_si256(_mm256_cmpeq_epi32(load_lanes(buf + i, v == 0xFFu, lv), zero), lv);
           if (lane_bits(nzb)) _mm256_maskstore_ps(buf + i, nzb, _mm256_setzero_ps());
         }
         continue;
@@ -210,14 +213,20 @@ EAST_TARGET_AVX2 inline void masked_sgd(float* w, const float* g, float* buf, co
       if (wd) gi = _mm256_fmadd_ps(vwd, wi, gi);
       __m256 d = gi;
       if (mom) {
-        const __m256 bi =
-            _mm256_fmadd_ps(vmu, _mm256_castsi256_ps(load_lanes(buf + i, v == 0xFFu, lv)), _mm256_mul_ps(vd1, gi));
+        const __m256 bi = _mm256_fmadd_ps(vmu, _mm256_castsi256_ps(load_lanes(buf + i, v == 0xFFu, lv)),
+                                          _mm256_mul_ps(vd1, gi));
         const __m256 bo = _mm256_and_ps(bi, lm);
-        if (v == 0xFFu) _mm256_storeu_ps(buf + i, bo); else _mm256_maskstore_ps(buf + i, lv, bo);
+        if (v == 0xFFu)
+          _mm256_storeu_ps(buf + i, bo);
+        else
+          _mm256_maskstore_ps(buf + i, lv, bo);
         d = nest ? _mm256_fmadd_ps(vmu, bi, gi) : bi;
       }
       const __m256 wn = _mm256_and_ps(_mm256_fmadd_ps(vnlr, d, wi), lm);
-      if (v == 0xFFu) _mm256_storeu_ps(w + i, wn); else _mm256_maskstore_ps(w + i, lv, wn);
+      if (v == 0xFFu)
+        _mm256_storeu_ps(w + i, wn);
+      else
+        _mm256_maskstore_ps(w + i, lv, wn);
       if (hist) {
         _mm256_store_si256(reinterpret_cast<__m256i*>(bins),
                            _mm256_srli_epi32(_mm256_and_si256(_mm256_castps_si256(wn), vabs), 20));

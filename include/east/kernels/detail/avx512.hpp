@@ -105,7 +105,8 @@ EAST_TARGET_AVX512 inline std::size_t mark(const KeySource& src, std::size_t beg
   return seen;
 }
 
-EAST_TARGET_AVX512 inline void apply_mask(float* x, const std::uint64_t* mask, std::size_t begin, std::size_t end) {
+EAST_TARGET_AVX512 inline void apply_mask(float* x, const std::uint64_t* mask, std::size_t begin,
+                                          std::size_t end) {
   const __m512 zero = _mm512_setzero_ps();
   for (std::size_t b = begin; b < end; b += 64) {
     const std::uint64_t off = ~mask[b >> 6] & valid_word(b, end);
@@ -193,16 +194,21 @@ EAST_TARGET_AVX512 inline void masked_sgd(float* w, const float* g, float* buf, 
         const __m512 bi =
             _mm512_fmadd_ps(vmu, _mm512_castsi512_ps(load16(buf + i, full, v)), _mm512_mul_ps(vd1, gi));
         // Inactive lanes get 0, so a full vector is one plain store.
-        if (full) _mm512_storeu_ps(buf + i, _mm512_maskz_mov_ps(m, bi));
-        else _mm512_mask_storeu_ps(buf + i, v, _mm512_maskz_mov_ps(m, bi));
+        if (full)
+          _mm512_storeu_ps(buf + i, _mm512_maskz_mov_ps(m, bi));
+        else
+          _mm512_mask_storeu_ps(buf + i, v, _mm512_maskz_mov_ps(m, bi));
         d = nest ? _mm512_fmadd_ps(vmu, bi, gi) : bi;
       }
       const __m512 wn = _mm512_maskz_mov_ps(m, _mm512_fmadd_ps(vnlr, d, wi));
-      if (full) _mm512_storeu_ps(w + i, wn);
-      else _mm512_mask_storeu_ps(w + i, v, wn);
+      if (full)
+        _mm512_storeu_ps(w + i, wn);
+      else
+        _mm512_mask_storeu_ps(w + i, v, wn);
       if (hist) {
         // maskz form: the plain one trips -Wmaybe-uninitialized in GCC 12 headers
-        _mm512_store_si512(bins, _mm512_maskz_srli_epi32(__mmask16(0xFFFF), _mm512_and_si512(_mm512_castps_si512(wn), vabs), 20));
+        _mm512_store_si512(bins, _mm512_maskz_srli_epi32(
+                                     __mmask16(0xFFFF), _mm512_and_si512(_mm512_castps_si512(wn), vabs), 20));
         for (unsigned mm = m; mm; mm &= mm - 1) ++hist[bins[__builtin_ctz(mm)]];
       }
     }

@@ -63,7 +63,8 @@ EAST_ALWAYS_INLINE std::uint64_t keep_lowest_bits(std::uint64_t x, std::size_t k
 inline std::size_t count_candidates(const std::uint64_t* mask, Among among, std::size_t n) noexcept {
   if (among == Among::all || mask == nullptr) return n;
   std::size_t c = 0;
-  for (std::size_t b = 0; b < n; b += 64) c += static_cast<std::size_t>(popcount64(candidate_word(mask, among, b, n)));
+  for (std::size_t b = 0; b < n; b += 64)
+    c += static_cast<std::size_t>(popcount64(candidate_word(mask, among, b, n)));
   return c;
 }
 

@@ -78,7 +78,8 @@ inline void apply_mask(float* x, const std::uint64_t* mask, std::size_t begin, s
   }
 }
 
-inline void fill_where(float* x, const std::uint64_t* where, std::size_t begin, std::size_t end, float value) {
+inline void fill_where(float* x, const std::uint64_t* where, std::size_t begin, std::size_t end,
+                       float value) {
   std::uint32_t vb;
   std::memcpy(&vb, &value, 4);
   for (std::size_t b = begin; b < end; b += 64) {

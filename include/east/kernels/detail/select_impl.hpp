@@ -23,14 +23,14 @@
 
 namespace east::kernels::detail {
 
-constexpr std::size_t kSmallSelect = 2048;     // below this, std::nth_element on the keys
-constexpr std::size_t kGatherAll = 1u << 16;   // below this many candidates, store them all
-constexpr std::size_t kTopSample = 16384;      // sample size at the top level
+constexpr std::size_t kSmallSelect = 2048;                  // below this, std::nth_element on the keys
+constexpr std::size_t kGatherAll = 1u << 16;                // below this many candidates, store them all
+constexpr std::size_t kTopSample = 16384;                   // sample size at the top level
 constexpr std::size_t kScratchKeep = std::size_t{1} << 24;  // larger scratch is not kept
 
-inline void run_filter(Isa isa, const KeySource& src, std::size_t begin, std::size_t end, const std::uint64_t* mask,
-                       Among among, std::uint32_t lo, std::uint32_t hi, std::uint32_t* out, std::size_t cap,
-                       FilterCounts& c) {
+inline void run_filter(Isa isa, const KeySource& src, std::size_t begin, std::size_t end,
+                       const std::uint64_t* mask, Among among, std::uint32_t lo, std::uint32_t hi,
+                       std::uint32_t* out, std::size_t cap, FilterCounts& c) {
 #if defined(EAST_KERNELS_X86)
   if (isa == Isa::avx512) return avx512::filter(src, begin, end, mask, among, lo, hi, out, cap, c);
   if (isa == Isa::avx2) return avx2::filter(src, begin, end, mask, among, lo, hi, out, cap, c);
@@ -117,7 +117,8 @@ inline std::size_t mid_capacity(std::size_t m, double frac) {
   return std::min<std::size_t>(m, static_cast<std::size_t>(want));
 }
 
-inline RankResult select_rank_contiguous(Isa isa, std::uint32_t* v, std::size_t m, std::size_t r, std::size_t level);
+inline RankResult select_rank_contiguous(Isa isa, std::uint32_t* v, std::size_t m, std::size_t r,
+                                         std::size_t level);
 
 /// Finishes a selection from filter counts: true and `res` when rank r is inside the brackets.
 inline bool resolve(Isa isa, const FilterCounts& c, std::uint32_t lo, std::uint32_t hi, std::size_t r,
@@ -161,8 +162,8 @@ inline RankResult select_rank_contiguous(Isa isa, std::uint32_t* v, std::size_t 
   for (double widen : {1.0, 4.0}) {
     std::uint32_t lo, hi;
     bracket(samp, r, m, widen, lo, hi);
-    const double frac = std::min(1.0, 2.0 * widen * (4.0 * std::sqrt(static_cast<double>(s) / 4) + 4.0) /
-                                          static_cast<double>(s));
+    const double frac = std::min(
+        1.0, 2.0 * widen * (4.0 * std::sqrt(static_cast<double>(s) / 4) + 4.0) / static_cast<double>(s));
     const std::size_t cap = mid_capacity(m, frac);
     std::uint32_t* out = scratch(level + 1).get(cap + 64);
     FilterCounts c;
@@ -187,8 +188,8 @@ inline FilterCounts filter_parallel(Isa isa, const KeySource& src, std::size_t n
   std::vector<FilterCounts> parts(static_cast<std::size_t>(t));
   std::uint32_t* base = out;
   parallel_chunks(n, t, [&](int j, Range rg) {
-    run_filter(isa, src, rg.begin, rg.end, mask, among, lo, hi, base + stride * static_cast<std::size_t>(j), cap,
-               parts[static_cast<std::size_t>(j)]);
+    run_filter(isa, src, rg.begin, rg.end, mask, among, lo, hi, base + stride * static_cast<std::size_t>(j),
+               cap, parts[static_cast<std::size_t>(j)]);
   });
   FilterCounts c;
   for (int j = 0; j < t; ++j) {  // concatenate in chunk order (order does not affect the result)
@@ -204,7 +205,8 @@ inline FilterCounts filter_parallel(Isa isa, const KeySource& src, std::size_t n
 }
 
 /// Exact selection of the k smallest transformed keys among candidates.
-inline Selection select(const KeySource& src, std::size_t n, std::size_t k, const std::uint64_t* mask, Among among) {
+inline Selection select(const KeySource& src, std::size_t n, std::size_t k, const std::uint64_t* mask,
+                        Among among) {
   if (mask == nullptr) among = Among::all;
   const std::size_t cands = count_candidates(mask, among, n);
   require(k <= cands, "east::kernels::select", "k = ", k, " exceeds the number of candidates ", cands,
@@ -225,7 +227,8 @@ inline Selection select(const KeySource& src, std::size_t n, std::size_t k, cons
     samp.reserve(probes);
     for (std::size_t j = 0; j < probes; ++j) {
       const std::size_t i = (2 * j + 1) * n / (2 * probes);
-      if (is_candidate(mask, among, i)) samp.push_back((load_bits(src.data, i) & src.and_mask) ^ src.xor_mask);
+      if (is_candidate(mask, among, i))
+        samp.push_back((load_bits(src.data, i) & src.and_mask) ^ src.xor_mask);
     }
     if (samp.size() >= 256) {
       for (double widen : {1.0, 4.0}) {
@@ -255,8 +258,9 @@ inline Selection select(const KeySource& src, std::size_t n, std::size_t k, cons
 }
 
 /// Clears tie bits (t == thr) in [begin, end) after the first `keep` of them.
-inline void drop_excess_ties(const KeySource& src, std::size_t begin, std::size_t end, const std::uint64_t* mask,
-                             Among among, std::uint32_t thr, std::size_t keep, std::uint64_t* out) {
+inline void drop_excess_ties(const KeySource& src, std::size_t begin, std::size_t end,
+                             const std::uint64_t* mask, Among among, std::uint32_t thr, std::size_t keep,
+                             std::uint64_t* out) {
   for (std::size_t b = begin; b < end; b += 64) {
     std::uint64_t cw = candidate_word(mask, among, b, end);
     while (cw) {
@@ -271,8 +275,8 @@ inline void drop_excess_ties(const KeySource& src, std::size_t begin, std::size_
   }
 }
 
-inline void mark(const KeySource& src, std::size_t n, const Selection& s, const std::uint64_t* mask, Among among,
-                 std::uint64_t* out) {
+inline void mark(const KeySource& src, std::size_t n, const Selection& s, const std::uint64_t* mask,
+                 Among among, std::uint64_t* out) {
   if (s.k == 0) return;
   if (mask == nullptr) among = Among::all;
   const Isa isa = active_isa();

@@ -11,14 +11,15 @@ namespace east::kernels::reference {
 
 /// Exact selection of k candidates by key. `key(i)` gives position i's key.
 template <class KeyFn>
-Selection select_by(KeyFn key, std::size_t n, std::size_t k, Extreme extreme,
-                    const std::uint64_t* mask, Among among) {
+Selection select_by(KeyFn key, std::size_t n, std::size_t k, Extreme extreme, const std::uint64_t* mask,
+                    Among among) {
   std::vector<std::pair<std::uint32_t, std::size_t>> cand;
   cand.reserve(among == Among::all ? n : 0);
   for (std::size_t i = 0; i < n; ++i)
     if (is_candidate(mask, among, i)) cand.emplace_back(key(i), i);
   ::east::detail::require(k <= cand.size(), "east::kernels::select", "k = ", k,
-                  " exceeds the number of candidates ", cand.size(), " (valid: 0..", cand.size(), ")");
+                          " exceeds the number of candidates ", cand.size(), " (valid: 0..", cand.size(),
+                          ")");
   Selection s;
   s.k = k;
   if (k == 0) return s;
@@ -70,9 +71,8 @@ inline void mark_selected_abs(const float* x, std::size_t n, const Selection& s,
   mark_selected_by([x](std::size_t i) { return abs_key(x[i]); }, n, s, extreme, mask, among, out);
 }
 
-inline void mark_selected_keys(const std::uint32_t* keys, std::size_t n, const Selection& s,
-                               Extreme extreme, const std::uint64_t* mask, Among among,
-                               std::uint64_t* out) {
+inline void mark_selected_keys(const std::uint32_t* keys, std::size_t n, const Selection& s, Extreme extreme,
+                               const std::uint64_t* mask, Among among, std::uint64_t* out) {
   mark_selected_by([keys](std::size_t i) { return keys[i]; }, n, s, extreme, mask, among, out);
 }
 

@@ -13,8 +13,8 @@ namespace east::kernels::reference {
 inline void masked_sgd(float* w, const float* g, float* buf, const std::uint64_t* mask, std::size_t n,
                        const SgdParams& p, std::uint64_t* hist = nullptr) {
   const bool mom = p.momentum != 0.0f;
-  ::east::detail::require(!mom || buf != nullptr, "east::kernels::masked_sgd",
-                  "momentum = ", p.momentum, " needs a momentum buffer (got null)");
+  ::east::detail::require(!mom || buf != nullptr, "east::kernels::masked_sgd", "momentum = ", p.momentum,
+                          " needs a momentum buffer (got null)");
   const float damp1 = 1.0f - p.dampening;
   for (std::size_t i = 0; i < n; ++i) {
     if (!test_bit(mask, i)) {
