@@ -15,6 +15,14 @@ namespace east {
 
 inline constexpr double pi = 3.14159265358979323846;
 
+namespace detail {
+/// Position of `step` in the window [begin, end], clamped to [0, 1].
+inline double window_progress(std::int64_t step, std::int64_t begin, std::int64_t end, const char* where) {
+  require(end > begin, where, "end ", end, " must be > begin ", begin);
+  return std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
+}
+}  // namespace detail
+
 // ---------------------------------------------------------------- when to update
 
 /// Update every `interval` steps, at begin, begin + interval, … while step < end.
@@ -48,9 +56,7 @@ struct CosineDrop {
   std::int64_t begin = 0;
   std::int64_t end = 1;
   double drop_fraction(std::int64_t step) const {
-    detail::require(end > begin, "east::CosineDrop", "end ", end, " must be > begin ", begin);
-    const double p =
-        std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
+    const double p = detail::window_progress(step, begin, end, "east::CosineDrop");
     return floor + (initial - floor) * 0.5 * (1.0 + std::cos(pi * p));
   }
 };
@@ -85,9 +91,7 @@ struct CubicDensity {
   std::int64_t begin = 0;
   std::int64_t end = 1;
   double density(std::int64_t step) const {
-    detail::require(end > begin, "east::CubicDensity", "end ", end, " must be > begin ", begin);
-    const double p =
-        std::clamp(static_cast<double>(step - begin) / static_cast<double>(end - begin), 0.0, 1.0);
+    const double p = detail::window_progress(step, begin, end, "east::CubicDensity");
     const double si = 1.0 - initial, sf = 1.0 - final_density;
     return 1.0 - (sf + (si - sf) * std::pow(1.0 - p, 3));
   }
