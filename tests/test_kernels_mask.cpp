@@ -4,6 +4,8 @@
 
 #include <east/kernels/select.hpp>
 
+#include "kernel_configs.hpp"
+
 #include <cstring>
 #include <limits>
 #include <random>
@@ -13,31 +15,8 @@ using namespace east::kernels;
 
 namespace {
 
-struct ConfigGuard {
-  ConfigGuard() { detail::parallel_min().store(128); }
-  ~ConfigGuard() {
-    reset_isa();
-    set_threads(1);
-    detail::parallel_min().store(std::size_t{1} << 18);
-  }
-};
-
-template <class F>
-void for_each_config(F&& f) {
-  ConfigGuard guard;
-  for (Isa isa : available_isas())
-    for (int t : {1, 2}) {
-      set_isa(isa);
-      set_threads(t);
-      f(isa, t);
-    }
-}
-
-float from_bits(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using east_test::for_each_kernel_config;
+using east_test::from_bits;
 
 /// Normal values with zeros, -0, NaN, ±Inf and denormals sprinkled in.
 std::vector<float> make_data(std::size_t n, std::mt19937& rng, int special_pct) {
@@ -81,7 +60,7 @@ TEST_CASE("apply_mask equals the reference, -0 and NaN included", "[kernels][mas
       const auto mask = make_mask(n, density, rng);
       auto want = x0;
       reference::apply_mask(want.data() + off, mask.data(), n);
-      for_each_config([&](Isa isa, int t) {
+      for_each_kernel_config([&](Isa isa, int t) {
         INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", density " << density);
         auto got = x0;
         apply_mask(got.data() + off, mask.data(), n);
@@ -99,7 +78,7 @@ TEST_CASE("fill_where equals the reference for ordinary and special fill values"
       const auto where = make_mask(n, 0.3, rng);
       auto want = x0;
       reference::fill_where(want.data() + off, where.data(), n, value);
-      for_each_config([&](Isa isa, int t) {
+      for_each_kernel_config([&](Isa isa, int t) {
         INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", value " << value);
         auto got = x0;
         fill_where(got.data() + off, where.data(), n, value);
@@ -120,7 +99,7 @@ TEST_CASE("count_nonfinite equals the reference, count and first index", "[kerne
       if (n > 50 && pct == 1) x[off + n - 1] = std::numeric_limits<float>::infinity();  // in the tail
       std::size_t want_first = 12345;
       const std::size_t want = reference::count_nonfinite(x.data() + off, n, &want_first);
-      for_each_config([&](Isa isa, int t) {
+      for_each_kernel_config([&](Isa isa, int t) {
         INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", pct " << pct);
         std::size_t first = 12345;
         CHECK(count_nonfinite(x.data() + off, n, &first) == want);

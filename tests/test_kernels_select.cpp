@@ -4,6 +4,8 @@
 
 #include <east/kernels/select.hpp>
 
+#include "kernel_configs.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,35 +17,8 @@ using namespace east::kernels;
 
 namespace {
 
-/// Restores the automatic ISA, one thread and the normal parallel threshold.
-struct ConfigGuard {
-  ConfigGuard() { detail::parallel_min().store(128); }  // threads even on small test arrays
-  ~ConfigGuard() {
-    reset_isa();
-    set_threads(1);
-    detail::parallel_min().store(std::size_t{1} << 18);
-  }
-};
-
-/// Runs f on every ISA with one thread, and with two threads too when `two_threads` (waking a
-/// team costs milliseconds on a loaded 2-core machine, so only some cases take both).
-template <class F>
-void for_each_config(F&& f, bool two_threads = true) {
-  ConfigGuard guard;
-  for (Isa isa : available_isas())
-    for (int t : {1, 2}) {
-      if (t == 2 && !two_threads) continue;
-      set_isa(isa);
-      set_threads(t);
-      f(isa, t);
-    }
-}
-
-float from_bits(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using east_test::for_each_kernel_config;
+using east_test::from_bits;
 
 enum class Data { normal, ties, special, denormal, zeros };
 
@@ -115,7 +90,7 @@ void check_all(const T* x, std::size_t n, const std::uint64_t* mask, bool many_k
         const Selection want = ref_select(x, n, k, e, mask, among);
         std::vector<std::uint64_t> want_bits(words_for(n) + 1, 0);
         ref_mark(x, n, want, e, mask, among, want_bits.data());
-        for_each_config(
+        for_each_kernel_config(
             [&](Isa isa, int t) {
               INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", k " << k << ", among "
                           << static_cast<int>(among) << ", extreme " << static_cast<int>(e));
@@ -210,7 +185,7 @@ TEST_CASE("selection rejects k above the candidate count", "[kernels][select]") 
   std::vector<float> x(100, 1.0f);
   std::vector<std::uint64_t> mask(2, 0);
   mask[0] = 0xFF;  // 8 active
-  ConfigGuard guard;
+  east_test::KernelConfigGuard guard;
   for (Isa isa : available_isas()) {
     set_isa(isa);
     CHECK_THROWS_AS(select_abs(x.data(), 100, 9, Extreme::largest, mask.data(), Among::active),
@@ -227,7 +202,7 @@ TEST_CASE("dispatch lists scalar first and refuses nothing it lists", "[kernels]
   REQUIRE(!isas.empty());
   CHECK(isas.front() == Isa::scalar);
   CHECK(isas.back() == best_isa());
-  ConfigGuard guard;
+  east_test::KernelConfigGuard guard;
   for (Isa isa : isas) {
     set_isa(isa);
     CHECK(active_isa() == isa);

@@ -4,6 +4,8 @@
 
 #include <east/kernels/select.hpp>
 
+#include "kernel_configs.hpp"
+
 #include <cstring>
 #include <limits>
 #include <random>
@@ -13,25 +15,7 @@ using namespace east::kernels;
 
 namespace {
 
-struct ConfigGuard {
-  ConfigGuard() { detail::parallel_min().store(128); }
-  ~ConfigGuard() {
-    reset_isa();
-    set_threads(1);
-    detail::parallel_min().store(std::size_t{1} << 18);
-  }
-};
-
-template <class F>
-void for_each_config(F&& f) {
-  ConfigGuard guard;
-  for (Isa isa : available_isas())
-    for (int t : {1, 2}) {
-      set_isa(isa);
-      set_threads(t);
-      f(isa, t);
-    }
-}
+using east_test::for_each_kernel_config;
 
 std::vector<float> make_data(std::size_t n, std::mt19937& rng, float scale, bool specials) {
   std::normal_distribution<float> nd(0.0f, scale);
@@ -95,7 +79,7 @@ TEST_CASE("masked_sgd equals the reference for every option combination", "[kern
           for (int step = 0; step < 2; ++step)
             reference::masked_sgd(want_w.data() + off, g.data() + off, want_b.data() + off, mask.data(), n, p,
                                   want_h.data());
-          for_each_config([&](Isa isa, int t) {
+          for_each_kernel_config([&](Isa isa, int t) {
             INFO("isa " << isa_name(isa) << ", threads " << t << ", n " << n << ", density " << density
                         << ", momentum " << p.momentum << ", nesterov " << p.nesterov << ", specials "
                         << specials);
