@@ -193,6 +193,36 @@ inline int dyrelu_max_threads() {
 #endif
 }
 
+/// Runs per-plane `first`, per-sample `middle`, per-plane `last` for B samples of C planes,
+/// deterministically. With enough samples it goes sample by sample (its planes are still in
+/// cache for `last`); with fewer samples than threads it splits planes, phase by phase.
+template <class First, class Middle, class Last>
+void dyrelu_three_phases(std::int64_t B, std::int64_t C, std::int64_t total, const First& first,
+                         const Middle& middle, const Last& last) {
+  const std::int64_t planes = B * C;
+  const bool parallel = total >= kDyReLUParallelMin;
+  if (!parallel || B >= dyrelu_max_threads()) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+    for (std::int64_t b = 0; b < B; ++b) {
+      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) first(pl);
+      middle(b);
+      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) last(pl);
+    }
+  } else {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (std::int64_t pl = 0; pl < planes; ++pl) first(pl);
+    for (std::int64_t b = 0; b < B; ++b) middle(b);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (std::int64_t pl = 0; pl < planes; ++pl) last(pl);
+  }
+}
+
 // The per-plane and per-sample steps below are shared by the two loop orders (fused per sample,
 // or phase by phase over all planes), so both give the same bits.
 
@@ -367,29 +397,7 @@ void dyrelu_forward(const DyReLUParams<T>& params, const T* x, T* y, int B, int 
   auto apply = [&](std::int64_t pl) {
     detail::dyrelu_plane_apply(coef + pl * 4, x + pl * hw, y + pl * hw, hw);
   };
-  const bool parallel = total >= detail::kDyReLUParallelMin;
-  if (!parallel || B >= detail::dyrelu_max_threads()) {
-    // Sample by sample: its planes are still in cache when the activation reads them again.
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (parallel)
-#endif
-    for (std::int64_t b = 0; b < B; ++b) {
-      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) pool(pl);
-      hyper(b);
-      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) apply(pl);
-    }
-  } else {
-    // Fewer samples than threads: split planes instead, phase by phase.
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (std::int64_t pl = 0; pl < planes; ++pl) pool(pl);
-    for (std::int64_t b = 0; b < B; ++b) hyper(b);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (std::int64_t pl = 0; pl < planes; ++pl) apply(pl);
-  }
+  detail::dyrelu_three_phases(B, C, total, pool, hyper, apply);
   ws.ready = true;
 }
 
@@ -463,27 +471,7 @@ void dyrelu_backward(const DyReLUParams<T>& params, const T* x, const T* dy, T* 
   };
   // 1-2. Coefficient gradients per plane, then the hyper-network backward per sample, then dx;
   // the same loop-order choice as the forward pass.
-  const bool parallel = total >= detail::kDyReLUParallelMin;
-  if (!parallel || B >= detail::dyrelu_max_threads()) {
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (parallel)
-#endif
-    for (std::int64_t b = 0; b < B; ++b) {
-      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) coef_grad(pl);
-      hyper(b);
-      for (std::int64_t pl = b * C; pl < (b + 1) * C; ++pl) input_grad(pl);
-    }
-  } else {
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (std::int64_t pl = 0; pl < planes; ++pl) coef_grad(pl);
-    for (std::int64_t b = 0; b < B; ++b) hyper(b);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (std::int64_t pl = 0; pl < planes; ++pl) input_grad(pl);
-  }
+  detail::dyrelu_three_phases(B, C, total, coef_grad, hyper, input_grad);
 
   // 3. Parameter gradients, summed over the batch in sample order (deterministic).
   [[maybe_unused]] const std::int64_t hyper_work = static_cast<std::int64_t>(B) * C * hidden * 5;
