@@ -196,6 +196,17 @@ class SparseLayerBase {
   }
 
  protected:
+  /// Copies the compact values into the module's "values" parameter. Same parameter object, new
+  /// data, so the module's parameter list (and any optimizer holding it) stays valid.
+  void reset_values(torch::nn::Module& module) {
+    auto v = torch::from_blob(state_->weight.values(), {static_cast<long>(nnz())}, torch::kFloat).clone();
+    if (values_.defined()) {
+      values_.set_data(v);
+      values_.mutable_grad() = at::Tensor();
+    } else {
+      values_ = module.register_parameter("values", v);
+    }
+  }
   void init_state(const at::Tensor& dense, const BitMask& mask, std::size_t group) {
     constexpr const char* where = "east::sparse::SparseLayer";
     detail::require_cpu_float_contiguous(dense, where, "weight");
@@ -232,16 +243,7 @@ class SparseConv2dImpl : public torch::nn::Module, public SparseLayerBase {
   }
 
  protected:
-  void reset_values_parameter() override {
-    auto v = torch::from_blob(state_->weight.values(), {static_cast<long>(nnz())}, torch::kFloat).clone();
-    // Same parameter object, new data: the module's parameter list stays valid.
-    if (values_.defined()) {
-      values_.set_data(v);
-      values_.mutable_grad() = at::Tensor();
-    } else {
-      values_ = register_parameter("values", v);
-    }
-  }
+  void reset_values_parameter() override { reset_values(*this); }
 };
 TORCH_MODULE(SparseConv2d);
 
@@ -261,16 +263,7 @@ class SparseLinearImpl : public torch::nn::Module, public SparseLayerBase {
   at::Tensor& bias() { return bias_; }
 
  protected:
-  void reset_values_parameter() override {
-    auto v = torch::from_blob(state_->weight.values(), {static_cast<long>(nnz())}, torch::kFloat).clone();
-    // Same parameter object, new data: the module's parameter list stays valid.
-    if (values_.defined()) {
-      values_.set_data(v);
-      values_.mutable_grad() = at::Tensor();
-    } else {
-      values_ = register_parameter("values", v);
-    }
-  }
+  void reset_values_parameter() override { reset_values(*this); }
 
  private:
   at::Tensor bias_;
