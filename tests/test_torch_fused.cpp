@@ -1,0 +1,204 @@
+// Fused BatchNorm (+ residual add) + ReLU (east/sparse/batchnorm.hpp, adapters/torch_fused.hpp)
+// against libtorch's torch::batch_norm + add + relu: forward, gradients of input, weight, bias and
+// residual, running statistics, eval mode, the module's state dict, errors, 1 vs 2 threads.
+#include <east/adapters/torch_fused.hpp>
+// glog (through c10) defines CHECK; Catch2 must own it.
+#undef CHECK
+#include <catch2/catch.hpp>
+#include <east/kernels/dispatch.hpp>
+#include <vector>
+
+namespace es = east::sparse;
+
+namespace {
+
+// Restores one thread and the normal parallel threshold.
+struct ThreadGuard {
+  ThreadGuard() { es::detail::min_parallel_work().store(0); }
+  ~ThreadGuard() {
+    east::kernels::set_threads(1);
+    es::detail::min_parallel_work().store(1 << 18);
+  }
+};
+
+double rel(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = std::max(1e-30, b.abs().max().item<double>());
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>() / scale;
+}
+
+struct Case {
+  std::vector<long> shape;
+  bool relu, residual, tiny_var;
+};
+
+struct Result {
+  at::Tensor y, dx, dw, db, dres, rm, rv;
+};
+
+// One training-mode forward + backward with a fixed upstream gradient, either through east's
+// fused function or through torch's ops. Inputs are converted to `dtype`.
+Result run(const Case& c, at::ScalarType dtype, bool fused, bool training = true) {
+  torch::manual_seed(42);
+  auto x = torch::randn(c.shape, torch::kDouble);
+  if (c.tiny_var) x.select(1, 0).mul_(1e-3).add_(50.0);  // |mean| ≫ std: cancellation-prone
+  auto res = torch::randn(c.shape, torch::kDouble);
+  auto w = torch::rand({c.shape[1]}, torch::kDouble).add_(0.5);
+  auto b = torch::randn({c.shape[1]}, torch::kDouble);
+  auto rm = torch::randn({c.shape[1]}, torch::kDouble);
+  auto rv = torch::rand({c.shape[1]}, torch::kDouble).add_(0.5);
+  auto dy = torch::randn(c.shape, torch::kDouble);
+  x = x.to(dtype).requires_grad_(true);
+  res = res.to(dtype).requires_grad_(c.residual);
+  w = w.to(dtype).requires_grad_(true);
+  b = b.to(dtype).requires_grad_(true);
+  rm = rm.to(dtype);
+  rv = rv.to(dtype);
+  at::Tensor y;
+  if (fused) {
+    y = es::batchnorm_relu(x, w, b, c.residual ? res : at::Tensor(), rm, rv, training, 0.1, 1e-5, c.relu);
+  } else {
+    y = torch::batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5, false);
+    if (c.residual) y = y + res;
+    if (c.relu) y = torch::relu(y);
+  }
+  y.backward(dy.to(dtype));
+  return {y.detach(), x.grad(), w.grad(), b.grad(), c.residual ? res.grad() : at::Tensor(), rm, rv};
+}
+
+const std::vector<Case> kCases = {
+    {{4, 3, 5, 5}, true, false, false},   {{4, 3, 5, 5}, true, true, false},
+    {{4, 3, 5, 5}, false, false, false},  {{2, 6, 4, 4}, false, true, false},
+    {{1, 4, 3, 3}, true, false, false},                                       // batch 1, plane 9
+    {{3, 5, 1, 1}, true, true, false},                                        // 1x1 planes
+    {{8, 4, 9, 7}, true, true, true},     {{5, 2, 8, 8}, true, false, true},  // tiny variance channel
+    {{16, 3, 17, 3}, false, false, true},
+};
+
+}  // namespace
+
+TEST_CASE("fused BN+ReLU matches torch batch_norm + add + relu in float64", "[torch][fused]") {
+  for (const auto& c : kCases) {
+    INFO("shape " << c10::IntArrayRef(c.shape) << " relu " << c.relu << " residual " << c.residual);
+    const auto e = run(c, torch::kDouble, true), t = run(c, torch::kDouble, false);
+    CHECK(rel(e.y, t.y) < 1e-10);
+    CHECK(rel(e.dx, t.dx) < 1e-9);
+    CHECK(rel(e.dw, t.dw) < 1e-9);
+    CHECK(rel(e.db, t.db) < 1e-10);
+    if (c.residual) CHECK(rel(e.dres, t.dres) < 1e-12);
+    CHECK(rel(e.rm, t.rm) < 1e-12);
+    CHECK(rel(e.rv, t.rv) < 1e-12);
+  }
+}
+
+TEST_CASE("fused BN+ReLU in float32 is as close to float64 as torch's float32", "[torch][fused]") {
+  for (const auto& c : kCases) {
+    INFO("shape " << c10::IntArrayRef(c.shape) << " relu " << c.relu << " residual " << c.residual);
+    const auto e = run(c, torch::kFloat, true), t = run(c, torch::kFloat, false);
+    const auto ref = run(c, torch::kDouble, false);
+    // East's error against the float64 result: at most 4x torch's own float32 error + 1e-5, and
+    // a few float32 ulps of the output scale where the float32 inputs are well conditioned.
+    for (auto [a, b, r] : {std::tuple{e.y, t.y, ref.y}, std::tuple{e.dx, t.dx, ref.dx},
+                           std::tuple{e.dw, t.dw, ref.dw}, std::tuple{e.db, t.db, ref.db}}) {
+      CHECK(rel(a, r) < 4 * rel(b, r) + 1e-5);
+      // Inputs rounded to float32 already move a tiny-variance channel by ~ulp(50)/1e-3.
+      if (!c.tiny_var) CHECK(rel(a, r) < 2e-5);
+    }
+    CHECK(rel(e.rm, ref.rm) < 1e-6);
+    CHECK(rel(e.rv, ref.rv) < 1e-6);
+  }
+}
+
+TEST_CASE("fused BN+ReLU eval mode uses the running statistics like torch", "[torch][fused]") {
+  for (const auto& c : kCases) {
+    INFO("shape " << c10::IntArrayRef(c.shape));
+    const auto e = run(c, torch::kDouble, true, false), t = run(c, torch::kDouble, false, false);
+    CHECK(rel(e.y, t.y) < 1e-12);
+    CHECK(rel(e.dx, t.dx) < 1e-12);
+    CHECK(rel(e.dw, t.dw) < 1e-10);
+    CHECK(rel(e.db, t.db) < 1e-12);
+    CHECK(rel(e.rm, t.rm) == 0.0);  // untouched in eval
+    CHECK(rel(e.rv, t.rv) == 0.0);
+  }
+}
+
+TEST_CASE("fused BN+ReLU: one value per channel in training throws, as in torch", "[torch][fused]") {
+  auto x = torch::randn({1, 3, 1, 1});
+  auto w = torch::ones({3}), b = torch::zeros({3}), rm = torch::zeros({3}), rv = torch::ones({3});
+  CHECK_THROWS_AS(es::batchnorm_relu(x, w, b, at::Tensor(), rm, rv, true, 0.1, 1e-5, true),
+                  east::InvalidArgument);
+  torch::nn::BatchNorm2d tbn(3);
+  CHECK_THROWS(tbn(x));
+  es::BatchNormReLU2d ebn(3);
+  CHECK_THROWS_AS(ebn(x), east::InvalidArgument);
+  ebn->eval();  // eval mode normalises with running statistics: fine with one value
+  CHECK(ebn(x).sizes() == x.sizes());
+  // Wrong shapes and dtypes name the argument.
+  CHECK_THROWS_AS(es::batchnorm_relu(x.expand({2, 3, 1, 1}).contiguous(), torch::ones({4}), b, at::Tensor(),
+                                     rm, rv, true, 0.1, 1e-5, true),
+                  east::InvalidArgument);
+  CHECK_THROWS_AS(es::batchnorm_relu(torch::randn({2, 3, 2, 2}), w, b, torch::randn({2, 3, 2, 1}), rm, rv,
+                                     true, 0.1, 1e-5, true),
+                  east::InvalidArgument);
+  CHECK_THROWS_AS(ebn(torch::ones({2, 3, 2, 2}, torch::kInt)), east::InvalidArgument);
+}
+
+TEST_CASE("fused BN+ReLU: 1 and 2 threads give identical bits", "[torch][fused]") {
+  ThreadGuard guard;
+  for (bool residual : {false, true}) {
+    Case c{{8, 16, 8, 8}, true, residual, true};
+    east::kernels::set_threads(1);
+    const auto a = run(c, torch::kFloat, true);
+    east::kernels::set_threads(2);
+    const auto b = run(c, torch::kFloat, true);
+    CHECK(torch::equal(a.y, b.y));
+    CHECK(torch::equal(a.dx, b.dx));
+    CHECK(torch::equal(a.dw, b.dw));
+    CHECK(torch::equal(a.db, b.db));
+    CHECK(torch::equal(a.rm, b.rm));
+    CHECK(torch::equal(a.rv, b.rv));
+    if (residual) CHECK(torch::equal(a.dres, b.dres));
+  }
+}
+
+TEST_CASE("BatchNormReLU2d is a drop-in for BatchNorm2d + ReLU (state dict, steps, eval)", "[torch][fused]") {
+  torch::manual_seed(3);
+  torch::nn::BatchNorm2d tbn(torch::nn::BatchNorm2dOptions(6));
+  es::BatchNormReLU2d ebn(torch::nn::BatchNorm2dOptions(6));
+  {
+    torch::NoGradGuard ng;
+    tbn->weight.uniform_(0.5, 1.5);
+    tbn->bias.normal_();
+  }
+  // Same names → a torch state dict loads into the fused module.
+  auto tp = tbn->named_parameters(), ep = ebn->named_parameters();
+  auto tb = tbn->named_buffers(), eb = ebn->named_buffers();
+  REQUIRE(tp.keys() == ep.keys());
+  REQUIRE(tb.keys() == eb.keys());
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : tp) ep[p.key()].copy_(p.value());
+    for (auto& p : tb) eb[p.key()].copy_(p.value());
+  }
+  for (int step = 0; step < 3; ++step) {
+    auto x = torch::randn({4, 6, 5, 5});
+    auto s = torch::randn({4, 6, 5, 5});
+    auto yt = torch::relu(tbn(x) + s), ye = ebn(x, s);
+    CHECK(rel(ye, yt) < 1e-5);
+  }
+  CHECK(ebn->num_batches_tracked.item<long>() == 3);
+  CHECK(rel(ebn->running_mean, tbn->running_mean) < 1e-6);
+  CHECK(rel(ebn->running_var, tbn->running_var) < 1e-6);
+  tbn->eval();
+  ebn->eval();
+  auto x = torch::randn({2, 6, 3, 3});
+  CHECK(rel(ebn(x), torch::relu(tbn(x))) < 1e-5);
+
+  // momentum = None: cumulative average, as torch.
+  torch::nn::BatchNorm2d tc(torch::nn::BatchNorm2dOptions(2).momentum(c10::nullopt));
+  es::BatchNormReLU2d ec(torch::nn::BatchNorm2dOptions(2).momentum(c10::nullopt), /*relu=*/false);
+  for (int step = 0; step < 3; ++step) {
+    auto xx = torch::randn({3, 2, 4, 4});
+    CHECK(rel(ec(xx), tc(xx)) < 1e-5);
+  }
+  CHECK(rel(ec->running_var, tc->running_var) < 1e-6);
+}
