@@ -35,6 +35,8 @@ const char* usage = R"(usage: east-trainer [options]
   --dyrelu-start X      EAST: DyReLU beta ramps 1 -> 0 from this fraction [0.25] ... --dyrelu-end X  to this one [0.5]
   --freeze-hypernet     freeze the DyReLU hyper-network once the ramp starts
   --dyrelu-impl I       torch | kernels (east's framework-free kernels)                                     [kernels]
+  --kernels K           convolutions: auto (east's sparse kernels below the measured crossover density,
+                        libtorch above) | sparse (always east's) | dense (always libtorch, masked)       [auto]
   --out DIR             write result.json, result.csv and checkpoint.east (every epoch) there
   --resume              continue from DIR/checkpoint.east when it exists (same settings required)
   --stop-after-epochs N stop after N epochs of this process (to test resuming)
@@ -162,6 +164,7 @@ int main(int argc, char** argv) {
         {"--dyrelu-end",
          [&](const std::string& v) { c.dyrelu_end = parse_number<double>("--dyrelu-end", v); }},
         {"--dyrelu-impl", [&](const std::string& v) { c.dyrelu_impl = v; }},
+        {"--kernels", [&](const std::string& v) { c.kernels = v; }},
         {"--out", [&](const std::string& v) { c.out_dir = v; }},
         {"--stop-after-epochs",
          [&](const std::string& v) { c.stop_after_epochs = parse_number<int>("--stop-after-epochs", v); }},

@@ -56,7 +56,11 @@ struct Config {
   double dyrelu_end = 0.5;     ///< … linear to 0 here
   bool freeze_hypernet = false;
   std::string dyrelu_impl = "kernels";  ///< torch | kernels
-  std::string out_dir;                  ///< results, checkpoint; empty = no files
+  /// Convolutions: auto (east's sparse kernels below sparse::Crossover's density, libtorch above),
+  /// sparse (all on east's kernels), dense (libtorch with masked dense weights). Same training
+  /// either way, up to floating-point rounding.
+  std::string kernels = "auto";
+  std::string out_dir;  ///< results, checkpoint; empty = no files
   bool resume = false;
   int stop_after_epochs = -1;  ///< stop (as if interrupted) after this many epochs in this process
   int64_t log_every = 0;       ///< steps between progress lines; 0 = about 10 per epoch
@@ -112,6 +116,8 @@ inline void validate(Config& c) {
           c.dyrelu_start, " --dyrelu-end ", c.dyrelu_end, " (valid: 0 <= start <= end <= 1)");
   require(c.dyrelu_impl == "torch" || c.dyrelu_impl == "kernels", w, "--dyrelu-impl ", c.dyrelu_impl,
           " (valid: torch, kernels)");
+  require(c.kernels == "auto" || c.kernels == "sparse" || c.kernels == "dense", w, "--kernels ", c.kernels,
+          " (valid: auto, sparse, dense)");
   require(!c.resume || !c.out_dir.empty(), w, "--resume needs --out DIR (where the checkpoint is)");
   if (c.data_dir.empty()) {
     if (c.dataset == "fashion-mnist")
@@ -134,8 +140,10 @@ struct Result {
   double density = 1, stored_density = 1;
   std::size_t nonzeros = 0, logical_size = 0, stored_size = 0;
   std::int64_t steps = 0, mask_updates = 0;
+  std::size_t sparse_kernel_layers = 0;  ///< convolutions on east's sparse kernels at the end
   double seconds = 0;
-  bool finished = false;  ///< false when stopped by stop_after_epochs
+  std::vector<double> loss_history;  ///< training loss of every step run in this process
+  bool finished = false;             ///< false when stopped by stop_after_epochs
   std::vector<LayerSummary> layers;
   std::vector<double> val_history;
   std::vector<std::string> empty_layers;
@@ -148,6 +156,7 @@ struct AnyController {
   virtual ~AnyController() = default;
   virtual void before(std::int64_t step) = 0;
   virtual bool after(std::int64_t step) = 0;
+  virtual bool is_update_step(std::int64_t step) const = 0;
   virtual std::size_t nonzeros() const = 0;
   virtual double density() const = 0;
   virtual double stored_density() const = 0;
@@ -164,6 +173,7 @@ struct ControllerHolder : AnyController {
   explicit ControllerHolder(C c) : ctl(std::move(c)) {}
   void before(std::int64_t s) override { ctl.before_optimizer_step(s); }
   bool after(std::int64_t s) override { return ctl.after_optimizer_step(s); }
+  bool is_update_step(std::int64_t s) const override { return ctl.is_update_step(s); }
   std::size_t nonzeros() const override { return ctl.nonzeros(); }
   double density() const override { return ctl.density(); }
   double stored_density() const override { return ctl.stored_density(); }
@@ -394,7 +404,8 @@ inline void write_results(const Result& r, const std::string& dir) {
       << ",\n  \"density\": " << r.density << ",\n  \"stored_density\": " << r.stored_density
       << ",\n  \"nonzeros\": " << r.nonzeros << ",\n  \"logical_size\": " << r.logical_size
       << ",\n  \"stored_size\": " << r.stored_size << ",\n  \"steps\": " << r.steps
-      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"seconds\": " << r.seconds
+      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"kernels\": \"" << c.kernels
+      << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers << ",\n  \"seconds\": " << r.seconds
       << ",\n  \"command\": \"" << json_escape(c.command_line) << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
     j << "],\n  \"empty_layers\": [";
@@ -430,7 +441,8 @@ inline void print_summary(const Result& r, std::ostream& os) {
   os << "nonzeros " << r.nonzeros << " of " << r.logical_size << " (every use counted; " << r.stored_size
      << " stored): density " << std::setprecision(6) << r.density << " (stored " << r.stored_density << ")\n";
   os << "mask updates " << r.mask_updates << ", steps " << r.steps << ", time " << format_duration(r.seconds)
-     << "\n";
+     << ", kernels " << c.kernels << " (" << r.sparse_kernel_layers
+     << " convolutions on east's sparse kernels)\n";
   os << "per layer (name: nnz / size [x uses] = density):\n";
   for (const auto& l : r.layers)
     os << "  " << std::left << std::setw(28) << l.name << std::right << std::setw(7) << l.nnz << " / "
@@ -450,6 +462,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   validate(c);
   const auto t0 = std::chrono::steady_clock::now();
   torch::set_num_threads(c.threads);
+  east::kernels::set_threads(c.threads);
   torch::manual_seed(c.seed);
   const Dataset data = load_dataset(c.dataset, c.data_dir);
   const Prepared p = prepare(data, c);
@@ -473,6 +486,14 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   const int64_t spe = n_train / c.batch;  // drop the last partial batch
   const Plan plan = make_plan(c, spe);
   auto ctl = make_controller(c, plan, params);
+  // Convolutions below the crossover density train on compact weights (docs/sparse.md).
+  std::unique_ptr<ta::SparseCompute> compute;
+  if (c.sparse() && c.kernels != "dense") {
+    east::sparse::Crossover x;
+    if (c.kernels == "sparse") x.conv = 2.0;  // every density is below it
+    compute = std::make_unique<ta::SparseCompute>(*model, ctl->params(), sgd, x);
+    model->set_sparse_compute(compute.get());
+  }
 
   Result r;
   r.config = c;
@@ -496,6 +517,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     ta::check_views(*model, ctl->params());
     if (!c.quiet) log << "resumed from " << ckpt << " at epoch " << start_epoch << "\n";
   }
+  if (compute) compute->attach(ctl->masks());
 
   if (!c.quiet) {
     log << "east-trainer: " << c.method << " ResNet-" << c.depth << " width " << c.width << " on "
@@ -512,6 +534,12 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       log << "; DyReLU beta 1 -> 0 over steps [" << plan.phase.start << ", " << plan.phase.end << "] ("
           << c.dyrelu_impl << ")";
     log << "\n";
+    if (compute)
+      log << "  convolutions on east's sparse kernels: " << compute->attached_count() << " of "
+          << compute->size() << " (" << c.kernels << ", crossover density " << compute->crossover().conv
+          << "), compact state " << std::fixed << std::setprecision(2)
+          << static_cast<double>(compute->compact_bytes()) / 1e6 << " MB\n"
+          << std::defaultfloat;
   }
 
   const int64_t log_every = c.log_every > 0 ? c.log_every : std::max<int64_t>(1, spe / 10);
@@ -537,14 +565,26 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       if (c.dyrelu())
         ta::set_dyrelu_phase(*model, plan.phase.beta(step), east::phase_frozen(plan.phase, step));
       auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
+      // With sparse kernels: update steps also capture the dense weight gradients (regrowth),
+      // and the dense tensors are brought up to date around the controller's mask update.
+      const bool upd = ctl->is_update_step(step);
+      // Per-step re-masking only matters for layers the dense kernels train.
+      const bool mask_dense = !compute || upd || !compute->all_attached(ctl->params());
+      if (compute) compute->begin_step(upd);
       sgd.zero_grad();
+      if (compute) compute->zero_grad();
       auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
       loss.backward();
-      ctl->before(step);
-      if (c.clip > 0) sgd.clip_grad_norm(c.clip);
+      if (mask_dense) ctl->before(step);
+      if (c.clip > 0)
+        sgd.clip_grad_norm(c.clip, compute ? compute->gradients() : std::vector<torch::Tensor>{});
       sgd.step(lr);
-      ctl->after(step);
+      if (compute) compute->step(lr);
+      if (compute && upd) compute->write_dense();
+      if (mask_dense) ctl->after(step);
+      if (compute && upd) compute->attach(ctl->masks());
       const double lv = loss.item<double>();
+      r.loss_history.push_back(lv);
       east::detail::require(std::isfinite(lv), "east-trainer", "loss became ", lv, " at step ", step,
                             " (lower --lr?)");
       loss_sum += lv;
@@ -579,6 +619,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       w.put(elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       w.put(static_cast<std::uint64_t>(r.val_history.size()));
       for (double v : r.val_history) w.put(v);
+      if (compute) compute->write_dense();
       w.put_module(*model);
       w.put_sgd(sgd);
       ctl->save(ckpt, w.bytes());
@@ -596,6 +637,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   r.stored_size = ctl->params().stored_size();
   r.steps = T;
   r.mask_updates = static_cast<std::int64_t>(ctl->updates());
+  r.sparse_kernel_layers = compute ? compute->attached_count() : 0;
   r.empty_layers = ctl->empty_layers();
   for (std::size_t l = 0; l < ctl->params().size(); ++l) {
     const auto& v = ctl->params()[l];

@@ -33,6 +33,9 @@ struct SparseLayerState {
   std::vector<float> momentum;  ///< nnz floats, SGD momentum over the compact values
   std::size_t stride = 1, pad = 0;
   std::size_t kh = 1, kw = 1;
+  /// When defined (a dense {C_out, C_in, kh, kw} tensor), each backward also adds the layer's
+  /// whole dense weight gradient into it: what gradient regrowth needs at a mask update.
+  at::Tensor dense_grad;
 };
 
 /// Autograd function y = conv2d(x, W) with W = (state->weight index, `values`).
@@ -70,6 +73,14 @@ class SparseConv2dFunction : public torch::autograd::Function<SparseConv2dFuncti
       dv = torch::empty({static_cast<long>(state->weight.nnz())}, input.options());
       conv2d_grad_weight(g, input.data_ptr<float>(), dy.data_ptr<float>(), state->weight,
                          dv.data_ptr<float>());
+    }
+    if (state->dense_grad.defined()) {
+      // Mask-update steps only: the dense weight gradient at libtorch's GEMM speed.
+      torch::NoGradGuard ng;
+      const long s = static_cast<long>(state->stride), p = static_cast<long>(state->pad);
+      state->dense_grad.add_(
+          std::get<1>(at::convolution_backward(dy, input, state->dense_grad, c10::nullopt, {s, s}, {p, p},
+                                               {1, 1}, false, {0, 0}, 1, {false, true, false})));
     }
     return {dx, dv, at::Tensor()};
   }

@@ -7,17 +7,30 @@
 //     convolutions, blocks 2, 3, … reuse block 1's conv tensors (and so their masks), each use
 //     scaled by its own learnable scalar initialised U(0, 1); shared blocks keep their own BNs
 //     and DyReLUs. Autograd adds all uses' gradients onto the one stored tensor.
+// Convolutions run on libtorch, or on east's sparse kernels after set_sparse_compute().
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "../../core/error.hpp"
 #include "dyrelu.hpp"
 #include "registration.hpp"
+#include "sparse_compute.hpp"
 
 namespace east {
 namespace torch_adapter {
+
+/// Where a model's convolutions run: libtorch's conv2d, or `compute` (shared by all its blocks).
+struct ConvRoute {
+  SparseCompute* compute = nullptr;
+  at::Tensor operator()(torch::nn::Conv2d& conv, const at::Tensor& x) const {
+    if (!compute) return conv(x);
+    return compute->conv2d(x, conv->weight, (*conv->options.stride())[0],
+                           (*conv->options.kernel_size())[0] / 2);
+  }
+};
 
 /// A 2-D convolution that borrows another Conv2d's weight tensor and scales it by a learnable
 /// scalar "scale": y = conv2d(x, scale·W_owner). Registration counts it as one more use of W.
@@ -31,10 +44,12 @@ class SharedConv2dImpl : public torch::nn::Module, public SharesWeights {
     scale = register_parameter("scale", torch::full({1}, init_scale));
   }
   torch::Tensor forward(const torch::Tensor& x) {
+    if (route && route->compute) return route->compute->conv2d(x, weight_, stride_, padding_, scale);
     return torch::conv2d(x, weight_ * scale, {}, stride_, padding_);
   }
   std::vector<torch::Tensor> borrowed_weights() const override { return {weight_}; }
   torch::Tensor scale;
+  std::shared_ptr<ConvRoute> route;  ///< set by the owning model; null = libtorch
 
  private:
   torch::Tensor weight_;      // shallow: same storage as the owner's weight, not registered here
@@ -66,8 +81,8 @@ class ResidualBlockImpl : public torch::nn::Module {
  public:
   ResidualBlockImpl(int64_t in, int64_t planes, int64_t stride, bool bottleneck, bool dyrelu,
                     DyReLUBackend backend, ResidualBlockImpl* source = nullptr,
-                    std::vector<double> scales = {})
-      : bottleneck_(bottleneck) {
+                    std::vector<double> scales = {}, std::shared_ptr<ConvRoute> route = nullptr)
+      : bottleneck_(bottleneck), route_(route ? std::move(route) : std::make_shared<ConvRoute>()) {
     const int64_t out = bottleneck ? planes * 4 : planes;
     std::vector<std::pair<int64_t, int64_t>> io;  // (in, out) per conv, kernel sizes below
     std::vector<int64_t> ks, strides;
@@ -87,6 +102,7 @@ class ResidualBlockImpl : public torch::nn::Module {
                               "source block has ", source->own_.size(), " convolutions, expected ",
                               io.size());
         shared_.push_back(register_module(n, SharedConv2d(source->own_[i], scales.at(i))));
+        shared_.back()->route = route_;
       } else {
         own_.push_back(register_module(n, detail::conv(io[i].first, io[i].second, ks[i], strides[i])));
       }
@@ -114,10 +130,10 @@ class ResidualBlockImpl : public torch::nn::Module {
     torch::Tensor h = x;
     const std::size_t n = bns_.size();
     for (std::size_t i = 0; i < n; ++i) {
-      h = bns_[i](own_.empty() ? shared_[i](h) : own_[i](h));
+      h = bns_[i](own_.empty() ? shared_[i](h) : (*route_)(own_[i], h));
       if (i + 1 < n) h = act(i, h);
     }
-    h = h + (shortcut ? shortcut_bn(shortcut(x)) : x);
+    h = h + (shortcut ? shortcut_bn((*route_)(shortcut, x)) : x);
     return act(n - 1, h);
   }
 
@@ -132,6 +148,7 @@ class ResidualBlockImpl : public torch::nn::Module {
   std::vector<SharedConv2d> shared_;
   std::vector<torch::nn::BatchNorm2d> bns_;
   std::vector<DyReLUB> acts_;
+  std::shared_ptr<ConvRoute> route_;
 };
 TORCH_MODULE(ResidualBlock);
 
@@ -171,9 +188,10 @@ class ResNetImpl : public torch::nn::Module {
         if (o.share && b >= 2) {
           std::vector<double> sc;
           for (int i = 0; i < (bottleneck ? 3 : 2); ++i) sc.push_back(scales.uniform(scale_index++));
-          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend, source, sc);
+          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend, source, sc, route_);
         } else {
-          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend);
+          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend, nullptr,
+                                std::vector<double>{}, route_);
         }
         if (b == 1) source = block.get();
         in = bottleneck ? planes * 4 : planes;
@@ -185,7 +203,7 @@ class ResNetImpl : public torch::nn::Module {
   }
 
   torch::Tensor forward(torch::Tensor x) {
-    x = stem_bn(stem_conv(x));
+    x = stem_bn((*route_)(stem_conv, x));
     x = stem_act ? stem_act(x) : torch::relu(x);
     for (auto& s : stages) x = s->forward(x);
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
@@ -193,6 +211,9 @@ class ResNetImpl : public torch::nn::Module {
   }
 
   const ResNetOptions& options() const { return options_; }
+  /// Runs the convolutions registered in `compute` (which must outlive the model's use of it)
+  /// on east's sparse kernels; nullptr = libtorch again.
+  void set_sparse_compute(SparseCompute* compute) { route_->compute = compute; }
 
   torch::nn::Conv2d stem_conv{nullptr};
   torch::nn::BatchNorm2d stem_bn{nullptr};
@@ -202,6 +223,7 @@ class ResNetImpl : public torch::nn::Module {
 
  private:
   ResNetOptions options_;
+  std::shared_ptr<ConvRoute> route_ = std::make_shared<ConvRoute>();
 };
 TORCH_MODULE(ResNet);
 

@@ -53,26 +53,47 @@ class Sgd {
 
   /// Zeroes gradients in place (never sets them to None: east holds views of them).
   void zero_grad() {
-    for (auto& p : params_) p.mutable_grad().zero_();
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (!handed_over(i)) params_[i].mutable_grad().zero_();
   }
 
   /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-  double clip_grad_norm(double max_norm) {
+  /// `extra`: gradients of parameters updated elsewhere (e.g. SparseCompute's compact values),
+  /// counted in the norm and scaled with the rest.
+  double clip_grad_norm(double max_norm, const std::vector<torch::Tensor>& extra = {}) {
     double sq = 0;
-    for (auto& p : params_) sq += p.grad().pow(2).sum().item<double>();
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (!handed_over(i)) sq += params_[i].grad().pow(2).sum().item<double>();
+    for (const auto& g : extra) sq += g.pow(2).sum().item<double>();
     const double norm = std::sqrt(sq);
     if (max_norm > 0 && norm > max_norm) {
       const double s = max_norm / (norm + 1e-6);
-      for (auto& p : params_) p.mutable_grad().mul_(s);
+      for (std::size_t i = 0; i < params_.size(); ++i)
+        if (!handed_over(i)) params_[i].mutable_grad().mul_(s);
+      for (auto g : extra) g.mul_(s);
     }
     return norm;
   }
+
+  /// Hands parameter `name` over to another optimizer (or takes it back): zero_grad,
+  /// clip_grad_norm and step skip it; its momentum buffer stays here (checkpoints, east's views).
+  void set_handed_over(const std::string& name, bool handed) {
+    handed_.resize(params_.size(), false);
+    for (std::size_t i = 0; i < names_.size(); ++i)
+      if (names_[i] == name) {
+        handed_[i] = handed;
+        return;
+      }
+    throw east::InvalidArgument("east::torch_adapter::Sgd::set_handed_over(): no parameter named '" + name +
+                                "'");
+  }
+  bool handed_over(std::size_t i) const { return i < handed_.size() && handed_[i]; }
 
   /// One step at learning rate `lr`. Parameters listed in `frozen` (by index) are skipped.
   void step(double lr) {
     torch::NoGradGuard guard;
     for (std::size_t i = 0; i < params_.size(); ++i) {
-      if (i < frozen_.size() && frozen_[i]) continue;
+      if ((i < frozen_.size() && frozen_[i]) || handed_over(i)) continue;
       auto& w = params_[i];
       torch::Tensor d = w.grad();
       if (options_.weight_decay != 0) d = d.add(w, options_.weight_decay);
@@ -108,7 +129,7 @@ class Sgd {
   SgdOptions options_;
   std::vector<std::string> names_;
   std::vector<torch::Tensor> params_, momentum_;
-  std::vector<bool> frozen_;
+  std::vector<bool> frozen_, handed_;
 };
 
 }  // namespace torch_adapter
