@@ -40,11 +40,22 @@ std::pair<SelectResult, std::vector<std::uint64_t>> run_device(const std::vector
   return {d_sel.download()[0], d_out.download()};
 }
 
+// Candidates whose key equals `thr` (what SelectResult::equal must hold).
+std::size_t count_equal(const std::vector<float>& x, const std::uint64_t* mask, Among among, std::uint32_t thr) {
+  std::size_t c = 0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    c += east::kernels::is_candidate(mask, among, i) && east::kernels::abs_key(x[i]) == thr;
+  return c;
+}
+
 void check_floats(const std::vector<float>& x, unsigned seed) {
   const std::size_t n = x.size();
   const auto mask = random_mask(n, 0.3, seed + 7);
-  const Case cases[] = {
-      {nullptr, Among::all}, {&mask, Among::all}, {&mask, Among::active}, {&mask, Among::inactive}};
+  const Case cases[] = {{nullptr, Among::all},
+                        {&mask, Among::all},
+                        {&mask, Among::active},
+                        {&mask, Among::inactive},
+                        {nullptr, Among::active}};  // no mask: every position, as on the CPU
   std::mt19937 rng(seed);
   for (const auto& c : cases) {
     const std::uint64_t* hm = c.mask ? c.mask->data() : nullptr;
@@ -63,6 +74,7 @@ void check_floats(const std::vector<float>& x, unsigned seed) {
         REQUIRE(got.first.status == east::cuda::kSelectOk);
         REQUIRE(got.first.candidates == cand);
         REQUIRE(got.first.selection == want);
+        if (k > 0) REQUIRE(got.first.equal == count_equal(x, hm, c.among, want.threshold));
         REQUIRE(got.second == want_bits);
       }
       // One more than the candidates: a status, nothing marked, and check_selection throws.
@@ -145,4 +157,134 @@ TEST_CASE("cuda select with n = 0", "[cuda][select]") {
   const auto bad = run_device(empty, 1, Extreme::largest, nullptr, Among::all, east::cuda::select_abs,
                               east::cuda::mark_selected_abs);
   REQUIRE(bad.first.status == east::cuda::kSelectBadK);
+}
+
+TEST_CASE("cuda selection splits ties exactly at warp and tile boundaries", "[cuda][select]") {
+  EAST_REQUIRE_GPU_OR_SKIP();
+  // All keys equal (±0 mixed): ties = k, so the last taken position can be anywhere, including
+  // the edges of a 32-key ballot row, of a warp's 512 keys and of a block's 4096-key tile.
+  std::vector<float> x(3 * 4096 + 77, 0.0f);
+  for (std::size_t i = 0; i < x.size(); i += 3) x[i] = -0.0f;
+  const auto mask = random_mask(x.size(), 0.6, 11);
+  for (std::size_t k : {std::size_t{1}, std::size_t{31}, std::size_t{32}, std::size_t{33}, std::size_t{511},
+                        std::size_t{512}, std::size_t{513}, std::size_t{4095}, std::size_t{4096}, std::size_t{4097},
+                        std::size_t{8192}, std::size_t{8193}, x.size() - 1, x.size()}) {
+    for (Extreme e : {Extreme::largest, Extreme::smallest}) {
+      for (const std::uint64_t* m : {static_cast<const std::uint64_t*>(nullptr), mask.data()}) {
+        const Among among = m ? Among::active : Among::all;
+        const std::size_t kk = m ? k / 2 : k;
+        CAPTURE(k, kk, static_cast<int>(e), m != nullptr);
+        const Selection want = east::kernels::reference::select_abs(x.data(), x.size(), kk, e, m, among);
+        std::vector<std::uint64_t> want_bits(east::kernels::words_for(x.size()), 0);
+        east::kernels::reference::mark_selected_abs(x.data(), x.size(), want, e, m, among, want_bits.data());
+        const std::vector<std::uint64_t> mv = m ? mask : std::vector<std::uint64_t>{};
+        const auto got = run_device(x, kk, e, m ? &mv : nullptr, among, east::cuda::select_abs,
+                                    east::cuda::mark_selected_abs);
+        REQUIRE(got.first.status == east::cuda::kSelectOk);
+        REQUIRE(got.first.selection == want);
+        REQUIRE(got.second == want_bits);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda select/mark on a non-blocking stream, reusing temporary storage", "[cuda][select]") {
+  EAST_REQUIRE_GPU_OR_SKIP();
+  cudaStream_t s{};
+  EAST_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t n = 100003;
+  DeviceBuffer<float> d_x(n);
+  DeviceBuffer<std::uint64_t> d_out(east::kernels::words_for(n));
+  DeviceBuffer<SelectResult> d_sel(1);
+  std::size_t sb = 0, mb = 0;
+  EAST_CUDA_CHECK(east::cuda::select_abs(nullptr, sb, d_x.get(), n, 1, Extreme::largest, nullptr, Among::all,
+                                         d_sel.get(), s));
+  EAST_CUDA_CHECK(east::cuda::mark_selected_abs(nullptr, mb, d_x.get(), n, d_sel.get(), Extreme::largest, nullptr,
+                                                Among::all, d_out.get(), s));
+  DeviceBuffer<unsigned char> temp(std::max(sb, mb));  // one buffer for both, call after call
+  for (int r = 0; r < 3; ++r) {
+    const auto x = random_floats(n, r == 1 ? Values::ties : Values::normal, 700 + r);
+    const std::size_t k = 1000 + 20000 * static_cast<std::size_t>(r);
+    const Extreme e = r == 2 ? Extreme::smallest : Extreme::largest;
+    EAST_CUDA_CHECK(cudaMemcpyAsync(d_x.get(), x.data(), n * sizeof(float), cudaMemcpyHostToDevice, s));
+    EAST_CUDA_CHECK(cudaMemsetAsync(d_out.get(), 0, d_out.size() * sizeof(std::uint64_t), s));
+    std::size_t b = sb;
+    EAST_CUDA_CHECK(
+        east::cuda::select_abs(temp.get(), b, d_x.get(), n, k, e, nullptr, Among::all, d_sel.get(), s));
+    b = mb;
+    EAST_CUDA_CHECK(east::cuda::mark_selected_abs(temp.get(), b, d_x.get(), n, d_sel.get(), e, nullptr,
+                                                  Among::all, d_out.get(), s));
+    SelectResult got{};
+    std::vector<std::uint64_t> bits(d_out.size());
+    EAST_CUDA_CHECK(cudaMemcpyAsync(&got, d_sel.get(), sizeof got, cudaMemcpyDeviceToHost, s));
+    EAST_CUDA_CHECK(
+        cudaMemcpyAsync(bits.data(), d_out.get(), bits.size() * sizeof(std::uint64_t), cudaMemcpyDeviceToHost, s));
+    EAST_CUDA_CHECK(cudaStreamSynchronize(s));
+    const Selection want = east::kernels::reference::select_abs(x.data(), n, k, e);
+    std::vector<std::uint64_t> want_bits(bits.size(), 0);
+    east::kernels::reference::mark_selected_abs(x.data(), n, want, e, nullptr, Among::all, want_bits.data());
+    CAPTURE(r);
+    REQUIRE(got.status == east::cuda::kSelectOk);
+    REQUIRE(got.selection == want);
+    REQUIRE(bits == want_bits);
+  }
+  EAST_CUDA_CHECK(cudaStreamDestroy(s));
+}
+
+namespace {
+__global__ void mod_keys_kernel(std::uint32_t* k, std::size_t n, std::uint32_t m) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    k[i] = static_cast<std::uint32_t>(i % m) * 0x01000193u;  // increasing in i % m
+}
+}  // namespace
+
+TEST_CASE("cuda select/mark past 2^31 keys (size_t indexing)", "[cuda][select][large]") {
+  EAST_REQUIRE_GPU_OR_SKIP();
+  const std::size_t n = (std::size_t{1} << 31) + 4097, words = east::kernels::words_for(n);
+  std::size_t free_b = 0, total_b = 0;
+  EAST_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  if (free_b < n * 4 + words * 8 + (std::size_t{1} << 30)) {
+    WARN("not enough device memory for 2^31 keys: skipping");
+    return;
+  }
+  // key(i) = f(i mod M), f increasing: every key value v < M appears at i = v, v + M, v + 2M, ...
+  const std::uint32_t M = 1000;
+  DeviceBuffer<std::uint32_t> d_k(n);
+  mod_keys_kernel<<<4096, 256>>>(d_k.get(), n, M);
+  EAST_CUDA_CHECK(cudaGetLastError());
+  DeviceBuffer<std::uint64_t> d_out(words);
+  d_out.zero();
+  DeviceBuffer<SelectResult> d_sel(1);
+  // k largest with the boundary inside value v = 997's run, past position 2^31.
+  const std::size_t per = n / M, rem = n % M;  // values < rem appear per + 1 times
+  auto count_of = [&](std::uint32_t v) { return per + (v < rem ? 1 : 0); };
+  const std::size_t above = count_of(999) + count_of(998);
+  const std::size_t ties = count_of(997) - 3;
+  const std::size_t k = above + ties;
+  two_phase([&](void* t, std::size_t& b) {
+    return east::cuda::select_keys(t, b, d_k.get(), n, k, Extreme::largest, nullptr, Among::all, d_sel.get());
+  });
+  two_phase([&](void* t, std::size_t& b) {
+    return east::cuda::mark_selected_keys(t, b, d_k.get(), n, d_sel.get(), Extreme::largest, nullptr, Among::all,
+                                          d_out.get());
+  });
+  const SelectResult got = d_sel.download()[0];
+  REQUIRE(got.status == east::cuda::kSelectOk);
+  REQUIRE(got.candidates == n);
+  REQUIRE(got.selection.k == k);
+  REQUIRE(got.selection.threshold == 997u * 0x01000193u);
+  REQUIRE(got.selection.ties == ties);
+  REQUIRE(got.equal == count_of(997));
+  const auto bits = d_out.download();
+  std::size_t wrong = 0, taken = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t v = static_cast<std::uint32_t>(i % M);
+    const bool want = v > 997 || (v == 997 && i / M < ties);
+    const bool is = (bits[i >> 6] >> (i & 63)) & 1u;
+    wrong += want != is;
+    taken += is;
+  }
+  REQUIRE(wrong == 0);
+  REQUIRE(taken == k);
 }

@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -80,34 +81,77 @@ __host__ __device__ constexpr std::size_t div_up(std::size_t a, std::size_t b) {
 
 __host__ __device__ inline std::size_t words_for(std::size_t n) { return (n + 63) / 64; }
 
-__device__ __forceinline__ std::uint32_t abs_bits(float x) { return __float_as_uint(x) & 0x7FFFFFFFu; }
+// Keys, bits and candidates are the CPU's own host/device functions (kernels/types.hpp), so the
+// device cannot disagree with the reference about what a key or a candidate is.
+__host__ __device__ __forceinline__ std::uint32_t abs_bits(float x) { return kernels::abs_key(x); }
 
-__device__ __forceinline__ bool bit_at(const std::uint64_t* words, std::size_t i) {
-  return (words[i >> 6] >> (i & 63)) & 1u;
+__host__ __device__ __forceinline__ bool bit_at(const std::uint64_t* words, std::size_t i) {
+  return kernels::test_bit(words, i);
 }
 
 /// Whether position i is a candidate under (mask, among); a null mask means all positions.
-__device__ __forceinline__ bool candidate(const std::uint64_t* mask, Among among, std::size_t i) {
-  if (among == Among::all || mask == nullptr) return true;
-  return bit_at(mask, i) == (among == Among::active);
+__host__ __device__ __forceinline__ bool candidate(const std::uint64_t* mask, Among among, std::size_t i) {
+  return kernels::is_candidate(mask, among, i);
 }
 
+/// NaN or ±Inf, from the abs key (the CPU's count_nonfinite test).
+__host__ __device__ __forceinline__ bool nonfinite_key(std::uint32_t abs_key) { return abs_key >= 0x7F800000u; }
+
 // Uncontracted arithmetic: nvcc fuses a * b + c into an FMA by default, the CPU reference
-// (compiled for baseline x86-64) does not, so paths that promise equal bits spell it out.
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+// (compiled for baseline x86-64) does not, so paths that promise equal bits spell it out. On the
+// host (the host-side tests of the shared logic) they are the plain operations.
+__host__ __device__ __forceinline__ float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+__host__ __device__ __forceinline__ double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+__host__ __device__ __forceinline__ float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+__host__ __device__ __forceinline__ float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+__host__ __device__ __forceinline__ double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+__host__ __device__ __forceinline__ float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
 
 /// Key sources: what a selection orders. Both give abs_key / the raw key of position i.
 struct AbsKeys {
   const float* x;
-  __device__ __forceinline__ std::uint32_t operator()(std::size_t i) const { return abs_bits(x[i]); }
+  __host__ __device__ __forceinline__ std::uint32_t operator()(std::size_t i) const { return abs_bits(x[i]); }
   __host__ __device__ const float* ptr() const { return x; }
 };
 struct RawKeys {
   const std::uint32_t* k;
-  __device__ __forceinline__ std::uint32_t operator()(std::size_t i) const { return k[i]; }
+  __host__ __device__ __forceinline__ std::uint32_t operator()(std::size_t i) const { return k[i]; }
   __host__ __device__ const std::uint32_t* ptr() const { return k; }
 };
 

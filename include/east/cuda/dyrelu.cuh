@@ -39,6 +39,103 @@ cudaError_t dyrelu_buffers(void* d_temp, std::size_t& temp_bytes, int B, int C, 
   return cudaSuccess;
 }
 
+// ---- Per-thread pieces of the DyReLU-B math, shared by the kernels and the host-side tests.
+// Each is the CPU's expression (activations/dyrelu.hpp) in the CPU's summation order, with
+// uncontracted arithmetic, so given the same inputs it gives the CPU's bits (tanh aside).
+
+template <class T>
+__host__ __device__ inline T dy_tanh(T x) {
+#if defined(__CUDA_ARCH__)
+  return tanh(x);
+#else
+  return std::tanh(x);
+#endif
+}
+
+/// u[i] = fc1_bias[i] + sum_c fc1_weight[i, c] theta[c] (c ascending).
+template <class T>
+__host__ __device__ inline T dyrelu_hidden_unit(const DyReLUParams<T>& p, int C, const T* theta, int i) {
+  const T* w = p.fc1_weight + static_cast<std::int64_t>(i) * C;
+  T acc = p.fc1_bias[i];
+  for (int c = 0; c < C; ++c) acc = add_rn(acc, mul_rn(w[c], theta[c]));
+  return acc;
+}
+
+/// Output o (row 4c + j) of the hyper-network from the hidden pre-activations u: writes
+/// d = tanh(z / 2) and returns the blended coefficient init_j + beta lambda_j d.
+template <class T>
+__host__ __device__ inline T dyrelu_output_unit(const DyReLUParams<T>& p, int hidden, T beta, const T* u, int o,
+                                                T* d_out) {
+  const T* w = p.fc2_weight + static_cast<std::int64_t>(o) * hidden;
+  T acc = p.fc2_bias[o];
+  for (int i = 0; i < hidden; ++i) acc = add_rn(acc, mul_rn(w[i], u[i] > T(0) ? u[i] : T(0)));
+  const T dv = dy_tanh(acc / T(2));  // 2 sigmoid(z) - 1
+  *d_out = dv;
+  const int j = o & 3;
+  const T lambda = j < 2 ? T(1) : T(0.5);
+  return add_rn(j == 0 ? T(1) : T(0), mul_rn(mul_rn(beta, lambda), dv));
+}
+
+/// y of one element: max(a1 x + b1, a2 x + b2) with coef = [a1, a2, b1, b2].
+template <class T>
+__host__ __device__ inline T dyrelu_value(const T* coef, T x) {
+  const T y1 = add_rn(mul_rn(coef[0], x), coef[2]), y2 = add_rn(mul_rn(coef[1], x), coef[3]);
+  return y1 >= y2 ? y1 : y2;
+}
+
+/// Whether piece 2 wins strictly at x (a tie goes to piece 1, as on the CPU).
+template <class T>
+__host__ __device__ inline bool dyrelu_second(const T* coef, T x) {
+  return add_rn(mul_rn(coef[1], x), coef[3]) > add_rn(mul_rn(coef[0], x), coef[2]);
+}
+
+/// dL/dz of output o from dL/dcoef: dcoef beta lambda (1 - d^2) / 2.
+template <class T>
+__host__ __device__ inline T dyrelu_dz(T dcoef, T beta, int o, T d) {
+  const T lambda = (o & 3) < 2 ? T(1) : T(0.5);
+  const T one_minus = T(1) - mul_rn(d, d);
+  return mul_rn(mul_rn(mul_rn(dcoef, beta), lambda), one_minus) / T(2);
+}
+
+/// du[i] = [u_i > 0] sum_o fc2_weight[o, i] dz[o] (o ascending).
+template <class T>
+__host__ __device__ inline T dyrelu_du(const DyReLUParams<T>& p, int C, int hidden, const T* dz, const T* u, int i) {
+  T acc = T(0);
+  for (int o = 0; o < 4 * C; ++o) acc = add_rn(acc, mul_rn(p.fc2_weight[static_cast<std::int64_t>(o) * hidden + i], dz[o]));
+  return u[i] > T(0) ? acc : T(0);
+}
+
+/// dtheta[c] = sum_i fc1_weight[i, c] du[i] (i ascending).
+template <class T>
+__host__ __device__ inline T dyrelu_dtheta(const DyReLUParams<T>& p, int C, int hidden, const T* du, int c) {
+  T acc = T(0);
+  for (int i = 0; i < hidden; ++i) acc = add_rn(acc, mul_rn(p.fc1_weight[static_cast<std::int64_t>(i) * C + c], du[i]));
+  return acc;
+}
+
+/// dx of one element: dy * slope of the winning piece + dtheta / HW (pool = dtheta * inv_hw).
+template <class T>
+__host__ __device__ inline T dyrelu_dx(const T* coef, T pool, T x, T dy) {
+  return add_rn(mul_rn(dy, dyrelu_second(coef, x) ? coef[1] : coef[0]), pool);
+}
+
+/// Weight-gradient element (r, c) of a layer over the batch, in sample order: returns
+/// gw + sum_b g[b, r] act(a[b, c]) and adds sum_b g[b, r] to *bias_acc (act: ReLU or identity).
+template <class T>
+__host__ __device__ inline T dyrelu_param_grad(const T* g, int g_stride, const T* a, int a_stride, bool relu_a,
+                                               int r, int c, int B, T gw, T* bias_acc) {
+  T acc = gw, bacc = T(0);
+  for (int b = 0; b < B; ++b) {
+    const T gv = g[static_cast<std::int64_t>(b) * g_stride + r];
+    T av = a[static_cast<std::int64_t>(b) * a_stride + c];
+    if (relu_a) av = av > T(0) ? av : T(0);
+    acc = add_rn(acc, mul_rn(gv, av));
+    bacc = add_rn(bacc, gv);
+  }
+  *bias_acc = bacc;
+  return acc;
+}
+
 template <class T>
 __global__ void relu_kernel(const T* x, T* y, std::size_t total) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < total;
@@ -73,23 +170,11 @@ __global__ void __launch_bounds__(kDyThreads)
   const int b = blockIdx.x;
   const T* th = theta + static_cast<std::int64_t>(b) * C;
   T* ub = u + static_cast<std::int64_t>(b) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += kDyThreads) {
-    const T* w = p.fc1_weight + static_cast<std::int64_t>(i) * C;
-    T acc = p.fc1_bias[i];
-    for (int c = 0; c < C; ++c) acc += w[c] * th[c];
-    ub[i] = acc;
-  }
-  __syncthreads();
+  for (int i = threadIdx.x; i < hidden; i += kDyThreads) ub[i] = dyrelu_hidden_unit(p, C, th, i);
+  __syncthreads();  // ub is read by every thread below (global memory, visible within the block)
   for (int o = threadIdx.x; o < 4 * C; o += kDyThreads) {
-    const T* w = p.fc2_weight + static_cast<std::int64_t>(o) * hidden;
-    T acc = p.fc2_bias[o];
-    for (int i = 0; i < hidden; ++i) acc += w[i] * (ub[i] > T(0) ? ub[i] : T(0));
-    const T dv = tanh(acc / T(2));  // 2 sigmoid(z) - 1
     const std::int64_t k = static_cast<std::int64_t>(b) * 4 * C + o;
-    d[k] = dv;
-    const int j = o & 3;
-    const T lambda = j < 2 ? T(1) : T(0.5);
-    coef[k] = (j == 0 ? T(1) : T(0)) + beta * lambda * dv;
+    coef[k] = dyrelu_output_unit(p, hidden, beta, ub, o, d + k);
   }
 }
 
@@ -97,10 +182,7 @@ template <class T>
 __global__ void dyrelu_apply_kernel(const T* coef, const T* x, T* y, std::int64_t hw, std::size_t total) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    const T* c = coef + (static_cast<std::int64_t>(i) / hw) * 4;
-    const T xv = x[i];
-    const T y1 = c[0] * xv + c[2], y2 = c[1] * xv + c[3];
-    y[i] = y1 >= y2 ? y1 : y2;
+    y[i] = dyrelu_value(coef + (static_cast<std::int64_t>(i) / hw) * 4, x[i]);
   }
 }
 
@@ -112,16 +194,15 @@ __global__ void __launch_bounds__(kDyThreads)
   __shared__ typename Reduce::TempStorage tmp;
   const std::int64_t pl = blockIdx.x;
   const T* c = coef + pl * 4;
-  const T a1 = c[0], a2 = c[1], b1 = c[2], b2 = c[3];
   const T* xp = x + pl * hw;
   const T* gp = dy + pl * hw;
   double gx_all = 0.0, g_all = 0.0, gx2 = 0.0, g2 = 0.0;
   for (std::int64_t q = threadIdx.x; q < hw; q += kDyThreads) {
     const T xv = xp[q], g = gp[q];
-    const double gx = static_cast<double>(g * xv);
+    const double gx = static_cast<double>(mul_rn(g, xv));
     gx_all += gx;
     g_all += static_cast<double>(g);
-    if (a2 * xv + b2 > a1 * xv + b1) {
+    if (dyrelu_second(c, xv)) {
       gx2 += gx;
       g2 += static_cast<double>(g);
     }
@@ -149,22 +230,11 @@ __global__ void __launch_bounds__(kDyThreads)
   const T* db = d + b * 4 * C;
   const T* ub = u + b * hidden;
   T* dub = du + b * hidden;
-  for (int o = threadIdx.x; o < 4 * C; o += kDyThreads) {
-    const T lambda = (o & 3) < 2 ? T(1) : T(0.5);
-    dzb[o] = dzb[o] * beta * lambda * (T(1) - db[o] * db[o]) / T(2);
-  }
+  for (int o = threadIdx.x; o < 4 * C; o += kDyThreads) dzb[o] = dyrelu_dz(dzb[o], beta, o, db[o]);
   __syncthreads();
-  for (int i = threadIdx.x; i < hidden; i += kDyThreads) {
-    T acc = T(0);
-    for (int o = 0; o < 4 * C; ++o) acc += p.fc2_weight[static_cast<std::int64_t>(o) * hidden + i] * dzb[o];
-    dub[i] = ub[i] > T(0) ? acc : T(0);
-  }
+  for (int i = threadIdx.x; i < hidden; i += kDyThreads) dub[i] = dyrelu_du(p, C, hidden, dzb, ub, i);
   __syncthreads();
-  for (int c = threadIdx.x; c < C; c += kDyThreads) {
-    T acc = T(0);
-    for (int i = 0; i < hidden; ++i) acc += p.fc1_weight[static_cast<std::int64_t>(i) * C + c] * dub[i];
-    dtheta[b * C + c] = acc;
-  }
+  for (int c = threadIdx.x; c < C; c += kDyThreads) dtheta[b * C + c] = dyrelu_dtheta(p, C, hidden, dub, c);
 }
 
 template <class T>
@@ -173,10 +243,7 @@ __global__ void dyrelu_dx_kernel(const T* coef, const T* dtheta, T inv_hw, const
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::int64_t pl = static_cast<std::int64_t>(i) / hw;
-    const T* c = coef + pl * 4;
-    const T xv = x[i];
-    const T slope = c[1] * xv + c[3] > c[0] * xv + c[2] ? c[1] : c[0];
-    dx[i] = dy[i] * slope + dtheta[pl] * inv_hw;
+    dx[i] = dyrelu_dx(coef + pl * 4, mul_rn(dtheta[pl], inv_hw), x[i], dy[i]);
   }
 }
 
@@ -189,17 +256,9 @@ __global__ void dyrelu_param_grad_kernel(const T* g, int g_stride, const T* a, i
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int r = static_cast<int>(e / cols), c = static_cast<int>(e % cols);
-    T acc = gw[e];
     T bacc = T(0);
-    for (int b = 0; b < B; ++b) {
-      const T gv = g[static_cast<std::int64_t>(b) * g_stride + r];
-      T av = a[static_cast<std::int64_t>(b) * a_stride + c];
-      if (relu_a) av = av > T(0) ? av : T(0);
-      acc += gv * av;
-      bacc += gv;
-    }
-    gw[e] = acc;
-    if (c == 0) gb[r] += bacc;
+    gw[e] = dyrelu_param_grad(g, g_stride, a, a_stride, relu_a, r, c, B, gw[e], &bacc);
+    if (c == 0) gb[r] = add_rn(gb[r], bacc);  // one thread per row
   }
 }
 
@@ -232,6 +291,8 @@ cudaError_t dyrelu_forward(void* d_temp, std::size_t& temp_bytes, const DyReLUPa
                            T* d_y, int B, int C, int H, int W, double beta, cudaStream_t stream = 0) {
   constexpr const char* where = "east::cuda::dyrelu_forward";
   ::east::detail::dyrelu_check_shape(where, B, C, H, W);
+  ::east::detail::require(static_cast<std::int64_t>(B) * C <= 0x7FFFFFFF, where, "B * C = ",
+                          static_cast<std::int64_t>(B) * C, " planes exceed one grid (valid: up to 2^31 - 1)");
   ::east::detail::require(beta >= 0.0 && beta <= 1.0, where, "beta ", beta, " is outside [0, 1]");
   ::east::detail::require(params.hidden >= 0, where, "params.hidden ", params.hidden, " must be >= 0");
   const int hidden = params.hidden == 0 ? dyrelu_hidden_size(C) : params.hidden;
@@ -265,6 +326,8 @@ cudaError_t dyrelu_backward(void* d_temp, std::size_t& temp_bytes, const DyReLUP
                             const DyReLUGrads<T>* grads = nullptr, cudaStream_t stream = 0) {
   constexpr const char* where = "east::cuda::dyrelu_backward";
   ::east::detail::dyrelu_check_shape(where, B, C, H, W);
+  ::east::detail::require(static_cast<std::int64_t>(B) * C <= 0x7FFFFFFF, where, "B * C = ",
+                          static_cast<std::int64_t>(B) * C, " planes exceed one grid (valid: up to 2^31 - 1)");
   ::east::detail::require(beta >= 0.0 && beta <= 1.0, where, "beta ", beta, " is outside [0, 1]");
   ::east::detail::require(params.hidden >= 0, where, "params.hidden ", params.hidden, " must be >= 0");
   const int hidden = params.hidden == 0 ? dyrelu_hidden_size(C) : params.hidden;

@@ -43,7 +43,7 @@ __global__ void nonfinite_kernel(const float* x, std::size_t n, unsigned long lo
   unsigned long long c = 0, f = ~0ull;
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
-    if (abs_bits(x[i]) >= 0x7F800000u) {
+    if (nonfinite_key(abs_bits(x[i]))) {
       if (c == 0) f = i;
       ++c;
     }
@@ -59,6 +59,24 @@ __global__ void nonfinite_kernel(const float* x, std::size_t n, unsigned long lo
   }
 }
 
+/// One active position's SGD step, exactly the CPU reference's expression (kernels/reference/
+/// sgd.hpp): returns the new weight and updates `b` (the momentum buffer) when momentum != 0.
+/// Shared by the kernel and the host-side tests.
+__host__ __device__ inline float sgd_step(float w, float g, float& b, const kernels::SgdParams& p) {
+  const bool mom = p.momentum != 0.0f;
+  if (p.weight_decay != 0.0f) g = fma_rn(p.weight_decay, w, g);
+  float d = g;
+  if (mom) {
+    const float nb = fma_rn(p.momentum, b, mul_rn(sub_rn(1.0f, p.dampening), g));
+    b = nb;
+    d = p.nesterov ? fma_rn(p.momentum, nb, g) : nb;
+  }
+  return fma_rn(-p.lr, d, w);
+}
+
+/// kernels::hist_bin(abs_key(w)) (that one is host-only constexpr).
+__host__ __device__ inline std::uint32_t sgd_hist_bin(float w) { return abs_bits(w) >> 20; }
+
 template <bool Hist>
 __global__ void __launch_bounds__(kEltThreads)
     masked_sgd_kernel(float* w, const float* g, float* buf, const std::uint64_t* mask, std::size_t n,
@@ -68,8 +86,7 @@ __global__ void __launch_bounds__(kEltThreads)
     for (int b = threadIdx.x; b < static_cast<int>(kernels::kHistBins); b += blockDim.x) sh[b] = 0;
     __syncthreads();
   }
-  const bool mom = p.momentum != 0.0f, wd = p.weight_decay != 0.0f;
-  const float damp1 = __fsub_rn(1.0f, p.dampening), neg_lr = -p.lr;
+  const bool mom = p.momentum != 0.0f;
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     if (!bit_at(mask, i)) {
@@ -77,18 +94,11 @@ __global__ void __launch_bounds__(kEltThreads)
       if (mom && __float_as_uint(buf[i]) != 0u) buf[i] = 0.0f;
       continue;
     }
-    float gi = g[i];
-    const float wi = w[i];
-    if (wd) gi = __fmaf_rn(p.weight_decay, wi, gi);
-    float d = gi;
-    if (mom) {
-      const float b = __fmaf_rn(p.momentum, buf[i], __fmul_rn(damp1, gi));
-      buf[i] = b;
-      d = p.nesterov ? __fmaf_rn(p.momentum, b, gi) : b;
-    }
-    const float wn = __fmaf_rn(neg_lr, d, wi);
+    float b = mom ? buf[i] : 0.0f;
+    const float wn = sgd_step(w[i], g[i], b, p);
+    if (mom) buf[i] = b;
     w[i] = wn;
-    if (Hist) atomicAdd(&sh[abs_bits(wn) >> 20], 1u);
+    if (Hist) atomicAdd(&sh[sgd_hist_bin(wn)], 1u);
   }
   if (Hist) {
     __syncthreads();

@@ -174,6 +174,9 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
                                  grown, stream)) != cudaSuccess)
       return err;
     detail::update_check_kernel<<<1, 1, 0, stream>>>(st, d_failed);
+    // A launch that failed would leave this layer undecided (and *d_failed possibly unraised):
+    // stop before any commit kernel is queued, so a failed call changes nothing.
+    if ((err = cudaPeekAtLastError()) != cudaSuccess) return err;
   }
   // Phase 2: commit, unless some layer failed.
   off = 0;

@@ -49,6 +49,103 @@ constexpr int kPasses = 3;
 __host__ __device__ constexpr int pass_shift(int p) { return p == 0 ? 21 : (p == 1 ? 10 : 0); }
 __host__ __device__ constexpr int pass_bits(int p) { return p == 2 ? 10 : 11; }
 
+// ---- The selection's logic, shared by the kernels and the host-side tests (tests/cuda run
+// these on the host against the CPU reference, so they are covered without a GPU).
+
+/// Digit of an ordered key in pass p (bits [shift, shift + bits)).
+__host__ __device__ constexpr std::uint32_t radix_digit(std::uint32_t okey, int pass) {
+  return (okey >> pass_shift(pass)) & ((1u << pass_bits(pass)) - 1u);
+}
+
+/// Whether an ordered key's bits above pass p's digit equal `prefix`'s (always true in pass 0).
+__host__ __device__ constexpr bool radix_in_prefix(std::uint32_t okey, std::uint32_t prefix, int pass) {
+  return pass_shift(pass) + pass_bits(pass) >= 32 ||
+         (okey >> (pass_shift(pass) + pass_bits(pass))) == (prefix >> (pass_shift(pass) + pass_bits(pass)));
+}
+
+/// The prefix after choosing `digit` in pass p.
+__host__ __device__ constexpr std::uint32_t radix_extend(std::uint32_t prefix, std::uint32_t digit, int pass) {
+  return prefix | (digit << pass_shift(pass));
+}
+
+constexpr int kScanPer = kBins / kThreads;  // histogram bins per scan thread
+
+/// Bin held in slot j by scan thread t: thread 0 holds the best (highest) bins.
+__host__ __device__ constexpr std::uint32_t scan_bin(int t, int j) {
+  return static_cast<std::uint32_t>(kBins - 1 - (t * kScanPer + j));
+}
+
+/// Scan thread's part of the digit choice: `c` are its bins' counts (best first), `above` the
+/// number of keys in better bins. Returns the slot whose bin holds the kl-th best key (kl >= 1)
+/// and the keys in better bins in *before, or -1 when it is in another thread's bins.
+__host__ __device__ inline int kth_slot(const unsigned long long (&c)[kScanPer], unsigned long long above,
+                                        unsigned long long kl, unsigned long long* before) {
+  unsigned long long cum = above;
+  int found = -1;
+  for (int j = 0; j < kScanPer; ++j) {
+    if (found < 0 && cum < kl && kl <= cum + c[j]) {
+      found = j;
+      *before = cum;
+    }
+    cum += c[j];
+  }
+  return found;
+}
+
+/// Position of key j of lane `lane` of warp `warp` in tile `tile` (warp-striped, coalesced).
+__host__ __device__ constexpr std::size_t tile_pos(std::size_t tile, int warp, int j, int lane) {
+  return tile * kTile + static_cast<std::size_t>(warp) * kWarpSpan + static_cast<std::size_t>(j) * 32 +
+         static_cast<std::size_t>(lane);
+}
+
+/// Mask word m (0..kItems/2) written by warp `warp` of tile `tile`: positions
+/// tile_pos(tile, warp, 2m, .) and tile_pos(tile, warp, 2m + 1, .).
+__host__ __device__ constexpr std::size_t tile_word(std::size_t tile, int warp, int m) {
+  return tile_pos(tile, warp, 0, 0) / 64 + static_cast<std::size_t>(m);
+}
+static_assert(kWarpSpan % 64 == 0 && kTile % 64 == 0, "a warp's span is whole mask words");
+
+/// The word of lanes' ballots 2m (low half) and 2m + 1 (high half).
+__host__ __device__ constexpr std::uint64_t ballot_word(std::uint32_t lo, std::uint32_t hi) {
+  return static_cast<std::uint64_t>(lo) | (static_cast<std::uint64_t>(hi) << 32);
+}
+
+/// The lowest `count` set bits of x (count <= popcount(x)).
+__host__ __device__ inline std::uint32_t lowest_bits(std::uint32_t x, unsigned long long count) {
+  std::uint32_t t = 0;
+  for (; count > 0 && x != 0; --count) {
+    const std::uint32_t lsb = x & (0u - x);
+    t |= lsb;
+    x ^= lsb;
+  }
+  return t;
+}
+
+__host__ __device__ inline int popcount32(std::uint32_t x) {
+#if defined(__CUDA_ARCH__)
+  return __popc(x);
+#else
+  int c = 0;
+  for (; x; x &= x - 1) ++c;
+  return c;
+#endif
+}
+
+/// One warp's tie resolution: `eq[j]` are the ballots of threshold-equal candidates, `rank` the
+/// number of equal candidates at lower positions (earlier tiles and warps). Adds to take[j]
+/// the equal lanes whose rank is below `ties`, in increasing position order.
+__host__ __device__ inline void take_ties(std::uint32_t (&take)[kItems], const std::uint32_t (&eq)[kItems],
+                                          unsigned long long rank, unsigned long long ties) {
+  for (int j = 0; j < kItems; ++j) {
+    const unsigned long long m = static_cast<unsigned long long>(popcount32(eq[j]));
+    if (rank + m <= ties)
+      take[j] |= eq[j];
+    else if (rank < ties)  // the boundary: the lowest (ties - rank) equal lanes
+      take[j] |= lowest_bits(eq[j], ties - rank);
+    rank += m;
+  }
+}
+
 struct SelectState {
   unsigned long long k_left;  // how many of the keys sharing `prefix` are still to take
   std::uint32_t prefix;       // ordered-key bits decided so far
@@ -69,18 +166,15 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int b = threadIdx.x; b < kBins; b += kThreads) sh[b] = 0;
   __syncthreads();
-  const int shift = pass_shift(pass), hi = shift + pass_bits(pass);
-  const std::uint32_t digit = (1u << pass_bits(pass)) - 1;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const std::size_t tiles = div_up(n, kTile);
   for (std::size_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const std::size_t base = t * kTile + warp * kWarpSpan + lane;
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      const std::size_t i = base + static_cast<std::size_t>(j) * 32;
+      const std::size_t i = tile_pos(t, warp, j, lane);
       if (i < n && candidate(mask, among, i)) {
         const std::uint32_t k = ordered(src(i), ext);
-        if (hi >= 32 || (k >> hi) == (prefix >> hi)) atomicAdd(&sh[(k >> shift) & digit], 1u);
+        if (radix_in_prefix(k, prefix, pass)) atomicAdd(&sh[radix_digit(k, pass)], 1u);
       }
     }
   }
@@ -98,12 +192,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int s_finished;
   __shared__ unsigned long long s_kleft;
   __shared__ std::uint32_t s_prefix;
-  constexpr int per = kBins / kThreads;
-  unsigned long long c[per];
+  unsigned long long c[kScanPer];
   unsigned long long sum = 0;
 #pragma unroll
-  for (int j = 0; j < per; ++j) {
-    c[j] = hist[kBins - 1 - (threadIdx.x * per + j)];  // thread 0 holds the best digits
+  for (int j = 0; j < kScanPer; ++j) {
+    c[j] = hist[scan_bin(threadIdx.x, j)];  // thread 0 holds the best digits
     sum += c[j];
   }
   unsigned long long above = 0, total = 0;
@@ -126,24 +219,19 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   if (s_finished) return;
-  const unsigned long long kl = s_kleft;
-  unsigned long long cum = above;
-#pragma unroll
-  for (int j = 0; j < per; ++j) {
-    if (cum < kl && kl <= cum + c[j]) {  // exactly one (thread, j) satisfies this
-      const std::uint32_t bin = static_cast<std::uint32_t>(kBins - 1 - (threadIdx.x * per + j));
-      const std::uint32_t prefix = s_prefix | (bin << pass_shift(pass));
-      if (pass == kPasses - 1) {
-        out->selection.threshold = ordered(prefix, ext);  // ordered() is its own inverse
-        out->selection.ties = static_cast<std::size_t>(kl - cum);
-        out->equal = c[j];
-        st->finished = 1;
-      } else {
-        st->prefix = prefix;
-        st->k_left = kl - cum;
-      }
+  unsigned long long before = 0;
+  const int j = kth_slot(c, above, s_kleft, &before);  // exactly one thread finds it
+  if (j >= 0) {
+    const std::uint32_t prefix = radix_extend(s_prefix, scan_bin(threadIdx.x, j), pass);
+    if (pass == kPasses - 1) {
+      out->selection.threshold = ordered(prefix, ext);  // ordered() is its own inverse
+      out->selection.ties = static_cast<std::size_t>(s_kleft - before);
+      out->equal = c[j];
+      st->finished = 1;
+    } else {
+      st->prefix = prefix;
+      st->k_left = s_kleft - before;
     }
-    cum += c[j];
   }
 }
 
@@ -164,6 +252,7 @@ cudaError_t select_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::siz
   for (int pass = 0; pass < kPasses; ++pass) {
     radix_hist_kernel<<<grid, kThreads, 0, stream>>>(src, n, ext, mask, among, pass, st, hist + pass * kBins);
     radix_scan_kernel<<<1, kThreads, 0, stream>>>(hist + pass * kBins, pass, k, ext, st, d_out);
+    if ((err = cudaPeekAtLastError()) != cudaSuccess) return err;
   }
   return cudaGetLastError();
 }
@@ -182,11 +271,10 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const std::size_t base = blockIdx.x * kTile + warp * kWarpSpan + lane;
   unsigned int cnt = 0;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    const std::size_t i = base + static_cast<std::size_t>(j) * 32;
+    const std::size_t i = tile_pos(blockIdx.x, warp, j, lane);
     cnt += (i < n && candidate(mask, among, i) && src(i) == thr) ? 1u : 0u;
   }
   for (int o = 16; o > 0; o >>= 1) cnt += __shfl_xor_sync(0xFFFFFFFFu, cnt, o);
@@ -213,12 +301,11 @@ __global__ void __launch_bounds__(kThreads)
   const std::uint32_t thr = sel->selection.threshold, othr = ordered(thr, ext);
   const bool all_ties = ties >= sel->equal;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const std::size_t wbase = blockIdx.x * kTile + warp * kWarpSpan;
-  unsigned int take[kItems], eq[kItems];
+  std::uint32_t take[kItems], eq[kItems];
   unsigned long long weq = 0;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    const std::size_t i = wbase + static_cast<std::size_t>(j) * 32 + lane;
+    const std::size_t i = tile_pos(blockIdx.x, warp, j, lane);
     const bool c = i < n && candidate(mask, among, i);
     const std::uint32_t key = c ? src(i) : 0u;
     take[j] = __ballot_sync(0xFFFFFFFFu, c && ordered(key, ext) > othr);
@@ -233,30 +320,14 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     unsigned long long rank = tile_offsets[blockIdx.x];  // equal candidates before this warp
     for (int w = 0; w < warp; ++w) rank += s_warp[w];
-#pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      const unsigned long long m = static_cast<unsigned long long>(__popc(eq[j]));
-      if (rank + m <= ties) {
-        take[j] |= eq[j];
-      } else if (rank < ties) {  // the boundary: take the lowest (ties - rank) equal lanes
-        unsigned int x = eq[j], t = 0;
-        for (unsigned long long left = ties - rank; left > 0; --left) {
-          const unsigned int lsb = x & (0u - x);
-          t |= lsb;
-          x ^= lsb;
-        }
-        take[j] |= t;
-      }
-      rank += m;
-    }
+    take_ties(take, eq, rank, ties);
   }
   const std::size_t words = words_for(n);
 #pragma unroll
   for (int m = 0; m < kItems / 2; ++m) {
     if (lane == m) {
-      const std::uint64_t word =
-          static_cast<std::uint64_t>(take[2 * m]) | (static_cast<std::uint64_t>(take[2 * m + 1]) << 32);
-      const std::size_t w = (wbase >> 6) + static_cast<std::size_t>(m);
+      const std::uint64_t word = ballot_word(take[2 * m], take[2 * m + 1]);
+      const std::size_t w = tile_word(blockIdx.x, warp, m);
       if (w < words && word != 0) out[w] |= word;
     }
   }
@@ -267,6 +338,8 @@ cudaError_t mark_impl(void* d_temp, std::size_t& temp_bytes, Src src, std::size_
                       const SelectResult* d_sel, Extreme ext, const std::uint64_t* mask, Among among,
                       std::uint64_t* d_out, cudaStream_t stream) {
   const std::size_t tiles = div_up(n, kTile);
+  // One block per tile (grid.x < 2^31) and CUB's int item count: n up to about 8.8e12.
+  if (tiles > 0x7FFFFFFFu) return cudaErrorInvalidValue;
   std::size_t scan_bytes = 0;
   cudaError_t err = cub::DeviceScan::ExclusiveSum(
       nullptr, scan_bytes, static_cast<unsigned long long*>(nullptr),

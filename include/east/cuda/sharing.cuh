@@ -24,32 +24,45 @@ __global__ void scale_kernel(const T* w, const T* scale, T* out, std::size_t n) 
     out[i] = mul_rn(s, w[i]);
 }
 
-// lanes[8 c + l] = lane l of chunk c, exactly as east::detail::chunk_dot.
+/// Lane l (0..7) of chunk c of <a, b> over n elements: the sum, in double and in increasing
+/// position order, of a[p] b[p] over the chunk's positions p = l mod 8, as east::detail::chunk_dot.
+/// Shared by the kernel and the host-side tests.
+template <class T>
+__host__ __device__ inline double dot_lane(const T* a, const T* b, std::size_t n, std::size_t c, std::size_t l) {
+  const std::size_t lo = c * ::east::detail::kSharedDotChunk;
+  const std::size_t len = n - lo < ::east::detail::kSharedDotChunk ? n - lo : ::east::detail::kSharedDotChunk;
+  double acc = 0.0;
+  for (std::size_t p = l; p < len; p += 8)
+    acc = add_rn(acc, mul_rn(static_cast<double>(a[lo + p]), static_cast<double>(b[lo + p])));
+  return acc;
+}
+
+/// east::shared_dot's combination of the lanes (8 per chunk, chunk after chunk): the chunk's
+/// fixed tree ((0+1)+(2+3))+((4+5)+(6+7)); one chunk is returned as is, more are summed from 0.0
+/// in chunk order.
+__host__ __device__ inline double dot_combine(const double* lanes, std::size_t chunks) {
+  double sum = 0.0;
+  for (std::size_t c = 0; c < chunks; ++c) {
+    const double* l = lanes + 8 * c;
+    const double v = add_rn(add_rn(add_rn(l[0], l[1]), add_rn(l[2], l[3])),
+                            add_rn(add_rn(l[4], l[5]), add_rn(l[6], l[7])));
+    sum = chunks <= 1 ? v : add_rn(sum, v);
+  }
+  return sum;
+}
+
+// lanes[8 c + l] = lane l of chunk c.
 template <class T>
 __global__ void dot_lanes_kernel(const T* a, const T* b, std::size_t n, std::size_t chunks, double* lanes) {
   for (std::size_t gid = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; gid < chunks * 8;
-       gid += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    const std::size_t c = gid >> 3, l = gid & 7, lo = c * ::east::detail::kSharedDotChunk;
-    const std::size_t len =
-        n - lo < ::east::detail::kSharedDotChunk ? n - lo : ::east::detail::kSharedDotChunk;
-    double acc = 0.0;
-    for (std::size_t p = l; p < len; p += 8)
-      acc = __dadd_rn(acc, __dmul_rn(static_cast<double>(a[lo + p]), static_cast<double>(b[lo + p])));
-    lanes[gid] = acc;
-  }
+       gid += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    lanes[gid] = dot_lane(a, b, n, gid >> 3, gid & 7);
 }
 
 // One thread: the fixed-order combination of east::shared_dot, then *dscale += T(dot).
 template <class T>
 __global__ void dot_finish_kernel(const double* lanes, std::size_t chunks, T* dscale) {
-  double sum = 0.0;
-  for (std::size_t c = 0; c < chunks; ++c) {
-    const double* l = lanes + 8 * c;
-    const double v = __dadd_rn(__dadd_rn(__dadd_rn(l[0], l[1]), __dadd_rn(l[2], l[3])),
-                               __dadd_rn(__dadd_rn(l[4], l[5]), __dadd_rn(l[6], l[7])));
-    sum = chunks <= 1 ? v : __dadd_rn(sum, v);
-  }
-  *dscale += static_cast<T>(sum);
+  *dscale += static_cast<T>(dot_combine(lanes, chunks));
 }
 
 // dw += s * dw_use (one use; uses are applied in order, as the CPU's accumulator does).
