@@ -3,8 +3,12 @@
 // against the masked-dense libtorch step that RigL-style code runs (dense convs, SGD over dense
 // weights, mask multiplied in after the step). Same threads for both. Also prints the memory of
 // weights + optimizer state, and the step time of the sparse model with empty masks — what the
-// dense parts (stem, BatchNorm, ReLU, activation writes, loss) cost on their own.
-//   east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--density=0.001]
+// dense parts (stem, BatchNorm, ReLU, activation writes, loss) cost on their own. The east model
+// uses the fused BatchNorm(+add)+ReLU of adapters/torch_fused.hpp (--unfused: torch's BN, add, ReLU).
+// --breakdown times each kind of op of one step alone over the model's shapes and compares it with
+// the bytes it must move at a streaming bandwidth measured in the same run.
+//   east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--density=0.001] [--unfused]
+//                          [--breakdown [--hw=32]]
 #include <malloc.h>
 #include <torch/torch.h>
 
@@ -15,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <east/adapters/torch_fused.hpp>
 #include <east/adapters/torch_sparse.hpp>
 #include <random>
 #include <string>
@@ -29,6 +34,9 @@ struct Config {
   double density = 0.001;
   std::string only;  // "dense", "sparse" or "empty": time one variant (for profiling)
   bool check = false;
+  bool fused = true;  // east model: fused BN(+add)+ReLU
+  bool breakdown = false;
+  long hw = 32;
 };
 
 east::BitMask random_mask(std::size_t n, double density, std::uint64_t seed) {
@@ -48,12 +56,20 @@ struct ConvSlot {
   at::Tensor operator()(const at::Tensor& x) { return dense ? dense->forward(x) : sparse->forward(x); }
 };
 
+// Where a conv's BN sits: before a ReLU (stem, conv1 of a block), before the residual add and
+// ReLU (conv2), or alone (downsample shortcut).
+enum class Role { relu, add_relu, plain };
+
 struct Net : torch::nn::Module {
-  bool sparse;
+  bool sparse, fused;
   torch::nn::Conv2d stem{nullptr};
   torch::nn::BatchNorm2d stem_bn{nullptr};
+  east::sparse::BatchNormReLU2d stem_fbn{nullptr};
   std::vector<ConvSlot> convs;
   std::vector<torch::nn::BatchNorm2d> bns;
+  std::vector<east::sparse::BatchNormReLU2d> fbns;  // fused variant (sparse && fused)
+  std::vector<Role> roles;
+  std::vector<std::vector<long>> in_shapes;  // each conv's input shape, filled by forward
   struct Block {
     int c1, c2, down = -1;
   };
@@ -63,10 +79,14 @@ struct Net : torch::nn::Module {
   Net* from_ = nullptr;
 
   /// With `from` (a masked-dense net), the sparse net takes its weights, masks and dense params.
-  Net(bool sparse_, double density, long in_ch, Net* from = nullptr) : sparse(sparse_), from_(from) {
+  Net(bool sparse_, double density, long in_ch, Net* from = nullptr, bool fused_ = true)
+      : sparse(sparse_), fused(sparse_ && fused_), from_(from) {
     stem = register_module("stem",
                            torch::nn::Conv2d(torch::nn::Conv2dOptions(in_ch, 64, 3).padding(1).bias(false)));
-    stem_bn = register_module("stem_bn", torch::nn::BatchNorm2d(64));
+    if (fused)
+      stem_fbn = register_module("stem_bn", east::sparse::BatchNormReLU2d(64));
+    else
+      stem_bn = register_module("stem_bn", torch::nn::BatchNorm2d(64));
     long in = 64;
     const long widths[] = {64, 128, 256, 512};
     const int depth[] = {3, 4, 6, 3};
@@ -74,9 +94,9 @@ struct Net : torch::nn::Module {
       for (int b = 0; b < depth[s]; ++b) {
         const long stride = (s > 0 && b == 0) ? 2 : 1, out = widths[s];
         Block blk;
-        blk.c1 = add_conv(in, out, 3, stride, 1, density);
-        blk.c2 = add_conv(out, out, 3, 1, 1, density);
-        if (stride != 1 || in != out) blk.down = add_conv(in, out, 1, stride, 0, density);
+        blk.c1 = add_conv(in, out, 3, stride, 1, density, Role::relu);
+        blk.c2 = add_conv(out, out, 3, 1, 1, density, Role::add_relu);
+        if (stride != 1 || in != out) blk.down = add_conv(in, out, 1, stride, 0, density, Role::plain);
         blocks.push_back(blk);
         in = out;
       }
@@ -89,7 +109,7 @@ struct Net : torch::nn::Module {
     }
   }
 
-  int add_conv(long in, long out, long k, long stride, long pad, double density) {
+  int add_conv(long in, long out, long k, long stride, long pad, double density, Role role) {
     const int id = static_cast<int>(convs.size());
     auto proto =
         torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
@@ -116,20 +136,40 @@ struct Net : torch::nn::Module {
       slot.dense->weight.mul_(slot.mask);
     }
     convs.push_back(slot);
-    bns.push_back(register_module("bn" + std::to_string(id), torch::nn::BatchNorm2d(out)));
+    roles.push_back(role);
+    if (fused)
+      fbns.push_back(register_module("bn" + std::to_string(id),
+                                     east::sparse::BatchNormReLU2d(out, /*relu=*/role != Role::plain)));
+    else
+      bns.push_back(register_module("bn" + std::to_string(id), torch::nn::BatchNorm2d(out)));
     return id;
   }
 
+  at::Tensor conv(int id, const at::Tensor& x) {
+    const auto i = static_cast<std::size_t>(id);
+    if (in_shapes.size() <= i) in_shapes.resize(i + 1);
+    in_shapes[i] = x.sizes().vec();
+    return convs[i](x);
+  }
   at::Tensor cbn(int id, const at::Tensor& x) {
-    return bns[static_cast<std::size_t>(id)]->forward(convs[static_cast<std::size_t>(id)](x));
+    return bns[static_cast<std::size_t>(id)]->forward(conv(id, x));
   }
 
   at::Tensor forward(at::Tensor x) {
-    x = torch::relu(stem_bn->forward(stem->forward(x)));
-    for (const auto& b : blocks) {
-      auto y = torch::relu(cbn(b.c1, x));
-      y = cbn(b.c2, y);
-      x = torch::relu(y + (b.down >= 0 ? cbn(b.down, x) : x));
+    if (fused) {
+      x = stem_fbn->forward(stem->forward(x));
+      for (const auto& b : blocks) {
+        auto y = fbns[static_cast<std::size_t>(b.c1)]->forward(conv(b.c1, x));
+        const auto sc = b.down >= 0 ? fbns[static_cast<std::size_t>(b.down)]->forward(conv(b.down, x)) : x;
+        x = fbns[static_cast<std::size_t>(b.c2)]->forward(conv(b.c2, y), sc);
+      }
+    } else {
+      x = torch::relu(stem_bn->forward(stem->forward(x)));
+      for (const auto& b : blocks) {
+        auto y = torch::relu(cbn(b.c1, x));
+        y = cbn(b.c2, y);
+        x = torch::relu(y + (b.down >= 0 ? cbn(b.down, x) : x));
+      }
     }
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return fc->forward(x);
@@ -178,6 +218,248 @@ std::size_t state_bytes(Net& net) {
   return b;
 }
 
+template <class F>
+double median_seconds(F&& f, int reps) {
+  std::vector<double> t;
+  f();  // warm-up: allocations, page faults
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Each kind of op of one training step, timed alone over the model's shapes, against the bytes it
+// has to move at least (read inputs once, write outputs once) at a streaming bandwidth measured in
+// the same run. Rows marked * are what the east (fused) step runs; the others are what libtorch's
+// separate BN / add / ReLU ops cost for comparison.
+void breakdown(const Config& cfg) {
+  const long ch = cfg.hw == 28 ? 1 : 3, hw = cfg.hw;
+  const auto x = torch::randn({cfg.batch, ch, hw, hw});
+  const auto lab = torch::randint(0, 10, {cfg.batch}, torch::kLong);
+  Net net(true, cfg.density, ch, nullptr, true), empty(true, 0.0, ch, nullptr, true);
+  Net unfused(true, cfg.density, ch, nullptr, false);
+  const double t_step = step_seconds(net, x, lab, cfg.steps);
+  const double t_empty = step_seconds(empty, x, lab, cfg.steps);
+  const double t_unfused = step_seconds(unfused, x, lab, cfg.steps);
+  const int reps = 3;
+
+  // Streaming bandwidth: c = a + b over 64 Mi floats (12 B per element moved), same threads.
+  double bw;
+  {
+    const long n = 64L << 20;
+    auto a = torch::rand({n}), b = torch::rand({n}), c = torch::empty({n});
+    bw = 12.0 * n / median_seconds([&] { at::add_out(c, a, b); }, reps);
+  }
+
+  // Activation sites: every conv's output gets a BN; conv1 and the stem a ReLU; conv2 the
+  // residual add and ReLU; downsample convs BN only.
+  struct Site {
+    at::Tensor x, y, dy, res, w, b, rm, rv, mean, invstd;
+    Role role;
+  };
+  std::vector<Site> sites;
+  auto add_site = [&](std::vector<long> shape, Role role) {
+    Site st;
+    st.x = torch::randn(shape);
+    st.dy = torch::randn(shape);
+    st.res = torch::randn(shape);
+    const long c = shape[1];
+    st.w = torch::ones({c});
+    st.b = torch::zeros({c});
+    st.rm = torch::zeros({c});
+    st.rv = torch::ones({c});
+    st.mean = torch::empty({c});
+    st.invstd = torch::empty({c});
+    st.y = torch::empty(shape);
+    st.role = role;
+    sites.push_back(st);
+  };
+  add_site({cfg.batch, 64, hw, hw}, Role::relu);  // stem
+  struct ConvCase {
+    east::sparse::Conv2dGeometry g;
+    const east::sparse::CsrWeight *w, *w0;
+    at::Tensor x, y, dy, dx, dw;
+  };
+  std::vector<ConvCase> cc;
+  for (std::size_t i = 0; i < net.convs.size(); ++i) {
+    const auto& in = net.in_shapes[i];
+    auto& st = net.convs[i].sparse->state();
+    ConvCase c;
+    c.g = east::sparse::SparseConv2dFunction::geometry(torch::empty(in), st);
+    c.w = &st.weight;
+    c.w0 = &empty.convs[i].sparse->state().weight;
+    c.x = torch::randn(in);
+    const std::vector<long> out = {cfg.batch, static_cast<long>(c.g.c_out), static_cast<long>(c.g.out_h()),
+                                   static_cast<long>(c.g.out_w())};
+    c.y = torch::empty(out);
+    c.dy = torch::randn(out);
+    c.dx = torch::empty(in);
+    c.dw = torch::empty({static_cast<long>(st.weight.nnz())});
+    cc.push_back(c);
+    add_site(out, net.roles[i]);
+  }
+  auto elems = [](const at::Tensor& t) { return static_cast<double>(t.numel()); };
+
+  struct Row {
+    std::string name;
+    std::size_t calls;
+    double seconds, bytes;
+    bool in_step;
+  };
+  std::vector<Row> rows;
+  auto time_sites = [&](const char* name, bool in_step, double bytes_per_elem, auto pred, auto op) {
+    std::size_t calls = 0;
+    double bytes = 0;
+    for (auto& st : sites)
+      if (pred(st)) {
+        ++calls;
+        bytes += bytes_per_elem * elems(st.x);
+      }
+    const double t = median_seconds(
+        [&] {
+          for (auto& st : sites)
+            if (pred(st)) op(st);
+        },
+        reps);
+    rows.push_back({name, calls, t, bytes, in_step});
+  };
+  auto all = [](const Site&) { return true; };
+  auto relu_site = [](const Site& s) { return s.role != Role::plain; };
+  auto add_site_p = [](const Site& s) { return s.role == Role::add_relu; };
+  using east::sparse::BatchNormOptions;
+  auto east_opts = [](const Site& s) { return BatchNormOptions{0.1, 1e-5, true, s.role != Role::plain}; };
+  auto shape_of = [](const at::Tensor& t) {
+    return east::sparse::BatchNormShape{static_cast<std::size_t>(t.size(0)),
+                                        static_cast<std::size_t>(t.size(1)),
+                                        static_cast<std::size_t>(t.size(2) * t.size(3))};
+  };
+  // east fused: bytes = read x (+ residual) and write y; backward reads dy, x, y and writes dx
+  // (+ d residual).
+  {
+    std::size_t calls = sites.size();
+    double bytes = 0;
+    for (auto& st : sites) bytes += (st.role == Role::add_relu ? 12.0 : 8.0) * elems(st.x);
+    const double t = median_seconds(
+        [&] {
+          for (auto& st : sites)
+            east::sparse::batchnorm_forward<float>(
+                shape_of(st.x), st.x.data_ptr<float>(),
+                st.role == Role::add_relu ? st.res.data_ptr<float>() : nullptr, st.w.data_ptr<float>(),
+                st.b.data_ptr<float>(), st.rm.data_ptr<float>(), st.rv.data_ptr<float>(), east_opts(st),
+                st.y.data_ptr<float>(), st.mean.data_ptr<float>(), st.invstd.data_ptr<float>());
+        },
+        reps);
+    rows.push_back({"east fused BN(+add)+ReLU forward (kernel)", calls, t, bytes, true});
+    bytes = 0;
+    for (auto& st : sites) bytes += (st.role == Role::add_relu ? 20.0 : 16.0) * elems(st.x);
+    std::vector<at::Tensor> dx(sites.size()), dr(sites.size());
+    const double tb = median_seconds(
+        [&] {
+          for (std::size_t i = 0; i < sites.size(); ++i) {
+            auto& st = sites[i];
+            dx[i] = torch::empty_like(st.x);
+            dr[i] = st.role == Role::add_relu ? torch::empty_like(st.x) : at::Tensor();
+            float dw[512], db[512];
+            east::sparse::batchnorm_backward<float>(
+                shape_of(st.x), st.dy.data_ptr<float>(), st.x.data_ptr<float>(), st.y.data_ptr<float>(),
+                st.w.data_ptr<float>(), st.mean.data_ptr<float>(), st.invstd.data_ptr<float>(), east_opts(st),
+                dx[i].data_ptr<float>(), dr[i].defined() ? dr[i].data_ptr<float>() : nullptr, dw, db);
+          }
+        },
+        reps);
+    rows.push_back({"east fused BN(+add)+ReLU backward (kernel)", calls, tb, bytes, true});
+  }
+  time_sites("east fused BN+ReLU fwd+bwd through autograd (module)", false, 0.0, all, [&](Site& st) {
+    auto xx = st.x.detach().requires_grad_(true);
+    auto r = st.role == Role::add_relu ? st.res.detach().requires_grad_(true) : at::Tensor();
+    auto yy = east::sparse::batchnorm_relu(xx, st.w, st.b, r, st.rm, st.rv, true, 0.1, 1e-5,
+                                           st.role != Role::plain);
+    yy.backward(st.dy);
+  });
+  // libtorch's separate ops (what the unfused step runs).
+  time_sites("torch BN forward (native_batch_norm)", false, 8.0, all, [&](Site& st) {
+    st.y = std::get<0>(at::native_batch_norm(st.x, st.w, st.b, st.rm, st.rv, true, 0.1, 1e-5));
+  });
+  time_sites("torch BN backward (native_batch_norm_backward)", false, 12.0, all, [&](Site& st) {
+    auto r = at::native_batch_norm_backward(st.dy, st.x, st.w, st.rm, st.rv, st.mean, st.invstd, true, 1e-5,
+                                            {true, true, true});
+  });
+  time_sites("torch ReLU forward", false, 8.0, relu_site, [&](Site& st) { auto r = at::relu(st.x); });
+  time_sites("torch ReLU backward (threshold_backward)", false, 12.0, relu_site,
+             [&](Site& st) { auto r = at::threshold_backward(st.dy, st.x, 0); });
+  time_sites("torch residual add forward", false, 12.0, add_site_p,
+             [&](Site& st) { auto r = st.x + st.res; });
+  time_sites("torch gradient accumulation at block inputs (add)", false, 12.0, add_site_p,
+             [&](Site& st) { auto r = st.dy + st.res; });
+  // Conv kernels: bytes = the dense output (forward) or input gradient (dx) they must write;
+  // the weight gradient must write nothing dense (its floor is ~0: reads of touched planes only).
+  auto time_convs = [&](const char* name, bool in_step, bool with_w, int which) {
+    double bytes = 0;
+    for (auto& c : cc) bytes += which == 0 ? 4.0 * elems(c.y) : which == 1 ? 4.0 * elems(c.x) : 0.0;
+    const double t = median_seconds(
+        [&] {
+          for (auto& c : cc) {
+            const auto& w = with_w ? *c.w : *c.w0;
+            if (which == 0) {
+              c.y = torch::empty_like(c.y);
+              east::sparse::conv2d_forward(c.g, c.x.data_ptr<float>(), w, c.y.data_ptr<float>());
+            } else if (which == 1) {
+              c.dx = torch::empty_like(c.dx);
+              east::sparse::conv2d_grad_input(c.g, c.dy.data_ptr<float>(), w, c.dx.data_ptr<float>());
+            } else {
+              east::sparse::conv2d_grad_weight(c.g, c.x.data_ptr<float>(), c.dy.data_ptr<float>(), w,
+                                               c.dw.data_ptr<float>());
+            }
+          }
+        },
+        reps);
+    rows.push_back({name, cc.size(), t, bytes, in_step});
+  };
+  time_convs("east sparse conv forward", true, true, 0);
+  time_convs("east sparse conv input gradient", true, true, 1);
+  time_convs("east sparse conv weight gradient", true, true, 2);
+  time_convs("  (conv forward, empty masks: zero-fill only)", false, false, 0);
+  time_convs("  (conv input gradient, empty masks)", false, false, 1);
+  {  // dense stem conv, pool, fc, loss with autograd
+    auto xs = x.detach();
+    const double t = median_seconds(
+        [&] {
+          auto h = net.stem->forward(xs);
+          auto p = torch::adaptive_avg_pool2d(h, {1, 1}).flatten(1).repeat({1, 8});  // 64 → fc's 512
+          auto l = torch::nn::functional::cross_entropy(net.fc->forward(p), lab);
+          l.backward();
+        },
+        reps);
+    rows.push_back({"torch stem conv + pool + fc + loss, fwd+bwd", 1, t, 0.0, true});
+  }
+  std::printf(
+      "\nBreakdown, input %ldx%ldx%ld, batch %ld, %d threads, density %g; streaming bandwidth %.1f GB/s\n",
+      ch, hw, hw, cfg.batch, cfg.threads, cfg.density, bw / 1e9);
+  std::printf(
+      "| piece | calls | ms | bytes moved MB | floor ms at %.0f GB/s | x floor "
+      "|\n|---|---|---|---|---|---|\n",
+      bw / 1e9);
+  double sum = 0;
+  for (const auto& r : rows) {
+    const double floor_ms = 1e3 * r.bytes / bw;
+    std::printf("| %s%s | %zu | %.1f | %.0f | %.1f | %s |\n", r.name.c_str(), r.in_step ? " *" : "", r.calls,
+                1e3 * r.seconds, r.bytes / 1e6, floor_ms,
+                r.bytes > 0
+                    ? std::to_string(static_cast<int>(std::lround(r.seconds * 1e3 / floor_ms))).c_str()
+                    : "-");
+    if (r.in_step) sum += r.seconds;
+  }
+  std::printf("| sum of * rows | | %.1f | | | |\n", 1e3 * sum);
+  std::printf("| whole east step (fused) | | %.1f | | | |\n", 1e3 * t_step);
+  std::printf("| rest: autograd, allocation, SGD, tensor bookkeeping | | %.1f | | | |\n",
+              1e3 * (t_step - sum));
+  std::printf("| whole east step, empty masks | | %.1f | | | |\n", 1e3 * t_empty);
+  std::printf("| whole east step, torch BN/add/ReLU (unfused) | | %.1f | | | |\n", 1e3 * t_unfused);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -195,6 +477,12 @@ int main(int argc, char** argv) {
       cfg.only = argv[i] + 7;
     else if (!std::strcmp(argv[i], "--check"))
       cfg.check = true;
+    else if (!std::strcmp(argv[i], "--unfused"))
+      cfg.fused = false;
+    else if (!std::strcmp(argv[i], "--breakdown"))
+      cfg.breakdown = true;
+    else if (!std::strncmp(argv[i], "--hw=", 5))
+      cfg.hw = std::stol(argv[i] + 5);
   }
   // glibc returns large freed blocks to the OS, so every step's fresh activation tensors
   // page-fault again (a fifth of the sparse step in perf). Keep freed memory for reuse, for
@@ -210,8 +498,9 @@ int main(int argc, char** argv) {
       "ResNet-34 (CIFAR-style, full width) training step, batch %ld, %d threads, density %g, median of %d\n",
       cfg.batch, cfg.threads, cfg.density, cfg.steps);
   std::printf(
-      "| input | masked-dense libtorch s | east sparse s | speed-up | sparse, empty masks s | "
-      "weights+momentum dense MB | compact MB | smaller |\n|---|---|---|---|---|---|---|---|\n");
+      "| input | masked-dense libtorch s | east sparse s | speed-up | east, torch BN/add/ReLU s | "
+      "east, empty masks s | weights+momentum dense MB | compact MB | smaller |\n"
+      "|---|---|---|---|---|---|---|---|---|\n");
   if (cfg.check) {
     // Each layer alone through autograd: SparseConv2d vs torch::conv2d with the masked weight.
     double lworst = 0;
@@ -331,10 +620,14 @@ int main(int argc, char** argv) {
                 worst, ld.size(), wdiff);
     return lworst < 1e-4 ? 0 : 1;
   }
+  if (cfg.breakdown) {
+    breakdown(cfg);
+    return 0;
+  }
   if (!cfg.only.empty()) {
     const auto x = torch::randn({cfg.batch, 3, 32, 32});
     const auto y = torch::randint(0, 10, {cfg.batch}, torch::kLong);
-    Net net(cfg.only != "dense", cfg.only == "empty" ? 0.0 : cfg.density, 3);
+    Net net(cfg.only != "dense", cfg.only == "empty" ? 0.0 : cfg.density, 3, nullptr, cfg.fused);
     std::printf("%s step: %.3f s\n", cfg.only.c_str(), step_seconds(net, x, y, cfg.steps));
     return 0;
   }
@@ -342,13 +635,15 @@ int main(int argc, char** argv) {
     const long ch = hw == 32 ? 3 : 1;
     const auto x = torch::randn({cfg.batch, ch, hw, hw});
     const auto y = torch::randint(0, 10, {cfg.batch}, torch::kLong);
-    Net dense(false, cfg.density, ch), sparse(true, cfg.density, ch), empty(true, 0.0, ch);
+    Net dense(false, cfg.density, ch), sparse(true, cfg.density, ch, nullptr, cfg.fused),
+        unfused(true, cfg.density, ch, nullptr, false), empty(true, 0.0, ch, nullptr, cfg.fused);
     const double td = step_seconds(dense, x, y, cfg.steps);
     const double ts = step_seconds(sparse, x, y, cfg.steps);
+    const double tu = step_seconds(unfused, x, y, cfg.steps);
     const double te = step_seconds(empty, x, y, cfg.steps);
     const double md = state_bytes(dense) / 1e6, ms = state_bytes(sparse) / 1e6;
-    std::printf("| %ldx%ldx%ld | %.3f | %.3f | x%.1f | %.3f | %.1f | %.2f | x%.0f |\n", ch, hw, hw, td, ts,
-                td / ts, te, md, ms, md / ms);
+    std::printf("| %ldx%ldx%ld | %.3f | %.3f | x%.1f | %.3f | %.3f | %.1f | %.2f | x%.0f |\n", ch, hw, hw, td,
+                ts, td / ts, tu, te, md, ms, md / ms);
     std::fflush(stdout);
     if (hw == 32) std::printf("(prunable conv weights: %zu)\n", dense.prunable);
   }

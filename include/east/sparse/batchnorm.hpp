@@ -12,8 +12,8 @@
 // Semantics follow torch.nn.BatchNorm2d in training mode: batch statistics (biased variance for
 // normalising), running_mean/var updated with the unbiased variance and `momentum`, saved mean and
 // 1/sqrt(var + eps) for the backward. The backward recomputes the ReLU mask from the output (y > 0).
-// Determinism: every channel is reduced by one thread in a fixed order with double accumulators,
-// so results do not depend on the thread count.
+// Determinism: every channel is reduced by one thread in a fixed order (float over 8 terms per lane,
+// then double accumulators), so results do not depend on the thread count.
 #include <cmath>
 #include <cstddef>
 
@@ -51,30 +51,111 @@ inline void check_batchnorm(const BatchNormShape& s, const BatchNormOptions& o, 
                           " (valid: [0, 1])");
 }
 
-// Σ a[i] and Σ a[i]² of (x − k) over one channel, 8 double partial sums in a fixed order (vectorizes
-// without -ffast-math). The shift k (the channel's first value) keeps the one-pass variance accurate
-// when |mean| ≫ std.
+inline double sum8(const double* a) {
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// Per-channel sums are taken in float over blocks of 64 values (8 lanes × 8, so the loop vectorizes
+// without -ffast-math) and each block's lanes are added into double accumulators: float rounding
+// spans at most 8 terms, and the order is fixed, so results do not depend on threads.
+inline constexpr std::size_t kLanes = 8, kBlock = 64;
+
 template <class T>
-void channel_moments(const BatchNormShape& s, const T* x, std::size_t c, T k, double& s1, double& s2) {
-  double a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  const double kd = static_cast<double>(k);
-  for (std::size_t n = 0; n < s.batch; ++n) {
-    const T* p = x + (n * s.channels + c) * s.plane;
-    std::size_t i = 0;
-    for (; i + 8 <= s.plane; i += 8)
-      for (std::size_t l = 0; l < 8; ++l) {
-        const double d = static_cast<double>(p[i + l]) - kd;
-        a1[l] += d;
-        a2[l] += d * d;
+EAST_ALWAYS_INLINE void flush_lanes(const T* b1, const T* b2, double* EAST_RESTRICT a1,
+                                    double* EAST_RESTRICT a2) {
+  for (std::size_t l = 0; l < kLanes; ++l) {
+    a1[l] += static_cast<double>(b1[l]);
+    a2[l] += static_cast<double>(b2[l]);
+  }
+}
+
+// a1 += Σ (x − k), a2 += Σ (x − k)² over one plane. The shift k (the channel's first value) keeps
+// the one-pass variance accurate when |mean| ≫ std.
+template <class T>
+EAST_ALWAYS_INLINE void moments_plane(const T* EAST_RESTRICT p, std::size_t n, T k, double* EAST_RESTRICT a1,
+                                      double* EAST_RESTRICT a2) {
+  std::size_t i = 0;
+  while (i < n) {
+    T b1[kLanes] = {}, b2[kLanes] = {};
+    const std::size_t e = n - i >= kBlock ? i + kBlock : n;
+    for (; i + kLanes <= e; i += kLanes)
+      for (std::size_t l = 0; l < kLanes; ++l) {
+        const T d = p[i + l] - k;
+        b1[l] += d;
+        b2[l] += d * d;
       }
-    for (std::size_t l = 0; i < s.plane; ++i, ++l) {
-      const double d = static_cast<double>(p[i]) - kd;
-      a1[l] += d;
-      a2[l] += d * d;
+    for (std::size_t l = 0; i < e; ++i, ++l) {
+      const T d = p[i] - k;
+      b1[l] += d;
+      b2[l] += d * d;
+    }
+    flush_lanes(b1, b2, a1, a2);
+  }
+}
+
+// a1 += Σ g, a2 += Σ g·(x − mu) with g = dy masked by the ReLU (y > 0) when Relu. Every operand is
+// loaded unconditionally so the select vectorizes.
+template <bool Relu, class T>
+EAST_ALWAYS_INLINE void grad_sums_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
+                                        const T* EAST_RESTRICT y, std::size_t n, T mu,
+                                        double* EAST_RESTRICT a1, double* EAST_RESTRICT a2) {
+  std::size_t i = 0;
+  while (i < n) {
+    T b1[kLanes] = {}, b2[kLanes] = {};
+    const std::size_t e = n - i >= kBlock ? i + kBlock : n;
+    for (; i + kLanes <= e; i += kLanes)
+      for (std::size_t l = 0; l < kLanes; ++l) {
+        const T d = dy[i + l], yv = y[i + l];
+        const T g = (!Relu || yv > T(0)) ? d : T(0);
+        b1[l] += g;
+        b2[l] += g * (x[i + l] - mu);
+      }
+    for (std::size_t l = 0; i < e; ++i, ++l) {
+      const T d = dy[i], yv = y[i];
+      const T g = (!Relu || yv > T(0)) ? d : T(0);
+      b1[l] += g;
+      b2[l] += g * (x[i] - mu);
+    }
+    flush_lanes(b1, b2, a1, a2);
+  }
+}
+
+// dx = g·k + ((x − mu)·q + p) (and dres = g) over one plane.
+template <bool Relu, class T>
+EAST_ALWAYS_INLINE void grad_input_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
+                                         const T* EAST_RESTRICT y, std::size_t n, T mu, T k, T p, T q,
+                                         T* EAST_RESTRICT dx, T* EAST_RESTRICT dres) {
+  if (dres) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const T d = dy[i], yv = y[i];
+      const T g = (!Relu || yv > T(0)) ? d : T(0);
+      dres[i] = g;
+      dx[i] = g * k + ((x[i] - mu) * q + p);
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) {
+      const T d = dy[i], yv = y[i];
+      const T g = (!Relu || yv > T(0)) ? d : T(0);
+      dx[i] = g * k + ((x[i] - mu) * q + p);
     }
   }
-  s1 = ((a1[0] + a1[1]) + (a1[2] + a1[3])) + ((a1[4] + a1[5]) + (a1[6] + a1[7]));
-  s2 = ((a2[0] + a2[1]) + (a2[2] + a2[3])) + ((a2[4] + a2[5]) + (a2[6] + a2[7]));
+}
+
+template <bool Relu, class T>
+EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_RESTRICT res, std::size_t n,
+                                        T mu, T a, T b, T* EAST_RESTRICT y) {
+  // y = (x − mean)·a + b: subtracting first keeps channels with |mean| ≫ std accurate.
+  if (res) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const T v = (x[i] - mu) * a + b + res[i];
+      y[i] = (!Relu || v > T(0)) ? v : T(0);
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) {
+      const T v = (x[i] - mu) * a + b;
+      y[i] = (!Relu || v > T(0)) ? v : T(0);
+    }
+  }
 }
 
 }  // namespace detail
@@ -97,9 +178,11 @@ void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, c
   detail::parallel_for(s.channels, 4.0 * static_cast<double>(s.size()), [&](std::size_t c) {
     double mean, var;
     if (o.training) {
-      double s1, s2;
+      double a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       const T k = x[c * s.plane];
-      detail::channel_moments(s, x, c, k, s1, s2);
+      for (std::size_t n = 0; n < s.batch; ++n)
+        detail::moments_plane(x + (n * s.channels + c) * s.plane, s.plane, k, a1, a2);
+      const double s1 = detail::sum8(a1), s2 = detail::sum8(a2);
       const double d = s1 / static_cast<double>(m);
       mean = static_cast<double>(k) + d;
       var = std::max(0.0, s2 / static_cast<double>(m) - d * d);
@@ -115,39 +198,24 @@ void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, c
     const double invstd = 1.0 / std::sqrt(var + o.eps);
     save_mean[c] = static_cast<T>(mean);
     save_invstd[c] = static_cast<T>(invstd);
-    // y = (x − mean)·a + b: subtracting first keeps channels with |mean| ≫ std accurate.
     const T mu = static_cast<T>(mean);
     const T a = static_cast<T>((gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd);
     const T b = beta ? beta[c] : T(0);
     for (std::size_t n = 0; n < s.batch; ++n) {
       const std::size_t off = (n * s.channels + c) * s.plane;
-      const T* EAST_RESTRICT xp = x + off;
-      T* EAST_RESTRICT yp = y + off;
-      if (residual) {
-        const T* EAST_RESTRICT rp = residual + off;
-        if (o.relu)
-          for (std::size_t i = 0; i < s.plane; ++i) {
-            const T v = (xp[i] - mu) * a + b + rp[i];
-            yp[i] = v > T(0) ? v : T(0);
-          }
-        else
-          for (std::size_t i = 0; i < s.plane; ++i) yp[i] = (xp[i] - mu) * a + b + rp[i];
-      } else if (o.relu) {
-        for (std::size_t i = 0; i < s.plane; ++i) {
-          const T v = (xp[i] - mu) * a + b;
-          yp[i] = v > T(0) ? v : T(0);
-        }
-      } else {
-        for (std::size_t i = 0; i < s.plane; ++i) yp[i] = (xp[i] - mu) * a + b;
-      }
+      const T* rp = residual ? residual + off : nullptr;
+      if (o.relu)
+        detail::normalize_plane<true>(x + off, rp, s.plane, mu, a, b, y + off);
+      else
+        detail::normalize_plane<false>(x + off, rp, s.plane, mu, a, b, y + off);
     }
   });
 }
 
 /// Backward of batchnorm_forward. @param dy gradient of y  @param x, y the forward input and output
 /// (y gives the ReLU mask)  @param save_mean, save_invstd from the forward
-/// @param dx gradient of x (may alias dy)  @param dresidual gradient of the residual, or nullptr
-/// (may alias dy, not dx)  @param dgamma, dbeta C values, or nullptr. `o` must be the forward's.
+/// @param dx gradient of x  @param dresidual gradient of the residual, or nullptr (no aliasing)
+/// @param dgamma, dbeta C values, or nullptr. `o` must be the forward's.
 template <class T>
 void batchnorm_backward(const BatchNormShape& s, const T* dy, const T* x, const T* y, const T* gamma,
                         const T* save_mean, const T* save_invstd, const BatchNormOptions& o, T* dx,
@@ -163,19 +231,12 @@ void batchnorm_backward(const BatchNormShape& s, const T* dy, const T* x, const 
     double a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (std::size_t n = 0; n < s.batch; ++n) {
       const std::size_t off = (n * s.channels + c) * s.plane;
-      const T *dp = dy + off, *xp = x + off, *yp = y + off;
-      std::size_t i = 0;
-      auto term = [&](std::size_t j, std::size_t l) {
-        const T g = (!relu || yp[j] > T(0)) ? dp[j] : T(0);
-        a1[l] += static_cast<double>(g);
-        a2[l] += static_cast<double>(g) * static_cast<double>(xp[j] - mu);
-      };
-      for (; i + 8 <= s.plane; i += 8)
-        for (std::size_t l = 0; l < 8; ++l) term(i + l, l);
-      for (std::size_t l = 0; i < s.plane; ++i, ++l) term(i, l);
+      if (relu)
+        detail::grad_sums_plane<true>(dy + off, x + off, y + off, s.plane, mu, a1, a2);
+      else
+        detail::grad_sums_plane<false>(dy + off, x + off, y + off, s.plane, mu, a1, a2);
     }
-    const double sg = ((a1[0] + a1[1]) + (a1[2] + a1[3])) + ((a1[4] + a1[5]) + (a1[6] + a1[7]));
-    const double sgx = ((a2[0] + a2[1]) + (a2[2] + a2[3])) + ((a2[4] + a2[5]) + (a2[6] + a2[7]));
+    const double sg = detail::sum8(a1), sgx = detail::sum8(a2);
     if (dgamma) dgamma[c] = static_cast<T>(sgx * invstd);
     if (dbeta) dbeta[c] = static_cast<T>(sg);
     // Pass 2: dx = k·(g − Σg/M − (x − mean)·invstd²·Σg(x − mean)/M), k = gamma·invstd; in eval the
@@ -186,14 +247,11 @@ void batchnorm_backward(const BatchNormShape& s, const T* dy, const T* x, const 
     const T q = o.training ? static_cast<T>(-k * invstd * invstd * sgx / static_cast<double>(m)) : T(0);
     for (std::size_t n = 0; n < s.batch; ++n) {
       const std::size_t off = (n * s.channels + c) * s.plane;
-      const T *dp = dy + off, *xp = x + off, *yp = y + off;
-      T* dxp = dx + off;
-      T* drp = dresidual ? dresidual + off : nullptr;
-      for (std::size_t i = 0; i < s.plane; ++i) {
-        const T g = (!relu || yp[i] > T(0)) ? dp[i] : T(0);
-        if (drp) drp[i] = g;
-        dxp[i] = g * kt + ((xp[i] - mu) * q + p);
-      }
+      T* dr = dresidual ? dresidual + off : nullptr;
+      if (relu)
+        detail::grad_input_plane<true>(dy + off, x + off, y + off, s.plane, mu, kt, p, q, dx + off, dr);
+      else
+        detail::grad_input_plane<false>(dy + off, x + off, y + off, s.plane, mu, kt, p, q, dx + off, dr);
     }
   });
 }

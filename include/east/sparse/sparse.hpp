@@ -5,6 +5,8 @@
 //   top_inactive_gradient   regrowth scores (top-k |dW| at inactive positions), block by block
 //   sgd_step                SGD with momentum over the compact values
 //   Crossover               per-layer sparse/dense switch at the measured crossover density
+//   batchnorm_forward/backward  BatchNorm (+ residual add) + ReLU fused, two passes per channel
+#include "batchnorm.hpp"
 #include "conv.hpp"
 #include "csr.hpp"
 #include "linear.hpp"
