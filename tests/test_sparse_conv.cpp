@@ -7,6 +7,8 @@
 #include <east/east.hpp>
 #include <east/kernels/reference/sgd.hpp>
 #include <east/sparse/sparse.hpp>
+#include <array>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -367,4 +369,78 @@ TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
     }
     check_close(gw, rc, mc);
   }
+}
+
+TEST_CASE("sparse conv2d: one-run path of stride-1 'same' convs on small planes", "[sparse][conv]") {
+  // 3×3 pad 1 and 1×1 pad 0 at stride 1 take FlatRuns (one masked multiply-add per stored weight
+  // and image); small, non-square and one-row/one-column planes, 1 and 2 threads.
+  ThreadGuard guard;
+  east::sparse::detail::min_parallel_work() = 0;
+  std::mt19937 rng(21);
+  for (auto [h, w, k] : {std::array<std::size_t, 3>{4, 4, 3},
+                         {8, 8, 3},
+                         {4, 7, 3},
+                         {1, 5, 3},
+                         {5, 1, 3},
+                         {1, 1, 3},
+                         {2, 2, 3},
+                         {4, 4, 1},
+                         {3, 6, 1}}) {
+    Conv2dGeometry g{3, 20, h, w, 18, k, k, 1, 1, k / 2, k / 2};
+    INFO("h " << h << " w " << w << " k " << k);
+    const std::size_t cols = g.c_in * k * k;
+    const BitMask mask = random_mask(g.c_out, cols, k * k, 0.2, rng, 0, 1);
+    auto wv = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+    mask.apply(wv.data());
+    const CsrWeight wt(wv.data(), mask, g.c_out, cols, k * k);
+    std::vector<double> ref, mag;
+    std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size()), dx2(g.input_size());
+    std::vector<float> gw(wt.nnz()), gw2(wt.nnz());
+    east::kernels::set_threads(1);
+    east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+    east::kernels::set_threads(2);
+    east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
+    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
+    CHECK(y == y2);
+    CHECK(dx == dx2);
+    CHECK(gw == gw2);
+    Dense::forward(g, x.data(), wv.data(), ref, mag);
+    check_close(y, ref, mag);
+    Dense::grad_input(g, dy.data(), wv.data(), ref, mag);
+    check_close(dx, ref, mag);
+    Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+    std::vector<double> rc(wt.nnz()), mc(wt.nnz());
+    for (std::size_t j = 0; j < wt.nnz(); ++j) {
+      rc[j] = ref[wt.position(j)];
+      mc[j] = mag[wt.position(j)];
+    }
+    check_close(gw, rc, mc);
+  }
+}
+
+TEST_CASE("sparse conv2d: the one-run path does not leak wrapped-edge values", "[sparse][conv]") {
+  // One weight at the left tap (r = 1, s = 0) of a 3×3 pad-1 conv: the run over a 4×4 plane passes
+  // over the previous row's last column, which must be selected out, not multiplied by 0 (Inf·0).
+  Conv2dGeometry g = Conv2dGeometry::square(1, 1, 4, 1, 3, 1, 1);
+  std::vector<float> wv(9, 0.0f);
+  wv[3] = 2.0f;
+  BitMask mask(9);
+  mask.set(3);
+  const CsrWeight wt(wv.data(), mask, 1, 9, 9);
+  std::vector<float> x(16, 1.0f);
+  for (std::size_t r = 0; r < 4; ++r) x[r * 4 + 3] = std::numeric_limits<float>::infinity();
+  std::vector<float> y(16);
+  east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+  for (std::size_t r = 0; r < 4; ++r) {
+    CHECK(y[r * 4 + 0] == 0.0f);  // left edge: tap falls in the padding
+    CHECK(y[r * 4 + 1] == 2.0f);
+    CHECK(y[r * 4 + 3] == 2.0f);  // y(r, 3) = 2·x(r, 2)
+  }
+  // Weight gradient: x(·, 3) never meets this tap, so Inf there must not reach the sum.
+  std::vector<float> dy(16, 1.0f), gw(1);
+  east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+  CHECK(gw[0] == 12.0f);  // Σ over 4 rows × 3 valid columns of x(r, c − 1) = 1
 }

@@ -14,6 +14,7 @@
 // 1/sqrt(var + eps) for the backward. The backward recomputes the ReLU mask from the output (y > 0).
 // Determinism: every channel is reduced by one thread in a fixed order (float over 8 terms per lane,
 // then double accumulators), so results do not depend on the thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -158,6 +159,17 @@ EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_
   }
 }
 
+/// Channels per work item: each (image, channel) plane is H·W floats, only 64 B on a 4×4 plane, so
+/// walking one channel over the batch would touch one cache line per 32 KiB stride (latency-bound).
+/// A block of channels makes each image's part one contiguous run, and is sized (~64 KiB per
+/// array) so that the second pass over the block still finds it in L2.
+inline constexpr std::size_t kMaxChannelBlock = 64;
+inline std::size_t channel_block(const BatchNormShape& s) {
+  const std::size_t per_channel_bytes = s.per_channel() * sizeof(float);
+  const std::size_t b = (std::size_t{64} << 10) / per_channel_bytes;
+  return std::max<std::size_t>(1, std::min({b, s.channels, kMaxChannelBlock}));
+}
+
 }  // namespace detail
 
 /// Forward. @param x {N, C, H·W}  @param residual added before the ReLU, or nullptr
@@ -175,40 +187,48 @@ void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, c
   ::east::detail::require(o.training || (running_mean && running_var), where,
                           "eval mode needs running_mean and running_var");
   const std::size_t m = s.per_channel();
-  detail::parallel_for(s.channels, 4.0 * static_cast<double>(s.size()), [&](std::size_t c) {
-    double mean, var;
-    if (o.training) {
-      double a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      const T k = x[c * s.plane];
+  const std::size_t cb = detail::channel_block(s), items = (s.channels + cb - 1) / cb;
+  detail::parallel_for(items, 4.0 * static_cast<double>(s.size()), [&](std::size_t item) {
+    const std::size_t c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
+    double a1[detail::kMaxChannelBlock][8] = {}, a2[detail::kMaxChannelBlock][8] = {};
+    T mu[detail::kMaxChannelBlock], sa[detail::kMaxChannelBlock], sb[detail::kMaxChannelBlock];
+    if (o.training)
       for (std::size_t n = 0; n < s.batch; ++n)
-        detail::moments_plane(x + (n * s.channels + c) * s.plane, s.plane, k, a1, a2);
-      const double s1 = detail::sum8(a1), s2 = detail::sum8(a2);
-      const double d = s1 / static_cast<double>(m);
-      mean = static_cast<double>(k) + d;
-      var = std::max(0.0, s2 / static_cast<double>(m) - d * d);
-      if (running_mean) {
-        const double mo = o.momentum, unbiased = var * static_cast<double>(m) / static_cast<double>(m - 1);
-        running_mean[c] = static_cast<T>((1.0 - mo) * static_cast<double>(running_mean[c]) + mo * mean);
-        running_var[c] = static_cast<T>((1.0 - mo) * static_cast<double>(running_var[c]) + mo * unbiased);
+        for (std::size_t c = c0; c < c1; ++c)
+          detail::moments_plane(x + (n * s.channels + c) * s.plane, s.plane, x[c * s.plane], a1[c - c0],
+                                a2[c - c0]);
+    for (std::size_t c = c0; c < c1; ++c) {
+      double mean, var;
+      if (o.training) {
+        const double k = static_cast<double>(x[c * s.plane]);
+        const double d = detail::sum8(a1[c - c0]) / static_cast<double>(m);
+        mean = k + d;
+        var = std::max(0.0, detail::sum8(a2[c - c0]) / static_cast<double>(m) - d * d);
+        if (running_mean) {
+          const double mo = o.momentum, unbiased = var * static_cast<double>(m) / static_cast<double>(m - 1);
+          running_mean[c] = static_cast<T>((1.0 - mo) * static_cast<double>(running_mean[c]) + mo * mean);
+          running_var[c] = static_cast<T>((1.0 - mo) * static_cast<double>(running_var[c]) + mo * unbiased);
+        }
+      } else {
+        mean = static_cast<double>(running_mean[c]);
+        var = static_cast<double>(running_var[c]);
       }
-    } else {
-      mean = static_cast<double>(running_mean[c]);
-      var = static_cast<double>(running_var[c]);
+      const double invstd = 1.0 / std::sqrt(var + o.eps);
+      save_mean[c] = static_cast<T>(mean);
+      save_invstd[c] = static_cast<T>(invstd);
+      mu[c - c0] = static_cast<T>(mean);
+      sa[c - c0] = static_cast<T>((gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd);
+      sb[c - c0] = beta ? beta[c] : T(0);
     }
-    const double invstd = 1.0 / std::sqrt(var + o.eps);
-    save_mean[c] = static_cast<T>(mean);
-    save_invstd[c] = static_cast<T>(invstd);
-    const T mu = static_cast<T>(mean);
-    const T a = static_cast<T>((gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd);
-    const T b = beta ? beta[c] : T(0);
-    for (std::size_t n = 0; n < s.batch; ++n) {
-      const std::size_t off = (n * s.channels + c) * s.plane;
-      const T* rp = residual ? residual + off : nullptr;
-      if (o.relu)
-        detail::normalize_plane<true>(x + off, rp, s.plane, mu, a, b, y + off);
-      else
-        detail::normalize_plane<false>(x + off, rp, s.plane, mu, a, b, y + off);
-    }
+    for (std::size_t n = 0; n < s.batch; ++n)
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
+        const T* rp = residual ? residual + off : nullptr;
+        if (o.relu)
+          detail::normalize_plane<true>(x + off, rp, s.plane, mu[i], sa[i], sb[i], y + off);
+        else
+          detail::normalize_plane<false>(x + off, rp, s.plane, mu[i], sa[i], sb[i], y + off);
+      }
   });
 }
 
@@ -224,35 +244,45 @@ void batchnorm_backward(const BatchNormShape& s, const T* dy, const T* x, const 
   detail::check_batchnorm(s, o, where);
   const std::size_t m = s.per_channel();
   const bool relu = o.relu;
-  detail::parallel_for(s.channels, 6.0 * static_cast<double>(s.size()), [&](std::size_t c) {
-    const T mu = save_mean[c];
-    const double invstd = static_cast<double>(save_invstd[c]);
-    // Pass 1: Σ g and Σ g·(x − mean), g = dy masked by the ReLU.
-    double a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (std::size_t n = 0; n < s.batch; ++n) {
-      const std::size_t off = (n * s.channels + c) * s.plane;
-      if (relu)
-        detail::grad_sums_plane<true>(dy + off, x + off, y + off, s.plane, mu, a1, a2);
-      else
-        detail::grad_sums_plane<false>(dy + off, x + off, y + off, s.plane, mu, a1, a2);
-    }
-    const double sg = detail::sum8(a1), sgx = detail::sum8(a2);
-    if (dgamma) dgamma[c] = static_cast<T>(sgx * invstd);
-    if (dbeta) dbeta[c] = static_cast<T>(sg);
+  const std::size_t cb = detail::channel_block(s), items = (s.channels + cb - 1) / cb;
+  detail::parallel_for(items, 6.0 * static_cast<double>(s.size()), [&](std::size_t item) {
+    const std::size_t c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
+    // Pass 1: Σ g and Σ g·(x − mean) per channel, g = dy masked by the ReLU.
+    double a1[detail::kMaxChannelBlock][8] = {}, a2[detail::kMaxChannelBlock][8] = {};
+    for (std::size_t n = 0; n < s.batch; ++n)
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t off = (n * s.channels + c) * s.plane;
+        if (relu)
+          detail::grad_sums_plane<true>(dy + off, x + off, y + off, s.plane, save_mean[c], a1[c - c0],
+                                        a2[c - c0]);
+        else
+          detail::grad_sums_plane<false>(dy + off, x + off, y + off, s.plane, save_mean[c], a1[c - c0],
+                                         a2[c - c0]);
+      }
     // Pass 2: dx = k·(g − Σg/M − (x − mean)·invstd²·Σg(x − mean)/M), k = gamma·invstd; in eval the
     // statistics are constants, so dx = k·g.
-    const double k = (gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd;
-    const T kt = static_cast<T>(k);
-    const T p = o.training ? static_cast<T>(-k * sg / static_cast<double>(m)) : T(0);
-    const T q = o.training ? static_cast<T>(-k * invstd * invstd * sgx / static_cast<double>(m)) : T(0);
-    for (std::size_t n = 0; n < s.batch; ++n) {
-      const std::size_t off = (n * s.channels + c) * s.plane;
-      T* dr = dresidual ? dresidual + off : nullptr;
-      if (relu)
-        detail::grad_input_plane<true>(dy + off, x + off, y + off, s.plane, mu, kt, p, q, dx + off, dr);
-      else
-        detail::grad_input_plane<false>(dy + off, x + off, y + off, s.plane, mu, kt, p, q, dx + off, dr);
+    T kt[detail::kMaxChannelBlock], pt[detail::kMaxChannelBlock], qt[detail::kMaxChannelBlock];
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double invstd = static_cast<double>(save_invstd[c]);
+      const double sg = detail::sum8(a1[c - c0]), sgx = detail::sum8(a2[c - c0]);
+      if (dgamma) dgamma[c] = static_cast<T>(sgx * invstd);
+      if (dbeta) dbeta[c] = static_cast<T>(sg);
+      const double k = (gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd;
+      kt[c - c0] = static_cast<T>(k);
+      pt[c - c0] = o.training ? static_cast<T>(-k * sg / static_cast<double>(m)) : T(0);
+      qt[c - c0] = o.training ? static_cast<T>(-k * invstd * invstd * sgx / static_cast<double>(m)) : T(0);
     }
+    for (std::size_t n = 0; n < s.batch; ++n)
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
+        T* dr = dresidual ? dresidual + off : nullptr;
+        if (relu)
+          detail::grad_input_plane<true>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i],
+                                         qt[i], dx + off, dr);
+        else
+          detail::grad_input_plane<false>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i],
+                                          qt[i], dx + off, dr);
+      }
   });
 }
 
