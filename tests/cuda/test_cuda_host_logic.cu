@@ -72,15 +72,16 @@ SelectResult emulate_select(Src src, std::size_t n, std::size_t k, Extreme ext, 
     const std::uint32_t p0 = st.prefix;
     int found = 0;
     for (int t = 0; t < cd::kThreads; ++t) {
-      unsigned long long before = 0;
-      const int j = cd::kth_slot(c[t], above[t], kl, &before);
+      unsigned long long before = 0, count = 0;
+      const int j = cd::kth_slot(c[t], above[t], kl, &before, &count);
       if (j < 0) continue;
       ++found;
       const std::uint32_t prefix = cd::radix_extend(p0, cd::scan_bin(t, j), pass);
       if (pass == cd::kPasses - 1) {
         out.selection.threshold = cd::ordered(prefix, ext);
         out.selection.ties = static_cast<std::size_t>(kl - before);
-        out.equal = c[t][j];
+        REQUIRE(count == c[t][j]);
+        out.equal = count;
         st.finished = 1;
       } else {
         st.prefix = prefix;

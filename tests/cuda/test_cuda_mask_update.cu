@@ -17,6 +17,7 @@ struct HostLayer {
   std::vector<float> w, g, m;  // weights, gradients, one momentum buffer
   std::vector<std::uint64_t> mask, ever;
   std::size_t n_drop = 0, n_grow = 0;
+  bool bare = false;  // no ever_active mask and no optimizer state on the device
 };
 
 void cpu_update(HostLayer& L) {
@@ -44,7 +45,7 @@ std::size_t popcount(const std::vector<std::uint64_t>& m) {
 }
 
 std::vector<HostLayer> make_model(unsigned seed, bool ties) {
-  const std::size_t sizes[] = {432, 4608, 65536 + 13, 1, 300000, 4096};
+  const std::size_t sizes[] = {432, 4608, 65536 + 13, 1, 300000, 4096, 0, 777};
   std::vector<HostLayer> layers;
   std::mt19937 rng(seed);
   for (std::size_t n : sizes) {
@@ -63,6 +64,7 @@ std::vector<HostLayer> make_model(unsigned seed, bool ties) {
   }
   layers[1].n_drop = 0;  // a layer that only grows
   layers[2].n_grow = 0;  // and one that only drops
+  layers[7].bare = true;  // no ever_active, no state buffers
   return layers;
 }
 
@@ -81,9 +83,9 @@ int run_update(std::vector<DeviceLayer>& dev, const std::vector<HostLayer>& host
     u.weight = dev[l].w.get();
     u.grad = dev[l].g.get();
     u.mask = dev[l].mask.get();
-    u.ever_active = dev[l].ever.get();
-    u.state[0] = dev[l].m.get();
-    u.num_state = 1;
+    u.ever_active = host[l].bare ? nullptr : dev[l].ever.get();
+    u.state[0] = host[l].bare ? nullptr : dev[l].m.get();
+    u.num_state = host[l].bare ? 0 : 1;
     u.n = host[l].w.size();
     u.n_drop = host[l].n_drop;
     u.n_grow = host[l].n_grow;
@@ -104,6 +106,7 @@ TEST_CASE("cuda mask_update equals the CPU reference update", "[cuda][mask_updat
   EAST_REQUIRE_GPU_OR_SKIP();
   for (bool ties : {false, true}) {
     auto host = make_model(ties ? 100 : 200, ties);
+    const auto original = host;
     std::vector<DeviceLayer> dev;
     for (const auto& L : host) dev.emplace_back(L);
     std::vector<east::cuda::MaskUpdateStatus> status;
@@ -115,9 +118,24 @@ TEST_CASE("cuda mask_update equals the CPU reference update", "[cuda][mask_updat
       cpu_update(host[l]);
       REQUIRE(popcount(host[l].mask) == before - host[l].n_drop + host[l].n_grow);
       REQUIRE(dev[l].mask.download() == host[l].mask);
-      REQUIRE(dev[l].ever.download() == host[l].ever);
       REQUIRE(float_bits(dev[l].w.download()) == float_bits(host[l].w));
-      REQUIRE(float_bits(dev[l].m.download()) == float_bits(host[l].m));
+      if (host[l].bare) {  // untouched: not given to the device
+        REQUIRE(dev[l].ever.download() == original[l].ever);
+      } else {
+        REQUIRE(dev[l].ever.download() == host[l].ever);
+        REQUIRE(float_bits(dev[l].m.download()) == float_bits(host[l].m));
+      }
+      // the drop and grow selections the device reports are the CPU's
+      const auto want_drop = east::kernels::reference::select_abs(
+          original[l].w.data(), original[l].w.size(), original[l].n_drop, Extreme::smallest,
+          original[l].mask.data(), Among::active);
+      const auto want_grow = east::kernels::reference::select_abs(
+          original[l].g.data(), original[l].g.size(), original[l].n_grow, Extreme::largest,
+          original[l].mask.data(), Among::inactive);
+      REQUIRE(status[l].drop.selection == want_drop);
+      REQUIRE(status[l].grow.selection == want_grow);
+      REQUIRE(status[l].weight_nonfinite.count == 0);
+      REQUIRE(status[l].weight_nonfinite.first == host[l].w.size());
     }
   }
 }
@@ -147,6 +165,7 @@ TEST_CASE("cuda mask_update is all-or-nothing", "[cuda][mask_update]") {
     if (fault == 2) REQUIRE(status[bad_layer].drop.status == east::cuda::kSelectBadK);
     for (std::size_t l = 0; l < host.size(); ++l) {  // nothing changed anywhere
       REQUIRE(dev[l].mask.download() == host[l].mask);
+      REQUIRE(dev[l].ever.download() == host[l].ever);
       REQUIRE(float_bits(dev[l].w.download()) == float_bits(host[l].w));
       REQUIRE(float_bits(dev[l].m.download()) == float_bits(host[l].m));
     }

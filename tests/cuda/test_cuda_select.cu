@@ -235,7 +235,7 @@ namespace {
 __global__ void mod_keys_kernel(std::uint32_t* k, std::size_t n, std::uint32_t m) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
-    k[i] = static_cast<std::uint32_t>(i % m) * 0x01000193u;  // increasing in i % m
+    k[i] = static_cast<std::uint32_t>(i % m) * 0x00400193u;  // increasing in i % m (< 2^32 for m <= 1000)
 }
 }  // namespace
 
@@ -250,6 +250,7 @@ TEST_CASE("cuda select/mark past 2^31 keys (size_t indexing)", "[cuda][select][l
   }
   // key(i) = f(i mod M), f increasing: every key value v < M appears at i = v, v + M, v + 2M, ...
   const std::uint32_t M = 1000;
+  static_assert(999ull * 0x00400193u < (1ull << 32), "keys must not wrap");
   DeviceBuffer<std::uint32_t> d_k(n);
   mod_keys_kernel<<<4096, 256>>>(d_k.get(), n, M);
   EAST_CUDA_CHECK(cudaGetLastError());
@@ -273,7 +274,7 @@ TEST_CASE("cuda select/mark past 2^31 keys (size_t indexing)", "[cuda][select][l
   REQUIRE(got.status == east::cuda::kSelectOk);
   REQUIRE(got.candidates == n);
   REQUIRE(got.selection.k == k);
-  REQUIRE(got.selection.threshold == 997u * 0x01000193u);
+  REQUIRE(got.selection.threshold == 997u * 0x00400193u);
   REQUIRE(got.selection.ties == ties);
   REQUIRE(got.equal == count_of(997));
   const auto bits = d_out.download();

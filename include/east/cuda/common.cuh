@@ -28,6 +28,14 @@
                                ": " + cudaGetErrorString(east_cuda_err_));                             \
   } while (0)
 
+/// `#pragma unroll` for loops in __host__ __device__ functions (the host compiler does not know
+/// the pragma and -Wall warns about it).
+#if defined(__CUDA_ARCH__)
+#define EAST_CUDA_UNROLL _Pragma("unroll")
+#else
+#define EAST_CUDA_UNROLL
+#endif
+
 namespace east::cuda {
 
 using kernels::Among;

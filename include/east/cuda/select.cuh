@@ -76,16 +76,20 @@ __host__ __device__ constexpr std::uint32_t scan_bin(int t, int j) {
 }
 
 /// Scan thread's part of the digit choice: `c` are its bins' counts (best first), `above` the
-/// number of keys in better bins. Returns the slot whose bin holds the kl-th best key (kl >= 1)
-/// and the keys in better bins in *before, or -1 when it is in another thread's bins.
+/// number of keys in better bins. Returns the slot whose bin holds the kl-th best key (kl >= 1),
+/// with the keys in better bins in *before and the bin's count in *count, or -1 when it is in
+/// another thread's bins. (Unrolled, so c stays in registers.)
 __host__ __device__ inline int kth_slot(const unsigned long long (&c)[kScanPer], unsigned long long above,
-                                        unsigned long long kl, unsigned long long* before) {
+                                        unsigned long long kl, unsigned long long* before,
+                                        unsigned long long* count) {
   unsigned long long cum = above;
   int found = -1;
+  EAST_CUDA_UNROLL
   for (int j = 0; j < kScanPer; ++j) {
     if (found < 0 && cum < kl && kl <= cum + c[j]) {
       found = j;
       *before = cum;
+      *count = c[j];
     }
     cum += c[j];
   }
@@ -136,6 +140,7 @@ __host__ __device__ inline int popcount32(std::uint32_t x) {
 /// the equal lanes whose rank is below `ties`, in increasing position order.
 __host__ __device__ inline void take_ties(std::uint32_t (&take)[kItems], const std::uint32_t (&eq)[kItems],
                                           unsigned long long rank, unsigned long long ties) {
+  EAST_CUDA_UNROLL
   for (int j = 0; j < kItems; ++j) {
     const unsigned long long m = static_cast<unsigned long long>(popcount32(eq[j]));
     if (rank + m <= ties)
@@ -219,14 +224,14 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   if (s_finished) return;
-  unsigned long long before = 0;
-  const int j = kth_slot(c, above, s_kleft, &before);  // exactly one thread finds it
+  unsigned long long before = 0, count = 0;
+  const int j = kth_slot(c, above, s_kleft, &before, &count);  // exactly one thread finds it
   if (j >= 0) {
     const std::uint32_t prefix = radix_extend(s_prefix, scan_bin(threadIdx.x, j), pass);
     if (pass == kPasses - 1) {
       out->selection.threshold = ordered(prefix, ext);  // ordered() is its own inverse
       out->selection.ties = static_cast<std::size_t>(s_kleft - before);
-      out->equal = c[j];
+      out->equal = count;
       st->finished = 1;
     } else {
       st->prefix = prefix;
