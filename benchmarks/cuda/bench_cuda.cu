@@ -96,6 +96,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--n")) n = std::strtoull(argv[i + 1], nullptr, 10);
     if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
   }
+  if (reps < 1 || n < 1000) {
+    std::printf("usage: east_bench_cuda [--n N >= 1000] [--reps R >= 1]\n");
+    return 2;
+  }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("no CUDA device: nothing to measure\n");

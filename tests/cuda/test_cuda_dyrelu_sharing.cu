@@ -126,3 +126,66 @@ TEST_CASE("cuda shared weight kernels match the CPU (scale gradients bit for bit
     }
   }
 }
+
+TEST_CASE("cuda dyrelu and sharing in double match the CPU", "[cuda][dyrelu][sharing]") {
+  EAST_REQUIRE_GPU_OR_SKIP();
+  // DyReLU-B in double: same math as float, tighter agreement.
+  const int B = 2, C = 12, H = 9, W = 10;
+  const auto sz = east::dyrelu_sizes(C);
+  const std::size_t total = static_cast<std::size_t>(B) * C * H * W;
+  auto to_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  const auto flat = to_double(random_floats(sz.total, Values::normal, 901));
+  const auto x = to_double(random_floats(total, Values::normal, 902));
+  const auto dy = to_double(random_floats(total, Values::normal, 903));
+  const auto p = east::dyrelu_params_from_flat(flat.data(), C);
+  std::vector<double> y(total), dx(total), gflat(sz.total, 0.0);
+  east::DyReLUWorkspace<double> ws;
+  east::dyrelu_forward(p, x.data(), y.data(), B, C, H, W, 0.6, ws);
+  const auto gr = east::dyrelu_grads_from_flat(gflat.data(), C);
+  east::dyrelu_backward(p, x.data(), dy.data(), dx.data(), B, C, H, W, ws, &gr);
+  DeviceBuffer<double> d_flat(flat), d_x(x), d_dy(dy), d_y(total), d_dx(total), d_g(sz.total);
+  d_g.zero();
+  const auto dp = east::dyrelu_params_from_flat(static_cast<const double*>(d_flat.get()), C);
+  const auto dg = east::dyrelu_grads_from_flat(d_g.get(), C);
+  std::size_t bytes = 0;
+  EAST_CUDA_CHECK(east::cuda::dyrelu_forward<double>(nullptr, bytes, dp, d_x.get(), d_y.get(), B, C, H, W, 0.6));
+  REQUIRE(bytes == east::cuda::dyrelu_temp_bytes<double>(B, C, sz.hidden));
+  DeviceBuffer<unsigned char> temp(bytes);
+  EAST_CUDA_CHECK(east::cuda::dyrelu_forward<double>(temp.get(), bytes, dp, d_x.get(), d_y.get(), B, C, H, W, 0.6));
+  EAST_CUDA_CHECK(east::cuda::dyrelu_backward<double>(temp.get(), bytes, dp, d_x.get(), d_dy.get(), d_dx.get(), B,
+                                                      C, H, W, 0.6, &dg));
+  EAST_CUDA_CHECK(cudaDeviceSynchronize());
+  auto close = [](const std::vector<double>& got, const std::vector<double>& want, double rel) {
+    REQUIRE(got.size() == want.size());
+    double scale = 0.0;
+    for (double v : want) scale = std::max(scale, std::fabs(v));
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(i, got[i], want[i]);
+      REQUIRE(std::fabs(got[i] - want[i]) <= rel * std::max(std::fabs(want[i]), 1e-3 * scale) + 1e-300);
+    }
+  };
+  close(d_y.download(), y, 1e-12);
+  close(d_dx.download(), dx, 1e-10);
+  close(d_g.download(), gflat, 1e-9);
+
+  // Sharing in double: the scale gradients in the CPU's exact order.
+  const std::size_t n = 3 * east::detail::kSharedDotChunk + 11;
+  const auto w = to_double(random_floats(n, Values::normal, 904));
+  const auto g0 = to_double(random_floats(n, Values::normal, 905));
+  const auto g1 = to_double(random_floats(n, Values::normal, 906));
+  const std::vector<double> scales = {0.75, -1.25};
+  std::vector<double> dw(n, 0.5), ds = {0.0, 0.25};
+  const double* gp[2] = {g0.data(), g1.data()};
+  const auto dw0 = dw;
+  const auto ds0 = ds;
+  east::shared_weight_backward(w.data(), gp, scales.data(), 2, dw.data(), ds.data(), n);
+  DeviceBuffer<double> d_w(w), d_g0(g0), d_g1(g1), d_s(scales), d_dw(dw0), d_ds(ds0);
+  const double* d_gp[2] = {d_g0.get(), d_g1.get()};
+  two_phase([&](void* t, std::size_t& b) {
+    return east::cuda::shared_weight_backward<double>(t, b, d_w.get(), d_gp, d_s.get(), 2, d_dw.get(), d_ds.get(),
+                                                      n);
+  });
+  const auto got_ds = d_ds.download();
+  REQUIRE(std::memcmp(got_ds.data(), ds.data(), 2 * sizeof(double)) == 0);
+  close(d_dw.download(), dw, 1e-15);
+}
