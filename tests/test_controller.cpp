@@ -94,6 +94,27 @@ TEST_CASE("Gradients are masked on ordinary steps", "[controller]") {
     CHECK(east_test::count_nonzero(m.tensors[l].g) <= ctl.masks()[l].count());
 }
 
+TEST_CASE("Per-step masking can be turned off per layer; updates still mask every layer", "[controller]") {
+  auto m = ToyModel::small();
+  auto ctl = make_rigl(m.params(true), DstConfig{0.1, 10, 1000});
+  ctl.set_per_step_masking(0, false);
+  CHECK_FALSE(ctl.per_step_masking(0));
+  CHECK(ctl.per_step_masking(1));
+  m.randomize_grads(4);
+  for (auto& t : m.tensors) std::fill(t.w.begin(), t.w.end(), 1.0f);  // as if updated elsewhere
+  ctl.before_optimizer_step(3);
+  CHECK(ctl.after_optimizer_step(3) == false);
+  CHECK(east_test::count_nonzero(m.tensors[0].g) == m.tensors[0].g.size());  // left alone
+  CHECK(east_test::count_nonzero(m.tensors[0].w) == m.tensors[0].w.size());
+  CHECK(east_test::count_nonzero(m.tensors[1].g) <= ctl.masks()[1].count());  // masked
+  CHECK(east_test::count_nonzero(m.tensors[1].w) == ctl.masks()[1].count());
+  m.randomize_grads(5);
+  ctl.before_optimizer_step(10);
+  CHECK(ctl.after_optimizer_step(10));  // an update masks layer 0 too
+  CHECK(east_test::count_nonzero(m.tensors[0].w) <= ctl.masks()[0].count());
+  CHECK_THROWS_WITH(ctl.set_per_step_masking(99, false), Catch::Contains("layer 99"));
+}
+
 TEST_CASE("Nonzero counts stay exact over a run for every preset", "[controller]") {
   auto run = [](auto make) {
     auto m = ToyModel::small();

@@ -93,6 +93,12 @@ TEST_CASE("SparseLinear forward and gradients equal torch's linear with the mask
   y2.backward(dy);
   CHECK(rel_diff(x1.grad(), x2.grad()) < 1e-5);
   CHECK(rel_diff(lin->bias().grad(), bd.grad()) < 1e-6);
+  east::sparse::SparseLinear nobias(w, mask);  // no bias
+  auto x3 = x1.detach().clone().requires_grad_(true);
+  const auto y3 = nobias->forward(x3);
+  CHECK(rel_diff(y3, torch::linear(x2, wd)) < 1e-5);
+  y3.backward(dy);
+  CHECK(rel_diff(x3.grad(), x2.grad()) < 1e-5);
 }
 
 TEST_CASE("SparseCompute runs a ResNet's step like the dense model and round-trips at mask updates",
@@ -155,7 +161,7 @@ TEST_CASE("SparseCompute runs a ResNet's step like the dense model and round-tri
     }
     compute.write_dense();
     for (const auto& p : dense_model->named_parameters()) {
-      const auto& q = sparse_model->named_parameters()[p.key()];
+      const torch::Tensor q = sparse_model->named_parameters()[p.key()];  // a copy: the dict is a temporary
       INFO(p.key());
       CHECK(rel_diff(q, p.value()) < 1e-4);
     }

@@ -157,6 +157,7 @@ struct AnyController {
   virtual void before(std::int64_t step) = 0;
   virtual bool after(std::int64_t step) = 0;
   virtual bool is_update_step(std::int64_t step) const = 0;
+  virtual void set_per_step_masking(std::size_t layer, bool on) = 0;
   virtual std::size_t nonzeros() const = 0;
   virtual double density() const = 0;
   virtual double stored_density() const = 0;
@@ -174,6 +175,7 @@ struct ControllerHolder : AnyController {
   void before(std::int64_t s) override { ctl.before_optimizer_step(s); }
   bool after(std::int64_t s) override { return ctl.after_optimizer_step(s); }
   bool is_update_step(std::int64_t s) const override { return ctl.is_update_step(s); }
+  void set_per_step_masking(std::size_t l, bool on) override { ctl.set_per_step_masking(l, on); }
   std::size_t nonzeros() const override { return ctl.nonzeros(); }
   double density() const override { return ctl.density(); }
   double stored_density() const override { return ctl.stored_density(); }
@@ -517,7 +519,13 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     ta::check_views(*model, ctl->params());
     if (!c.quiet) log << "resumed from " << ckpt << " at epoch " << start_epoch << "\n";
   }
-  if (compute) compute->attach(ctl->masks());
+  // Layers on compact copies need no per-step masking of their (stale) dense tensors.
+  const auto attach = [&] {
+    compute->attach(ctl->masks());
+    for (std::size_t l = 0; l < ctl->params().size(); ++l)
+      ctl->set_per_step_masking(l, !compute->attached(ctl->params()[l].name));
+  };
+  if (compute) attach();
 
   if (!c.quiet) {
     log << "east-trainer: " << c.method << " ResNet-" << c.depth << " width " << c.width << " on "
@@ -568,21 +576,19 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       // With sparse kernels: update steps also capture the dense weight gradients (regrowth),
       // and the dense tensors are brought up to date around the controller's mask update.
       const bool upd = ctl->is_update_step(step);
-      // Per-step re-masking only matters for layers the dense kernels train.
-      const bool mask_dense = !compute || upd || !compute->all_attached(ctl->params());
       if (compute) compute->begin_step(upd);
       sgd.zero_grad();
       if (compute) compute->zero_grad();
       auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
       loss.backward();
-      if (mask_dense) ctl->before(step);
+      ctl->before(step);
       if (c.clip > 0)
         sgd.clip_grad_norm(c.clip, compute ? compute->gradients() : std::vector<torch::Tensor>{});
       sgd.step(lr);
       if (compute) compute->step(lr);
       if (compute && upd) compute->write_dense();
-      if (mask_dense) ctl->after(step);
-      if (compute && upd) compute->attach(ctl->masks());
+      ctl->after(step);
+      if (compute && upd) attach();
       const double lv = loss.item<double>();
       r.loss_history.push_back(lv);
       east::detail::require(std::isfinite(lv), "east-trainer", "loss became ", lv, " at step ", step,

@@ -120,10 +120,10 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
     SparseConv2dFunction::sync_values(values, *state);
     auto y = torch::empty({input.size(0), static_cast<long>(state->weight.rows())}, input.options());
     linear_forward(input.data_ptr<float>(), static_cast<std::size_t>(input.size(0)), state->weight,
-                   y.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr);
+                   y.data_ptr<float>(), has_bias(bias) ? bias.data_ptr<float>() : nullptr);
     ctx->save_for_backward({input});
     ctx->saved_data["state"] = reinterpret_cast<std::int64_t>(state);
-    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["has_bias"] = has_bias(bias);
     return y;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -145,6 +145,8 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) db = dy.sum(0);
     return {dx, dv, db, at::Tensor()};
   }
+  // No bias is an empty tensor: libtorch 1.13's Function::apply rejects undefined inputs.
+  static bool has_bias(const at::Tensor& b) { return b.defined() && b.numel() > 0; }
 };
 
 /// Dense weight-gradient rows of a convolution computed by libtorch (oneDNN), for
@@ -269,7 +271,8 @@ class SparseLinearImpl : public torch::nn::Module, public SparseLayerBase {
     if (bias.defined()) bias_ = register_parameter("bias", bias.detach().clone());
   }
   at::Tensor forward(const at::Tensor& x) {
-    return SparseLinearFunction::apply(x.contiguous(), values_, bias_, state_.get());
+    return SparseLinearFunction::apply(x.contiguous(), values_, bias_.defined() ? bias_ : torch::empty({0}),
+                                       state_.get());
   }
   at::Tensor& bias() { return bias_; }
 

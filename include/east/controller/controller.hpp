@@ -89,19 +89,34 @@ class Controller {
     });
     if (is_update_step(step)) return;
     for (std::size_t l = 0; l < params_.size(); ++l)
-      if (params_[l].grad && params_[l].role != LayerRole::excluded) masks_[l].apply(params_[l].grad);
+      if (params_[l].grad && params_[l].role != LayerRole::excluded && per_step_masking(l))
+        masks_[l].apply(params_[l].grad);
   }
 
   /// Call after the optimizer step. Returns true when the masks were updated at this step.
   template <class... Callbacks>
   bool after_optimizer_step(std::int64_t step, Callbacks&&... callbacks) {
     const bool upd = is_update_step(step);
-    if (upd)
+    if (upd) {
       update(step, callbacks...);
-    else
-      apply_masks();
+    } else {
+      for (std::size_t l = 0; l < params_.size(); ++l)
+        if (per_step_masking(l)) apply_mask(l);
+    }
     return upd;
   }
+
+  /// Whether layer `l`'s gradient, weight and optimizer state are re-masked on every step (the
+  /// default). Turn it off for a layer whose tensors are updated elsewhere between mask updates
+  /// (e.g. torch_adapter::SparseCompute's compact copies): masking their stale dense tensors is
+  /// wasted passes. Mask updates and apply_masks() still mask every layer.
+  void set_per_step_masking(std::size_t l, bool on) {
+    detail::require(l < params_.size(), "east::Controller::set_per_step_masking()", "layer ", l,
+                    " (valid: < ", params_.size(), ")");
+    skip_per_step_.resize(params_.size(), false);
+    skip_per_step_[l] = !on;
+  }
+  bool per_step_masking(std::size_t l) const { return l >= skip_per_step_.size() || !skip_per_step_[l]; }
 
   /// Whether `step` is a mask-update step (the update schedule, or a forced density boundary).
   bool is_update_step(std::int64_t step) const {
@@ -199,11 +214,13 @@ class Controller {
 
   /// Zeroes inactive weights and registered optimizer buffers (e.g. after a user's own change).
   void apply_masks() {
-    for (std::size_t l = 0; l < params_.size(); ++l) {
-      if (params_[l].role == LayerRole::excluded) continue;
-      masks_[l].apply(params_[l].weight);
-      for (float* s : params_[l].state) masks_[l].apply(s);
-    }
+    for (std::size_t l = 0; l < params_.size(); ++l) apply_mask(l);
+  }
+  /// The same for one layer.
+  void apply_mask(std::size_t l) {
+    if (params_[l].role == LayerRole::excluded) return;
+    masks_[l].apply(params_[l].weight);
+    for (float* s : params_[l].state) masks_[l].apply(s);
   }
 
   // ------------------------------------------------------------------ observers
@@ -364,6 +381,7 @@ class Controller {
   ParameterSet params_;
   MethodT method_;
   ControllerOptions options_;
+  std::vector<bool> skip_per_step_;  // layers set_per_step_masking turned off
   std::vector<BitMask> masks_, ever_active_;
   std::vector<std::uint32_t> scratch_;
   double density_ = 1.0;

@@ -17,10 +17,10 @@
 //   sgd.step(lr); compute.step(lr);
 //   if (upd) compute.write_dense();
 //   controller.after_optimizer_step(step);
-//   if (upd) compute.attach(controller.masks());
-// On steps that are not update steps the controller only re-masks the dense tensors, which for
-// attached layers are not read until the next write_dense: a loop may skip both controller calls
-// there when every prunable layer is attached (all_attached()) and no policy observes gradients.
+//   if (upd) compute.attach(controller.masks());   // then, per layer l:
+//                controller.set_per_step_masking(l, !compute.attached(name of l))
+// The last line only saves time: the dense tensors of attached layers are stale between updates,
+// so re-masking them every step is wasted passes over the whole dense model.
 #include <torch/torch.h>
 
 #include <string>
@@ -229,12 +229,6 @@ class SparseCompute {
     for (const auto& e : entries_)
       if (e.name == name) return e.attached;
     return false;
-  }
-  /// Whether every layer of `params` that is not excluded runs sparse here.
-  bool all_attached(const ParameterSet& params) const {
-    std::size_t prunable = 0;
-    for (const auto& l : params) prunable += l.role != LayerRole::excluded;
-    return attached_count() == prunable;
   }
   /// Bytes of the compact state: index, values and momentum of attached layers.
   std::size_t compact_bytes() const {
