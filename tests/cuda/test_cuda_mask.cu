@@ -103,3 +103,20 @@ TEST_CASE("cuda masked_sgd rejects bad parameters like the CPU", "[cuda][sgd]") 
   float dummy = 0;
   REQUIRE_THROWS_AS(east::cuda::masked_sgd(nullptr, nullptr, &dummy, nullptr, 10, p), east::InvalidArgument);
 }
+
+TEST_CASE("cuda element-wise kernels with n = 0", "[cuda][mask]") {
+  EAST_REQUIRE_GPU_OR_SKIP();
+  // Nothing to touch: success, no launch needed; count_nonfinite still writes {0, first = n}.
+  EAST_CUDA_CHECK(east::cuda::apply_mask(nullptr, nullptr, 0));
+  EAST_CUDA_CHECK(east::cuda::fill_where(nullptr, nullptr, 0, 1.0f));
+  EAST_CUDA_CHECK(east::cuda::masked_sgd(nullptr, nullptr, nullptr, nullptr, 0, east::kernels::SgdParams{}));
+  DeviceBuffer<east::cuda::NonfiniteResult> d_r(1);
+  EAST_CUDA_CHECK(cudaMemset(d_r.get(), 0xFF, sizeof(east::cuda::NonfiniteResult)));
+  EAST_CUDA_CHECK(east::cuda::count_nonfinite(nullptr, 0, d_r.get()));
+  const auto r = d_r.download()[0];
+  REQUIRE(r.count == 0);
+  REQUIRE(r.first == 0);
+  // Null data with n > 0 is refused before any launch.
+  REQUIRE(east::cuda::apply_mask(nullptr, nullptr, 5) == cudaErrorInvalidValue);
+  REQUIRE(east::cuda::count_nonfinite(nullptr, 5, d_r.get()) == cudaErrorInvalidValue);
+}
