@@ -8,6 +8,7 @@
 #include <east/activations/dyrelu.hpp>
 #include <east/cuda/dyrelu.cuh>
 #include <east/cuda/mask.cuh>
+#include <east/cuda/mask_update.cuh>
 #include <east/cuda/select.cuh>
 #include <east/cuda/sharing.cuh>
 #include <east/kernels/reference/select.hpp>
@@ -613,4 +614,60 @@ TEST_CASE("host: bad configuration throws before anything is launched", "[cuda][
   r.selection.k = 5;
   r.candidates = 4;
   REQUIRE_THROWS_AS(east::cuda::check_selection(r), east::InvalidArgument);
+}
+
+TEST_CASE("host: mask_update's commit words equal the controller's commit", "[cuda][host][mask_update]") {
+  // Decide with the reference selections, commit the way update_zero_kernel and
+  // update_words_kernel do, and compare with the controller's phase 2 + apply_masks().
+  namespace ref = east::kernels::reference;
+  unsigned seed = 400;
+  for (std::size_t n : {std::size_t{1}, std::size_t{63}, std::size_t{64}, std::size_t{65}, std::size_t{4097},
+                        std::size_t{20000}}) {
+    for (bool ties : {false, true}) {
+      CAPTURE(n, ties);
+      const auto w0 = random_floats(n, ties ? Values::ties : Values::normal, seed++);
+      const auto g = random_floats(n, ties ? Values::ties : Values::normal, seed++);
+      const auto s0 = random_floats(n, Values::normal, seed++);
+      const auto mask0 = random_mask(n, 0.3, seed++);
+      std::vector<std::uint64_t> ever0 = random_mask(n, 0.2, seed++);
+      for (std::size_t i = 0; i < mask0.size(); ++i) ever0[i] |= mask0[i];
+      std::size_t active = 0;
+      for (std::size_t i = 0; i < n; ++i) active += east::kernels::test_bit(mask0.data(), i);
+      const std::size_t n_drop = active / 3, n_grow = std::min(n - active, active / 2 + 1);
+      std::vector<std::uint64_t> dropped(mask0.size(), 0), grown(mask0.size(), 0);
+      const auto sd = ref::select_abs(w0.data(), n, n_drop, Extreme::smallest, mask0.data(), Among::active);
+      ref::mark_selected_abs(w0.data(), n, sd, Extreme::smallest, mask0.data(), Among::active, dropped.data());
+      const auto sg = ref::select_abs(g.data(), n, n_grow, Extreme::largest, mask0.data(), Among::inactive);
+      ref::mark_selected_abs(g.data(), n, sg, Extreme::largest, mask0.data(), Among::inactive, grown.data());
+      // the controller's commit
+      auto cm = mask0, ce = ever0;
+      auto cw = w0, cs = s0;
+      for (std::size_t i = 0; i < cm.size(); ++i) {
+        cm[i] = (cm[i] & ~dropped[i]) | grown[i];
+        ce[i] |= cm[i];
+      }
+      ref::fill_where(cw.data(), grown.data(), n, 0.0f);
+      ref::fill_where(cs.data(), grown.data(), n, 0.0f);
+      ref::apply_mask(cw.data(), cm.data(), n);
+      ref::apply_mask(cs.data(), cm.data(), n);
+      // the kernels': element pass on the old words first, then the word pass
+      auto em = mask0, ee = ever0;
+      auto ew = w0, es = s0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t wi = i >> 6;
+        if ((cd::zeroed_word(em[wi], dropped[wi], grown[wi]) >> (i & 63)) & 1u) {
+          ew[i] = 0.0f;
+          es[i] = 0.0f;
+        }
+      }
+      for (std::size_t wi = 0; wi < em.size(); ++wi) {
+        em[wi] = cd::committed_word(em[wi], dropped[wi], grown[wi]);
+        ee[wi] |= em[wi];
+      }
+      REQUIRE(em == cm);
+      REQUIRE(ee == ce);
+      REQUIRE(float_bits(ew) == float_bits(cw));
+      REQUIRE(float_bits(es) == float_bits(cs));
+    }
+  }
 }

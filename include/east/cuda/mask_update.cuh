@@ -41,6 +41,19 @@ struct MaskUpdateStatus {
 
 namespace detail {
 
+/// The committed mask word: (mask & ~dropped) | grown, as Controller::update() phase 2.
+__host__ __device__ constexpr std::uint64_t committed_word(std::uint64_t mask, std::uint64_t dropped,
+                                                         std::uint64_t grown) {
+  return (mask & ~dropped) | grown;
+}
+
+/// Positions of a word whose weight and optimizer state become 0 at the commit: grown ones
+/// (grow_init = zero, state reset) and those inactive in the new mask (apply_masks()).
+__host__ __device__ constexpr std::uint64_t zeroed_word(std::uint64_t mask, std::uint64_t dropped,
+                                                      std::uint64_t grown) {
+  return ~committed_word(mask, dropped, grown) | grown;
+}
+
 __global__ void update_check_kernel(MaskUpdateStatus* st, int* failed) {
   if (st->drop.status != kSelectOk || st->grow.status != kSelectOk) atomicExch(failed, 1);
 }
@@ -60,8 +73,7 @@ __global__ void update_zero_kernel(float* w, const std::uint64_t* mask, const st
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     const std::size_t wi = i >> 6;
-    const std::uint64_t gw = grown[wi], nw = (mask[wi] & ~dropped[wi]) | gw;
-    const std::uint64_t zero = ~nw | gw;  // positions whose weight and state become 0
+    const std::uint64_t zero = zeroed_word(mask[wi], dropped[wi], grown[wi]);
     if (!((zero >> (i & 63)) & 1u)) continue;
     if (__float_as_uint(w[i]) != 0u) w[i] = 0.0f;
     for (int s = 0; s < state.count; ++s)
@@ -75,7 +87,7 @@ __global__ void update_words_kernel(std::uint64_t* mask, std::uint64_t* ever, co
   if (*failed) return;
   for (std::size_t wi = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; wi < words;
        wi += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    const std::uint64_t nw = (mask[wi] & ~dropped[wi]) | grown[wi];
+    const std::uint64_t nw = committed_word(mask[wi], dropped[wi], grown[wi]);
     mask[wi] = nw;
     if (ever) ever[wi] |= nw;
   }
