@@ -671,3 +671,43 @@ TEST_CASE("host: mask_update's commit words equal the controller's commit", "[cu
     }
   }
 }
+
+TEST_CASE("host: mask_update rejects bad layer descriptions before anything is queued", "[cuda][host][mask_update]") {
+  float w[4] = {};
+  std::uint64_t m[1] = {};
+  auto ok = [&] {
+    east::cuda::LayerUpdate u;
+    u.weight = w;  // never dereferenced on the host
+    u.mask = m;
+    u.grad = w;
+    u.n = 4;
+    return u;
+  };
+  std::size_t bytes = 0;
+  auto call = [&](const east::cuda::LayerUpdate& bad) {
+    const east::cuda::LayerUpdate ls[2] = {ok(), bad};
+    return east::cuda::mask_update(nullptr, bytes, ls, 2, nullptr, nullptr);
+  };
+  auto u = ok();
+  u.mask = nullptr;
+  REQUIRE_THROWS_AS(call(u), east::InvalidArgument);
+  u = ok();
+  u.grad = nullptr;
+  u.n_grow = 1;
+  REQUIRE_THROWS_AS(call(u), east::InvalidArgument);
+  u = ok();
+  u.n_drop = 5;
+  REQUIRE_THROWS_AS(call(u), east::InvalidArgument);
+  u = ok();
+  u.num_state = east::cuda::kMaxStateBuffers + 1;
+  REQUIRE_THROWS_AS(call(u), east::InvalidArgument);
+  u = ok();
+  u.num_state = 1;
+  REQUIRE_THROWS_AS(call(u), east::InvalidArgument);  // state[0] null
+  u = ok();
+  u.n = 0;
+  u.weight = nullptr;
+  u.mask = nullptr;
+  u.num_state = 2;  // null state of an empty layer is fine
+  REQUIRE_NOTHROW(call(u));  // (the size query itself may fail without a device; it must not throw)
+}

@@ -100,6 +100,9 @@ __global__ void update_words_kernel(std::uint64_t* mask, std::uint64_t* ever, co
 /// @param layers    host array of L layer descriptions (device pointers inside).
 /// @param d_status  L MaskUpdateStatus (device), written for every layer.
 /// @param d_failed  one int (device): 0 if the update was committed, 1 if nothing changed.
+/// A bad layer description (null weight/mask/gradient/state where needed, a count above n,
+/// num_state outside 0..kMaxStateBuffers) throws east::InvalidArgument before anything is queued;
+/// counts above the number of *candidates* are only known on the device (MaskUpdateStatus).
 /// The caller synchronises and reads *d_failed (and d_status for the reason); nothing else of the
 /// model is read back here, so the call is asynchronous like every other call of the backend.
 /// Every mask word is written by exactly one thread: no atomics on masks, no races.
@@ -107,6 +110,23 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
                                std::size_t L, MaskUpdateStatus* d_status, int* d_failed,
                                cudaStream_t stream = 0) {
   if (L > 0 && layers == nullptr) return cudaErrorInvalidValue;
+  // The layer descriptions are host-side configuration: a bad one throws before anything is
+  // queued (or sized), like a momentum without a buffer in masked_sgd.
+  constexpr const char* where = "east::cuda::mask_update";
+  for (std::size_t l = 0; l < L; ++l) {
+    const LayerUpdate& u = layers[l];
+    ::east::detail::require(u.n == 0 || (u.weight != nullptr && u.mask != nullptr), where, "layer ", l,
+                            ": weight or mask is null with n = ", u.n);
+    ::east::detail::require(u.n_grow == 0 || u.grad != nullptr, where, "layer ", l, ": n_grow = ", u.n_grow,
+                            " needs a gradient (got null)");
+    ::east::detail::require(u.n_drop <= u.n && u.n_grow <= u.n, where, "layer ", l, ": n_drop = ", u.n_drop,
+                            ", n_grow = ", u.n_grow, " (valid: 0..n = ", u.n, ")");
+    ::east::detail::require(u.num_state >= 0 && u.num_state <= kMaxStateBuffers, where, "layer ", l,
+                            ": num_state = ", u.num_state, " (valid: 0..", kMaxStateBuffers, ")");
+    for (int s = 0; s < u.num_state; ++s)
+      ::east::detail::require(u.n == 0 || u.state[s] != nullptr, where, "layer ", l, ": state[", s,
+                              "] is null");
+  }
   std::size_t max_n = 0, total_words = 0;
   for (std::size_t l = 0; l < L; ++l) {
     max_n = layers[l].n > max_n ? layers[l].n : max_n;
@@ -134,14 +154,6 @@ inline cudaError_t mask_update(void* d_temp, std::size_t& temp_bytes, const Laye
   err = detail::alias_temporaries(d_temp, temp_bytes, parts, sizes);
   if (err != cudaSuccess || d_temp == nullptr) return err;
   if (d_status == nullptr || d_failed == nullptr) return cudaErrorInvalidValue;
-  for (std::size_t l = 0; l < L; ++l) {
-    const LayerUpdate& u = layers[l];
-    if (u.n > 0 && (u.weight == nullptr || u.mask == nullptr)) return cudaErrorInvalidValue;
-    if (u.n_grow > 0 && u.grad == nullptr) return cudaErrorInvalidValue;
-    if (u.num_state < 0 || u.num_state > kMaxStateBuffers) return cudaErrorInvalidValue;
-    for (int s = 0; s < u.num_state; ++s)
-      if (u.n > 0 && u.state[s] == nullptr) return cudaErrorInvalidValue;
-  }
   auto* dropped_all = static_cast<std::uint64_t*>(parts[0]);
   auto* grown_all = static_cast<std::uint64_t*>(parts[1]);
   if ((err = cudaMemsetAsync(d_failed, 0, sizeof(int), stream)) != cudaSuccess) return err;
