@@ -176,6 +176,30 @@ struct FlatRuns {
   }
 };
 
+/// Every stored weight's run, decoded once per call: the kernels then do no index arithmetic
+/// (two integer divisions per weight and image before) in their inner loops.
+struct FlatTap {
+  std::size_t x_off;  // ci·H·W + input offset of the run, from an image's first input plane
+  std::size_t o0, n;  // first output position of the run and its length (0: the tap is never valid)
+  const float* mask;  // column mask or nullptr
+};
+inline std::vector<FlatTap> flat_taps(const Conv2dGeometry& g, const ConvSpans& sp, const FlatRuns& fr,
+                                      const CsrWeight& wt) {
+  std::vector<FlatTap> taps(wt.nnz());
+  const std::size_t khw = g.kh * g.kw, hw = g.h * g.w;
+  const std::uint32_t* col = wt.col();
+  for (std::size_t j = 0; j < taps.size(); ++j) {
+    const std::size_t c = col[j], ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
+    if (sp.rows[r].hi <= sp.rows[r].lo || sp.cols[s].hi <= sp.cols[s].lo) {
+      taps[j] = {0, 0, 0, nullptr};
+      continue;
+    }
+    const auto run = fr.run(g, sp, r, s);
+    taps[j] = {ci * hw + run.in0, run.o0, run.n, run.mask};
+  }
+  return taps;
+}
+
 // dst[i] += v · src[i] where mask[i] is set (every i when mask is null).
 EAST_ALWAYS_INLINE void axpy_run(float v, const float* EAST_RESTRICT src, const float* EAST_RESTRICT mask,
                                  float* EAST_RESTRICT dst, std::size_t n) {
@@ -217,6 +241,8 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
   g.check_weight(wt, "east::sparse::conv2d_forward()");
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
+  const std::vector<detail::FlatTap> taps =
+      fr.ok ? detail::flat_taps(g, sp, fr, wt) : std::vector<detail::FlatTap>{};
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, ho = g.out_h(), wo = g.out_w(), hwo = ho * wo;
   const std::uint32_t* rp = wt.row_ptr();
   const std::uint32_t* col = wt.col();
@@ -233,17 +259,19 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
       float* yp = y + (n * g.c_out + co) * hwo;
       const float b0 = bias ? bias[co] : 0.0f;
       for (std::size_t i = 0; i < hwo; ++i) yp[i] = b0;
+      if (fr.ok) {
+        for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
+          const detail::FlatTap& t = taps[j];
+          if (t.n) detail::axpy_run(val[j], xn + t.x_off, t.mask, yp + t.o0, t.n);
+        }
+        continue;
+      }
       for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
         const std::size_t c = col[j], ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
         const detail::Span sh = sp.rows[r], sw = sp.cols[s];
         if (sw.hi <= sw.lo || sh.hi <= sh.lo) continue;
         const float v = val[j];
         const float* xp = xn + ci * hw;
-        if (fr.ok) {
-          const auto run = fr.run(g, sp, r, s);
-          detail::axpy_run(v, xp + run.in0, run.mask, yp + run.o0, run.n);
-          continue;
-        }
         for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
           detail::axpy_strided(v, xp + detail::in_offset(g, oh, sw.lo, r, s), g.stride_w,
                                yp + oh * wo + sw.lo, sw.hi - sw.lo);
@@ -258,6 +286,8 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
   g.check_weight(wt, "east::sparse::conv2d_grad_input()");
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
+  const std::vector<detail::FlatTap> taps =
+      fr.ok ? detail::flat_taps(g, sp, fr, wt) : std::vector<detail::FlatTap>{};
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, wo = g.out_w(), hwo = g.out_h() * wo;
   const std::uint32_t* gp = wt.group_ptr();
   const std::uint32_t* trow = wt.t_row();
@@ -273,6 +303,15 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
     for (std::size_t ci = c0; ci < c1; ++ci) {
       float* xp = dx + (n * g.c_in + ci) * hw;
       for (std::size_t i = 0; i < hw; ++i) xp[i] = 0.0f;
+      if (fr.ok) {
+        float* dxn = dx + n * g.c_in * hw;
+        for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
+          const std::uint32_t j = tpos[t];
+          const detail::FlatTap& tp = taps[j];
+          if (tp.n) detail::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
+        }
+        continue;
+      }
       for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
         const std::uint32_t j = tpos[t];
         const std::size_t rs = col[j] - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
@@ -280,11 +319,6 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
         if (sw.hi <= sw.lo || sh.hi <= sh.lo) continue;
         const float v = val[j];
         const float* yp = dyn + trow[t] * hwo;
-        if (fr.ok) {
-          const auto run = fr.run(g, sp, r, s);
-          detail::axpy_run(v, yp + run.o0, run.mask, xp + run.in0, run.n);
-          continue;
-        }
         for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
           detail::axpy_scatter(v, yp + oh * wo + sw.lo, g.stride_w,
                                xp + detail::in_offset(g, oh, sw.lo, r, s), sw.hi - sw.lo);
@@ -300,6 +334,8 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
   g.check_weight(wt, "east::sparse::conv2d_grad_weight()");
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
+  const std::vector<detail::FlatTap> taps =
+      fr.ok ? detail::flat_taps(g, sp, fr, wt) : std::vector<detail::FlatTap>{};
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, hwo = g.out_h() * g.out_w();
   const std::uint32_t* rp = wt.row_ptr();
   const std::uint32_t* col = wt.col();
@@ -310,15 +346,16 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
     for (std::size_t n = 0; n < g.batch; ++n) {
       const float* dyp = dy + (n * g.c_out + co) * hwo;
       const float* xn = x + n * g.c_in * hw;
+      if (fr.ok) {
+        for (std::uint32_t j = b; j < e; ++j) {
+          const detail::FlatTap& t = taps[j];
+          if (t.n) gw[j] += detail::dot_run(dyp + t.o0, xn + t.x_off, t.mask, t.n);
+        }
+        continue;
+      }
       for (std::uint32_t j = b; j < e; ++j) {
         const std::size_t c = col[j], ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
-        if (fr.ok) {
-          if (sp.rows[r].hi <= sp.rows[r].lo || sp.cols[s].hi <= sp.cols[s].lo) continue;
-          const auto run = fr.run(g, sp, r, s);
-          gw[j] += detail::dot_run(dyp + run.o0, xn + ci * hw + run.in0, run.mask, run.n);
-        } else {
-          gw[j] += detail::tap_dot(g, sp, dyp, xn + ci * hw, r, s);
-        }
+        gw[j] += detail::tap_dot(g, sp, dyp, xn + ci * hw, r, s);
       }
     }
   });
