@@ -26,9 +26,7 @@ namespace torch_adapter {
 struct ConvRoute {
   SparseCompute* compute = nullptr;
   at::Tensor operator()(torch::nn::Conv2d& conv, const at::Tensor& x) const {
-    if (!compute) return conv(x);
-    return compute->conv2d(x, conv->weight, (*conv->options.stride())[0],
-                           (*conv->options.kernel_size())[0] / 2);
+    return compute ? compute->forward(*conv, x) : conv(x);
   }
 };
 

@@ -206,16 +206,23 @@ class SparseCompute {
   /// computes conv2d(x, weight · scale), exactly the dense module's arithmetic).
   at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, std::int64_t stride, std::int64_t pad,
                     const at::Tensor& scale = {}) {
-    const auto it = by_impl_.find(weight.unsafeGetTensorImpl());
-    if (it == by_impl_.end() || !entries_[it->second].attached)
-      return torch::conv2d(x, scale.defined() ? weight * scale : weight, {}, stride, pad);
-    auto& e = entries_[it->second];
-    east::detail::require(
-        static_cast<std::size_t>(stride) == e.state->stride && static_cast<std::size_t>(pad) == e.state->pad,
-        "east::torch_adapter::SparseCompute::conv2d()", "layer '", e.name, "' called with stride ", stride,
-        " and padding ", pad, " (valid: its module's ", e.state->stride, " and ", e.state->pad, ")");
-    auto y = sparse::SparseConv2dFunction::apply(x.contiguous(), e.values, e.state.get());
+    Entry* e = attached_entry(weight);
+    if (!e) return torch::conv2d(x, scale.defined() ? weight * scale : weight, {}, stride, pad);
+    east::detail::require(static_cast<std::size_t>(stride) == e->state->stride &&
+                              static_cast<std::size_t>(pad) == e->state->pad,
+                          "east::torch_adapter::SparseCompute::conv2d()", "layer '", e->name,
+                          "' called with stride ", stride, " and padding ", pad, " (valid: its module's ",
+                          e->state->stride, " and ", e->state->pad, ")");
+    auto y = sparse::SparseConv2dFunction::apply(x.contiguous(), e->values, e->state.get());
     return scale.defined() ? y * scale : y;
+  }
+
+  /// `conv`'s forward: on the sparse kernels when its weight is attached (with the stride and
+  /// padding read from the module at registration), else the module's own forward.
+  at::Tensor forward(torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
+    Entry* e = attached_entry(conv.weight);
+    if (!e) return conv.forward(x);
+    return sparse::SparseConv2dFunction::apply(x.contiguous(), e->values, e->state.get());
   }
 
   /// Registered convolutions, and how many of them run sparse now.
@@ -249,6 +256,11 @@ class SparseCompute {
     torch::Tensor values;                             // compact weights, a leaf autograd differentiates
     bool attached = false;
   };
+  Entry* attached_entry(const at::Tensor& weight) {
+    const auto it = by_impl_.find(weight.unsafeGetTensorImpl());
+    return it != by_impl_.end() && entries_[it->second].attached ? &entries_[it->second] : nullptr;
+  }
+
   Sgd* sgd_;
   sparse::Crossover crossover_;
   std::vector<Entry> entries_;
