@@ -7,6 +7,7 @@
 //   optimizer.step()
 //   after_optimizer_step(step)   — on update steps: drop/grow/move to the scheduled density;
 //                                   always: re-masks weights and registered optimizer buffers.
+// Layers with a LayerStorage (compact layers) are driven through its hooks by these same calls.
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -15,6 +16,7 @@
 #include "../core/error.hpp"
 #include "../core/parameter_set.hpp"
 #include "../core/random.hpp"
+#include "../init/fan_in.hpp"
 #include "../kernels/select.hpp"
 #include "../masks/bit_mask.hpp"
 #include "callbacks.hpp"
@@ -27,6 +29,10 @@ namespace east {
 struct ControllerOptions {
   std::uint64_t seed = 0;          ///< every random decision derives from it (counter-based)
   AllocationOptions allocation{};  ///< minimum nonzeros per layer
+  /// Rescaling of the surviving initial weights when the masks are created (init/fan_in.hpp).
+  /// fan_in keeps each unit's output variance at what the dense initialiser intended; without
+  /// it, networks without normalisation layers stop learning at high sparsity.
+  InitScaling init = InitScaling::fan_in;
 };
 
 /// Everything needed to resume: what io/checkpoint.hpp saves.
@@ -45,6 +51,7 @@ struct ControllerState {
 template <class MethodT>
 class Controller {
   static_assert(detail::method_traits<MethodT>::ok);  // names any missing policy method
+  using RegrowT = std::decay_t<decltype(std::declval<MethodT&>().regrow)>;
 
  public:
   /// Builds the initial masks: counts from the distribution at density(0), positions chosen
@@ -76,7 +83,21 @@ class Controller {
       masks_.push_back(m);
       ever_active_.push_back(m);
     }
-    apply_masks();
+    for (const auto& l : params_)
+      detail::require(!l.storage || !has_observer(), where, "layer '", l.name,
+                      "' trains on its own storage, but a policy of this method observes the dense "
+                      "gradient of every layer every step (e.g. SNFS's MomentumRegrow); run it on "
+                      "dense views (no storage)");
+    for (std::size_t l = 0; l < params_.size(); ++l) {
+      const auto& layer = params_[l];
+      if (layer.role == LayerRole::excluded) continue;
+      masks_[l].apply(layer.weight);
+      for (float* s : layer.state) masks_[l].apply(s);
+      if (options_.init == InitScaling::fan_in && layer.role == LayerRole::sparse)
+        scale_to_active_fan_in(layer, masks_[l]);
+    }
+    sync_storage();
+    prepare_storage(0);
   }
 
   // ------------------------------------------------------------------ training-loop hooks
@@ -103,6 +124,7 @@ class Controller {
       for (std::size_t l = 0; l < params_.size(); ++l)
         if (per_step_masking(l)) apply_mask(l);
     }
+    prepare_storage(step + 1);
     return upd;
   }
 
@@ -110,13 +132,19 @@ class Controller {
   /// default). Turn it off for a layer whose tensors are updated elsewhere between mask updates
   /// (e.g. torch_adapter::SparseCompute's compact copies): masking their stale dense tensors is
   /// wasted passes. Mask updates and apply_masks() still mask every layer.
+  /// Layers with a detached LayerStorage are skipped automatically.
   void set_per_step_masking(std::size_t l, bool on) {
     detail::require(l < params_.size(), "east::Controller::set_per_step_masking()", "layer ", l,
                     " (valid: < ", params_.size(), ")");
     skip_per_step_.resize(params_.size(), false);
     skip_per_step_[l] = !on;
   }
-  bool per_step_masking(std::size_t l) const { return l >= skip_per_step_.size() || !skip_per_step_[l]; }
+  void set_per_step_masking(const std::string& name, bool on) { set_per_step_masking(index_of(name), on); }
+  bool per_step_masking(std::size_t l) const {
+    if (params_[l].storage && params_[l].storage->detached()) return false;
+    return l >= skip_per_step_.size() || !skip_per_step_[l];
+  }
+  bool per_step_masking(const std::string& name) const { return per_step_masking(index_of(name)); }
 
   /// Whether `step` is a mask-update step (the update schedule, or a forced density boundary).
   bool is_update_step(std::int64_t step) const {
@@ -137,6 +165,8 @@ class Controller {
                     " (valid: [0, 1])");
     const auto counts = layer_counts(method_.distribution, params_, d, options_.allocation);
     const RandomStream stream = make_stream(options_.seed).derive(static_cast<std::uint64_t>(step));
+    for (auto& layer : params_)
+      if (layer.storage && layer.storage->detached()) layer.storage->sync_to_dense();
 
     // Phase 1: decide every layer's drop and grow sets without touching any state.
     const std::size_t L = params_.size();
@@ -166,10 +196,17 @@ class Controller {
         if (n_drop > 0)
           select_into(method_.prune.prune_scores(prune_ctx), layer, mask, n_drop, kernels::Extreme::smallest,
                       kernels::Among::active, dropped[l]);
-        LayerContext grow_ctx{layer, l, mask, stream.derive(l).derive(2), scratch_};
-        if (n_grow > 0)
-          select_into(method_.regrow.regrow_scores(grow_ctx), layer, mask, n_grow, kernels::Extreme::largest,
+        if (n_grow > 0) {
+          // A detached layer's dense gradient exists only now, one layer at a time.
+          LayerView view = layer;
+          if (layer.storage && layer.storage->detached() && detail::regrow_reads_gradient<RegrowT>::value) {
+            grad_scratch_.resize(n);
+            view.grad = layer.storage->dense_gradient(grad_scratch_.data());
+          }
+          LayerContext grow_ctx{view, l, mask, stream.derive(l).derive(2), scratch_};
+          select_into(method_.regrow.regrow_scores(grow_ctx), view, mask, n_grow, kernels::Extreme::largest,
                       kernels::Among::inactive, grown[l]);
+        }
       }
       report.layers.push_back(
           LayerReport{layer.name, n, layer.uses, t, dropped[l].count(), grown[l].count(), 0});
@@ -200,6 +237,8 @@ class Controller {
       report.layers[l].ever_active_fraction = ever_active_[l].density();
     }
     apply_masks();
+    sync_storage();
+    grad_scratch_ = std::vector<float>();
     const double before = density_;
     density_ = d;
     last_update_step_ = step;
@@ -216,6 +255,19 @@ class Controller {
   void apply_masks() {
     for (std::size_t l = 0; l < params_.size(); ++l) apply_mask(l);
   }
+
+  /// Brings the dense weight views of layers on their own storage (compact layers) up to date:
+  /// call before reading or saving those weights, e.g. for a checkpoint.
+  void sync_dense_views() const {
+    for (const auto& l : params_)
+      if (l.storage && l.storage->detached()) l.storage->sync_to_dense();
+  }
+  /// The reverse: after writing into the dense weight views (loading a checkpoint's weights),
+  /// rebuilds every LayerStorage from them under the current masks.
+  void refresh_from_dense() {
+    apply_masks();
+    sync_storage();
+  }
   /// The same for one layer.
   void apply_mask(std::size_t l) {
     if (params_[l].role == LayerRole::excluded) return;
@@ -227,6 +279,17 @@ class Controller {
 
   const std::vector<BitMask>& masks() const { return masks_; }
   const BitMask& mask(const std::string& name) const { return masks_[index_of(name)]; }
+  const BitMask& mask(std::size_t l) const {
+    detail::require(l < masks_.size(), "east::Controller::mask()", "layer ", l, " (valid: < ", masks_.size(),
+                    ")");
+    return masks_[l];
+  }
+  /// Position of a layer in the parameter set (the index the masks and reports use).
+  std::size_t index_of(const std::string& name) const {
+    const auto i = params_.find(name);
+    detail::require(i != ParameterSet::npos, "east::Controller", "unknown layer name '", name, "'");
+    return i;
+  }
   const std::vector<BitMask>& ever_active() const { return ever_active_; }
   const ParameterSet& params() const { return params_; }
   /// Mutable views, e.g. to re-point gradient buffers (set_grad) between steps.
@@ -298,7 +361,8 @@ class Controller {
   }
 
   /// Restores masks and counters; validates everything first, so a mismatch changes nothing.
-  /// Re-applies the masks to weights and optimizer buffers.
+  /// Re-applies the masks to weights and optimizer buffers and rebuilds every LayerStorage under
+  /// the restored masks; after loading weights into the dense views, call refresh_from_dense().
   void restore(const ControllerState& s) {
     constexpr const char* where = "east::Controller::restore()";
     detail::require(s.names.size() == params_.size(), where, "state has ", s.names.size(),
@@ -331,6 +395,7 @@ class Controller {
         detail::require(blob.empty(), where, "policy ", k - 1, " has saved state but takes none");
     });
     method_ = std::move(method);
+    sync_dense_views();  // compact values survive the mask change where both masks keep them
     for (std::size_t l = 0; l < params_.size(); ++l) {
       masks_[l].assign_words(s.masks[l].data());
       ever_active_[l].assign_words(s.ever_active[l].data());
@@ -340,6 +405,7 @@ class Controller {
     updates_ = s.updates;
     density_ = s.density;
     apply_masks();
+    sync_storage();
   }
 
  private:
@@ -350,10 +416,26 @@ class Controller {
     return d;
   }
 
-  std::size_t index_of(const std::string& name) const {
-    const auto i = params_.find(name);
-    detail::require(i != ParameterSet::npos, "east::Controller", "unknown layer name '", name, "'");
-    return i;
+  // Every LayerStorage rebuilds from its dense views under the current masks.
+  void sync_storage() {
+    for (std::size_t l = 0; l < params_.size(); ++l)
+      if (params_[l].storage) params_[l].storage->on_mask_changed(masks_[l]);
+  }
+  // Tells every LayerStorage whether `next` will be an update step that reads gradients.
+  void prepare_storage(std::int64_t next) {
+    bool any = false;
+    for (const auto& l : params_) any |= l.storage != nullptr;
+    if (!any) return;
+    const bool capture = detail::regrow_reads_gradient<RegrowT>::value && is_update_step(next);
+    for (auto& l : params_)
+      if (l.storage) l.storage->prepare_step(capture);
+  }
+  bool has_observer() const {
+    bool any = false;
+    detail::for_each_policy(const_cast<MethodT&>(method_), [&](auto& policy) {
+      any |= detail::has_observe<std::decay_t<decltype(policy)>>::value;
+    });
+    return any;
   }
 
   // Rejects non-finite scores (documented rule: NaN/Inf in weights or gradients at an update is
@@ -384,6 +466,7 @@ class Controller {
   std::vector<bool> skip_per_step_;  // layers set_per_step_masking turned off
   std::vector<BitMask> masks_, ever_active_;
   std::vector<std::uint32_t> scratch_;
+  std::vector<float> grad_scratch_;  // a detached layer's dense gradient during an update
   double density_ = 1.0;
   std::int64_t last_update_step_ = -1;
   std::uint64_t updates_ = 0;

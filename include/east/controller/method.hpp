@@ -118,6 +118,15 @@ struct has_saved_state<
                    decltype(std::declval<T&>().load_state(std::declval<const std::string&>()))>>
     : std::true_type {};
 
+// Optional regrow-criterion constant: `static constexpr bool reads_gradient = false;` says the
+// criterion never reads LayerView::grad at an update (e.g. RandomRegrow), so compact layers need
+// not keep what their dense gradient needs. Criteria without it are assumed to read it.
+template <class T, class = void>
+struct regrow_reads_gradient : std::true_type {};
+template <class T>
+struct regrow_reads_gradient<T, std::void_t<decltype(T::reads_gradient)>>
+    : std::integral_constant<bool, T::reads_gradient> {};
+
 /// Calls f on every policy of a Method, in declaration order.
 template <class M, class F>
 void for_each_policy(M& m, F&& f) {

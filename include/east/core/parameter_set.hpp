@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "layer_storage.hpp"
 
 namespace east {
 
@@ -39,6 +40,13 @@ struct LayerView {
   std::vector<float*> state;  ///< optimizer buffers (momentum…) masked like the weight
   std::size_t uses = 1;       ///< how many places of the network use this tensor (sharing)
   LayerRole role = LayerRole::sparse;
+  /// 2-D only: the memory holds the matrix column by column (Eigen's default), so one output
+  /// unit (a row of the {out, in} shape) is strided. Masks do not care; fan-in scaling reads
+  /// it; compact layers reject it.
+  bool column_major = false;
+  /// Where the weights live between mask updates when not in `weight` (compact layers); null:
+  /// the dense views are always current. Not owned.
+  LayerStorage* storage = nullptr;
 
   std::size_t size() const { return shape_size(shape); }
 };
@@ -58,7 +66,12 @@ class ParameterSet {
                     "' is empty (valid: at least one dimension)");
     for (auto d : shape)
       detail::require(d > 0, where, "layer '", name, "' has dimension ", d, " (valid: >= 1)");
-    layers_.push_back(LayerView{std::move(name), std::move(shape), weight, grad, {}, 1, LayerRole::sparse});
+    LayerView v;
+    v.name = std::move(name);
+    v.shape = std::move(shape);
+    v.weight = weight;
+    v.grad = grad;
+    layers_.push_back(std::move(v));
     return layers_.back();
   }
 
@@ -78,6 +91,9 @@ class ParameterSet {
     at(name).uses = uses;
   }
   void set_role(const std::string& name, LayerRole role) { at(name).role = role; }
+  /// Hands `name`'s weights to `storage` (e.g. an east::sparse::CompactLayer) between mask
+  /// updates; the controller then drives it (core/layer_storage.hpp). Null: dense views only.
+  void set_storage(const std::string& name, LayerStorage* storage) { at(name).storage = storage; }
 
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
   std::size_t find(const std::string& name) const {

@@ -44,6 +44,7 @@ struct GradientRegrow {
 
 /// SET: grow uniformly random inactive positions.
 struct RandomRegrow {
+  static constexpr bool reads_gradient = false;
   Scores regrow_scores(const LayerContext& ctx) const { return detail::random_keys(ctx); }
 };
 
