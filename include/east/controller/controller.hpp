@@ -406,6 +406,10 @@ class Controller {
     density_ = s.density;
     apply_masks();
     sync_storage();
+    // The step the run resumes at is not known here: let compact layers keep what a mask update
+    // needs on the first step (a cheap copy of one step's activations if it is not one).
+    for (auto& l : params_)
+      if (l.storage) l.storage->prepare_step(detail::regrow_reads_gradient<RegrowT>::value);
   }
 
  private:

@@ -148,12 +148,14 @@ class CompactLayer : public LayerStorage {
   bool capturing() const { return capture_; }
 
  protected:
-  /// @param group_size columns per input channel (kh·kw; 1 for linear)
-  CompactLayer(ParameterSet& params, const std::string& name, std::size_t group_size, const char* where)
-      : name_(name), group_(group_size) {
+  /// Checks `name` of `params`; the derived constructor calls bind() once its own checks passed,
+  /// so a rejected layer leaves the parameter set untouched.
+  /// @param dims the shape's dimensions (2: linear, 4: conv2d)
+  CompactLayer(ParameterSet& params, const std::string& name, std::size_t dims, const char* where)
+      : name_(name) {
     LayerView& v = params.at(name);
-    ::east::detail::require(v.shape.size() >= 2, where, "layer '", name, "' has shape of ", v.shape.size(),
-                            " dimensions (valid: {out, in} or {c_out, c_in, kh, kw})");
+    ::east::detail::require(v.shape.size() == dims, where, "layer '", name, "' has ", v.shape.size(),
+                            " dimensions (valid: ", dims, dims == 2 ? ", {out, in})" : ", {c_out, c_in, kh, kw})");
     ::east::detail::require(!v.column_major, where, "layer '", name,
                             "' is stored column-major (an Eigen matrix with default storage); compact layers "
                             "read {out, in} row-major: declare it Eigen::Matrix<float, Eigen::Dynamic, "
@@ -165,8 +167,11 @@ class CompactLayer : public LayerStorage {
     dense_ = v.weight;
     rows_ = static_cast<std::size_t>(v.shape[0]);
     cols_ = v.size() / rows_;
-    v.storage = this;
+    group_ = dims == 4 ? static_cast<std::size_t>(v.shape[2] * v.shape[3]) : 1;
+    view_ = &v;
   }
+  /// Becomes the layer's storage (the last step of a derived constructor).
+  void bind() { view_->storage = this; }
   ~CompactLayer() override = default;
 
   void require_attached(const char* where) const {
@@ -208,7 +213,8 @@ class CompactLayer : public LayerStorage {
 
   std::string name_;
   Shape shape_;
-  float* dense_ = nullptr;  // the registered dense weight view
+  float* dense_ = nullptr;      // the registered dense weight view
+  LayerView* view_ = nullptr;  // in the user's ParameterSet, until bind()
   std::size_t rows_ = 0, cols_ = 0, group_ = 1;
   CsrWeight weight_;
   std::vector<float> grad_;
@@ -225,9 +231,8 @@ class CompactLinear : public CompactLayer {
   /// controller over `params` afterwards. @param layout of the activations (sparse/linear.hpp):
   /// feature_major ({features, batch}) needs no transposes.
   CompactLinear(ParameterSet& params, const std::string& name, Layout layout = Layout::batch_major)
-      : CompactLayer(params, name, 1, "east::sparse::CompactLinear()"), layout_(layout) {
-    ::east::detail::require(shape_.size() == 2, "east::sparse::CompactLinear()", "layer '", name, "' has ",
-                            shape_.size(), " dimensions (valid: 2, {out, in})");
+      : CompactLayer(params, name, 2, "east::sparse::CompactLinear()"), layout_(layout) {
+    bind();
   }
   std::size_t in_features() const { return cols_; }
   std::size_t out_features() const { return rows_; }
@@ -268,13 +273,14 @@ class CompactConv2d : public CompactLayer {
       : CompactConv2d(params, name, stride, stride, pad, pad) {}
   CompactConv2d(ParameterSet& params, const std::string& name, std::size_t stride_h, std::size_t stride_w,
                 std::size_t pad_h, std::size_t pad_w)
-      : CompactLayer(params, name, kernel_area(params, name), "east::sparse::CompactConv2d()"),
+      : CompactLayer(params, name, 4, "east::sparse::CompactConv2d()"),
         stride_h_(stride_h),
         stride_w_(stride_w),
         pad_h_(pad_h),
         pad_w_(pad_w) {
     ::east::detail::require(stride_h >= 1 && stride_w >= 1, "east::sparse::CompactConv2d()", "layer '", name,
                             "': stride ", stride_h, "x", stride_w, " (valid: >= 1)");
+    bind();
   }
 
   /// The geometry of a call on a batch of h × w images.
@@ -301,16 +307,14 @@ class CompactConv2d : public CompactLayer {
   }
 
  private:
-  static std::size_t kernel_area(ParameterSet& params, const std::string& name) {
-    const auto& s = params.at(name).shape;
-    ::east::detail::require(s.size() == 4, "east::sparse::CompactConv2d()", "layer '", name, "' has ", s.size(),
-                            " dimensions (valid: 4, {c_out, c_in, kh, kw})");
-    return static_cast<std::size_t>(s[2] * s[3]);
-  }
+  // The weight-gradient kernel over an all-active index: every position's sum is formed exactly
+  // as the active positions' are in backward(), so regrowth ranks the same numbers a masked
+  // dense run with these kernels would (dense-gradient FLOPs, at update steps only).
   void add_dense_gradient(float* out) const override {
+    const CsrWeight all(nullptr, BitMask(size(), true), rows_, cols_, group_);
     std::vector<float> part(size());
     for (const auto& c : captures_) {
-      conv2d_grad_weight_rows(geometry(c.batch, c.h, c.w), c.x.data(), c.dy.data(), 0, rows_, part.data());
+      conv2d_grad_weight(geometry(c.batch, c.h, c.w), c.x.data(), c.dy.data(), all, part.data());
       for (std::size_t i = 0; i < part.size(); ++i) out[i] += part[i];
     }
   }
