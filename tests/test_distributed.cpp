@@ -450,3 +450,42 @@ TEST_CASE("Without the reduction, ranks drift apart and check_masks_agree catche
   CHECK_THAT(err[0], Catch::Contains("masks differ across ranks after step 5"));
   CHECK(err[0] == err[1]);
 }
+
+TEST_CASE(
+    "Traffic of one RigL window: nonzeros + dense params per step, dense gradients + digest per update") {
+  // ToyModel::small: 16·3·3·3 + 32·16·3·3 + 32·32·1·1 + 10·32 = 432 + 4608 + 1024 + 320 = 6384 weights.
+  east_test::ToyModel m = east_test::ToyModel::small();
+  std::vector<float> dense(100, 0.0f);  // e.g. BN parameters
+  DstConfig cfg;
+  cfg.density = 0.1;
+  cfg.update_interval = 5;
+  auto ctl = make_rigl(m.params(), cfg, ControllerOptions{1});
+  SingleProcess comm;
+  std::vector<std::vector<float>> compact(m.tensors.size());
+  for (std::int64_t step = 1; step <= 5; ++step) {
+    const bool upd = ctl.is_update_step(step);
+    FloatPack p;
+    for (std::size_t l = 0; l < m.tensors.size(); ++l) {
+      compact[l].assign(ctl.masks()[l].count(), 0.0f);
+      if (upd)
+        p.add(m.tensors[l].g);
+      else
+        p.add(compact[l]);
+    }
+    p.add(dense);
+    const Traffic before = comm.traffic();
+    p.all_reduce_sum(comm);
+    if (ctl.after_optimizer_step(step)) check_masks_agree(comm, step, ctl);
+    const auto t = comm.traffic().since(before);
+    if (upd) {
+      CHECK(step == 5);
+      CHECK(t[CallKind::all_reduce].payload_bytes == 4 * (6384 + 100));
+      CHECK(t[CallKind::all_gather].payload_bytes == 8);
+    } else {
+      CHECK(t[CallKind::all_reduce].payload_bytes == 4 * (ctl.nonzeros() + 100));
+      CHECK(t[CallKind::all_gather].calls == 0);
+    }
+    CHECK(t[CallKind::all_reduce].calls == 1);  // one message per step, however many layers
+  }
+  CHECK(ctl.nonzeros() < 6384 / 5);
+}

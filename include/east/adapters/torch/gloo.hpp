@@ -115,7 +115,7 @@ class GlooCommunicator final : public distributed::Communicator {
           "east::torch_adapter::GlooCommunicator(): rank ", rank(), " of ", world_size(),
           " could not join the group at '", options_.init, "'",
           options_.interface.empty() ? std::string() : " on interface '" + options_.interface + "'",
-          " within the timeout of ", timeout().count(), " ms: ", first_line(e.what())));
+          " (timeout ", timeout().count(), " ms): ", first_line(e.what())));
     }
   }
 
