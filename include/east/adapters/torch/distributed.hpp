@@ -1,7 +1,7 @@
 #pragma once
-// Data-parallel helpers for torch::nn modules on top of east's Communicator (any engine; the Gloo
-// one is adapters/torch/gloo.hpp, included here): rank 0's initial parameters and buffers on
-// every rank. Not part of adapters/torch.hpp (it needs c10d's Gloo headers).
+// Data-parallel helpers for torch::nn modules over any east Communicator (the Gloo engine is
+// adapters/torch/gloo.hpp, which needs c10d's Gloo headers; these helpers do not): rank 0's
+// initial parameters and buffers on every rank. Not part of adapters/torch.hpp.
 #include <torch/torch.h>
 
 #include <string>
@@ -10,7 +10,6 @@
 #include "../../core/error.hpp"
 #include "../../distributed/communicator.hpp"
 #include "../../distributed/exact.hpp"
-#include "gloo.hpp"
 
 namespace east {
 namespace torch_adapter {
