@@ -16,8 +16,9 @@ TEST_CASE("EAST defaults: cyclic density over the first 40%, cosine drop 0.5→0
   EastConfig cfg;
   cfg.density = 0.02;
   cfg.total_steps = 1000;
-  auto e = make_east(m.params(), cfg);
-  const auto& method = e.controller.method();
+  auto e = make_east(m.params(), cfg);  // a Controller, like every preset
+  const auto phase = make_east_phase(cfg);
+  const auto& method = e.method();
   CHECK(method.update.interval == 40);  // 1000 / 25
   CHECK(method.density.cycles == 2);
   CHECK(method.density.length == 200);  // 0.4 · 1000 / 2
@@ -25,11 +26,11 @@ TEST_CASE("EAST defaults: cyclic density over the first 40%, cosine drop 0.5→0
   CHECK(method.density.density(100) == Approx(0.06));  // peak of the first cycle: m = 3
   CHECK(method.drop.drop_fraction(0) == Approx(0.5));
   CHECK(method.drop.drop_fraction(1000) == Approx(0.005));
-  CHECK(e.beta(0) == 1.0);
-  CHECK(e.beta(250) == 1.0);
-  CHECK(e.beta(375) == Approx(0.5));
-  CHECK(e.beta(500) == 0.0);
-  CHECK(e.beta(900) == 0.0);
+  CHECK(phase.beta(0) == 1.0);
+  CHECK(phase.beta(250) == 1.0);
+  CHECK(phase.beta(375) == Approx(0.5));
+  CHECK(phase.beta(500) == 0.0);
+  CHECK(phase.beta(900) == 0.0);
 }
 
 TEST_CASE("EAST's ablation switches turn each trick off", "[east]") {
@@ -40,9 +41,10 @@ TEST_CASE("EAST's ablation switches turn each trick off", "[east]") {
   cfg.cyclic = false;
   cfg.dyrelu = false;
   auto e = make_east(m.params(), cfg);
+  const auto phase = make_east_phase(cfg);
   for (std::int64_t s : {0, 100, 200, 700}) {
-    CHECK(e.controller.method().density.density(s) == 0.02);  // no cycles: constant target
-    CHECK(e.beta(s) == 0.0);                                  // no DyReLU: plain ReLU throughout
+    CHECK(e.method().density.density(s) == 0.02);  // no cycles: constant target
+    CHECK(phase.beta(s) == 0.0);                   // no DyReLU: plain ReLU throughout
   }
   EastConfig bad = cfg;
   bad.total_steps = 0;
@@ -59,16 +61,16 @@ TEST_CASE("An EAST run keeps exact counts and ends the cyclic phase at the targe
   cfg.total_steps = 500;
   cfg.update_interval = 15;  // not a divisor of the cyclic phase: the boundary update is forced
   auto e = make_east(m.params(), cfg);
-  const auto target = nonzero_budget(e.controller.params(), 0.02);
+  const auto target = nonzero_budget(e.params(), 0.02);
   std::size_t peak = 0;
   for (std::int64_t step = 0; step < 500; ++step) {
     m.randomize_grads(unsigned(step));
     e.before_optimizer_step(step);
     m.sgd(0.01f);
     e.after_optimizer_step(step);
-    peak = std::max(peak, e.controller.nonzeros());
-    if (step == 200) REQUIRE(e.controller.nonzeros() == target);  // forced update at the end of the cycles
-    if (step > 200) REQUIRE(e.controller.nonzeros() == target);
+    peak = std::max(peak, e.nonzeros());
+    if (step == 200) REQUIRE(e.nonzeros() == target);  // forced update at the end of the cycles
+    if (step > 200) REQUIRE(e.nonzeros() == target);
   }
   CHECK(peak > 2 * target);
 }

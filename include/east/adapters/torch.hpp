@@ -14,4 +14,5 @@
 #include "torch/resnet.hpp"
 #include "torch/sgd.hpp"
 #include "torch/sparse_compute.hpp"
+#include "torch/sparsifier.hpp"
 #include "torch/state.hpp"

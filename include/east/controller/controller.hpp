@@ -83,11 +83,6 @@ class Controller {
       masks_.push_back(m);
       ever_active_.push_back(m);
     }
-    for (const auto& l : params_)
-      detail::require(!l.storage || !has_observer(), where, "layer '", l.name,
-                      "' trains on its own storage, but a policy of this method observes the dense "
-                      "gradient of every layer every step (e.g. SNFS's MomentumRegrow); run it on "
-                      "dense views (no storage)");
     for (std::size_t l = 0; l < params_.size(); ++l) {
       const auto& layer = params_[l];
       if (layer.role == LayerRole::excluded) continue;
@@ -422,15 +417,23 @@ class Controller {
 
   // Every LayerStorage rebuilds from its dense views under the current masks.
   void sync_storage() {
-    for (std::size_t l = 0; l < params_.size(); ++l)
-      if (params_[l].storage) params_[l].storage->on_mask_changed(masks_[l]);
+    for (std::size_t l = 0; l < params_.size(); ++l) {
+      auto& layer = params_[l];
+      if (!layer.storage) continue;
+      layer.storage->on_mask_changed(masks_[l]);
+      detail::require(!layer.storage->detached() || !has_observer(), "east::Controller", "layer '", layer.name,
+                      "' trains on its own storage, but a policy of this method observes the dense "
+                      "gradient of every layer every step (e.g. SNFS's MomentumRegrow); keep it on dense "
+                      "views");
+    }
   }
   // Tells every LayerStorage whether `next` will be an update step that reads gradients.
   void prepare_storage(std::int64_t next) {
     bool any = false;
     for (const auto& l : params_) any |= l.storage != nullptr;
     if (!any) return;
-    const bool capture = detail::regrow_reads_gradient<RegrowT>::value && is_update_step(next);
+    // Observers (SNFS) read every step's dense gradient; regrowth only an update step's.
+    const bool capture = has_observer() || (detail::regrow_reads_gradient<RegrowT>::value && is_update_step(next));
     for (auto& l : params_)
       if (l.storage) l.storage->prepare_step(capture);
   }

@@ -9,10 +9,12 @@
 
 #include "../activations/phase_schedule.hpp"
 #include "../controller/controller.hpp"
-#include "../controller/presets.hpp"
+#include "presets.hpp"
 
 namespace east {
 
+/// EAST's hyper-parameters. Every field has a default (ES2's, EAST-SPEC §1–5); only total_steps
+/// must be set. Phases are fractions of training so the recipe scales to shorter runs.
 struct EastConfig {
   double density = 0.001;            ///< target overall density (counting every shared use)
   std::int64_t total_steps = 0;      ///< optimizer steps of the whole run (required)
@@ -24,7 +26,7 @@ struct EastConfig {
   int cycles = 2;
   double cyclic_fraction = 0.4;  ///< the cycles fill the first 40% of training
   CycleShape shape = CycleShape::cosine;
-  // Drop fraction: cosine from 0.5 to 0.005 over the whole run (ES2).
+  // Drop fraction: cosine from 0.5 to 0.005 over [0, update_end · total_steps] (ES2: the whole run).
   double drop_initial = 0.5;
   double drop_floor = 0.005;
   // Trick 1: DyReLU phasing, full DyReLU until 25%, linear to ReLU at 50% of training.
@@ -63,31 +65,26 @@ inline CyclicDensity east_cyclic(const EastConfig& c) {
 }
 }  // namespace detail
 
-/// The sparse-training half of EAST: a Controller plus the DyReLU phase it runs beside.
+/// The Controller type make_east returns.
 template <class Distribution = ErdosRenyiKernel>
-struct East {
-  using ControllerType = Controller<
-      Method<Distribution, CyclicDensity, CosineDrop, Periodic, MagnitudePrune, GradientRegrow, ZeroInit>>;
-  ControllerType controller;
-  EastPhase phase;
-  EastConfig config;
+using EastController = Controller<
+    Method<Distribution, CyclicDensity, CosineDrop, Periodic, MagnitudePrune, GradientRegrow, ZeroInit>>;
 
-  template <class... C>
-  void before_optimizer_step(std::int64_t step, C&&... cbs) {
-    controller.before_optimizer_step(step, cbs...);
-  }
-  template <class... C>
-  bool after_optimizer_step(std::int64_t step, C&&... cbs) {
-    return controller.after_optimizer_step(step, cbs...);
-  }
-  /// The DyReLU blend for this step (0 means plain ReLU: skip the hyper-network).
-  double beta(std::int64_t step) const { return phase.beta(step); }
-};
+/// EAST's DyReLU phase for `c` (β per step: 1 = full DyReLU-B, 0 = ReLU); with c.dyrelu off, β ≡ 0.
+inline EastPhase make_east_phase(const EastConfig& c) {
+  detail::require(c.total_steps >= 1, "east::make_east_phase()", "total_steps ", c.total_steps,
+                  " (valid: >= 1)");
+  return EastPhase{c.dyrelu, c.dyrelu ? LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end, c.total_steps,
+                                                                    c.freeze_hypernet)
+                                      : LinearPhase{}};
+}
 
-/// Builds EAST over `params`. Register weight-shared tensors with their number of uses first.
+/// EAST's sparse training over `params` (cyclic density, then RigL at the target, cosine drop),
+/// a Controller like every preset; the DyReLU phase that runs beside it is make_east_phase(c).
+/// Register weight-shared tensors with their number of uses first: the budget counts every use.
 template <class Distribution = ErdosRenyiKernel>
-East<Distribution> make_east(ParameterSet params, const EastConfig& c, ControllerOptions opt = {},
-                             Distribution dist = {}) {
+EastController<Distribution> make_east(ParameterSet params, const EastConfig& c, ControllerOptions opt = {},
+                                       Distribution dist = {}) {
   constexpr const char* where = "east::make_east()";
   detail::require(c.total_steps >= 1, where, "total_steps ", c.total_steps, " (valid: >= 1)");
   detail::require_density(c.density, where);
@@ -96,7 +93,8 @@ East<Distribution> make_east(ParameterSet params, const EastConfig& c, Controlle
   detail::require(c.update_end > 0 && c.update_end <= 1, where, "update_end ", c.update_end,
                   " (valid: (0, 1])");
   const auto interval = detail::east_interval(c);
-  const auto end = static_cast<std::int64_t>(std::llround(c.update_end * static_cast<double>(c.total_steps)));
+  const auto end = std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(std::llround(c.update_end * static_cast<double>(c.total_steps))));
   const auto cyclic = detail::east_cyclic(c);
   cyclic.validate();
   detail::require(
@@ -104,16 +102,12 @@ East<Distribution> make_east(ParameterSet params, const EastConfig& c, Controlle
       where, "drop fractions ", c.drop_initial, " → ", c.drop_floor, " (valid: 1 >= initial >= floor >= 0)");
   Method method{dist,
                 cyclic,
-                CosineDrop{c.drop_initial, c.drop_floor, 0, c.total_steps},
+                CosineDrop{c.drop_initial, c.drop_floor, 0, std::max<std::int64_t>(end, 2)},
                 Periodic{interval, interval, end},
                 MagnitudePrune{},
                 GradientRegrow{},
                 ZeroInit{}};
-  EastPhase phase{c.dyrelu, c.dyrelu ? LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end,
-                                                                   c.total_steps, c.freeze_hypernet)
-                                     : LinearPhase{}};
-  return East<Distribution>{typename East<Distribution>::ControllerType(std::move(params), method, opt),
-                            phase, c};
+  return EastController<Distribution>(std::move(params), method, opt);
 }
 
 }  // namespace east

@@ -4,7 +4,7 @@
 //   make_rigl    gradient regrowth (RigL)           make_snfs  momentum regrowth (SNFS)
 //   make_gmp     gradual magnitude pruning (Zhu & Gupta)
 //   make_cyclic  EAST's cyclic sparsity followed by RigL at the target density
-#include "controller.hpp"
+#include "../controller/controller.hpp"
 
 namespace east {
 
