@@ -1,7 +1,7 @@
-// Fused BatchNorm (+ residual add) + ReLU (east/sparse/batchnorm.hpp, adapters/torch_fused.hpp)
+// Fused BatchNorm (+ residual add) + ReLU (east/sparse/batchnorm.hpp, adapters/torch/batchnorm.hpp)
 // against libtorch's torch::batch_norm + add + relu: forward, gradients of input, weight, bias and
 // residual, running statistics, eval mode, the module's state dict, errors, 1 vs 2 threads.
-#include <east/adapters/torch_fused.hpp>
+#include <east/adapters/torch/batchnorm.hpp>
 // glog (through c10) defines CHECK; Catch2 must own it.
 #undef CHECK
 #include <catch2/catch.hpp>
@@ -9,6 +9,7 @@
 #include <vector>
 
 namespace es = east::sparse;
+namespace ta = east::torch_adapter;
 
 namespace {
 
@@ -55,7 +56,7 @@ Result run(const Case& c, at::ScalarType dtype, bool fused, bool training = true
   rv = rv.to(dtype);
   at::Tensor y;
   if (fused) {
-    y = es::batchnorm_relu(x, w, b, c.residual ? res : at::Tensor(), rm, rv, training, 0.1, 1e-5, c.relu);
+    y = ta::batchnorm_relu(x, w, b, c.residual ? res : at::Tensor(), rm, rv, training, 0.1, 1e-5, c.relu);
   } else {
     y = torch::batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5, false);
     if (c.residual) y = y + res;
@@ -124,19 +125,19 @@ TEST_CASE("fused BN+ReLU eval mode uses the running statistics like torch", "[to
 TEST_CASE("fused BN+ReLU: one value per channel in training throws, as in torch", "[torch][fused]") {
   auto x = torch::randn({1, 3, 1, 1});
   auto w = torch::ones({3}), b = torch::zeros({3}), rm = torch::zeros({3}), rv = torch::ones({3});
-  CHECK_THROWS_AS(es::batchnorm_relu(x, w, b, at::Tensor(), rm, rv, true, 0.1, 1e-5, true),
+  CHECK_THROWS_AS(ta::batchnorm_relu(x, w, b, at::Tensor(), rm, rv, true, 0.1, 1e-5, true),
                   east::InvalidArgument);
   torch::nn::BatchNorm2d tbn(3);
   CHECK_THROWS(tbn(x));
-  es::BatchNormReLU2d ebn(3);
+  ta::BatchNormReLU2d ebn(3);
   CHECK_THROWS_AS(ebn(x), east::InvalidArgument);
   ebn->eval();  // eval mode normalises with running statistics: fine with one value
   CHECK(ebn(x).sizes() == x.sizes());
   // Wrong shapes and dtypes name the argument.
-  CHECK_THROWS_AS(es::batchnorm_relu(x.expand({2, 3, 1, 1}).contiguous(), torch::ones({4}), b, at::Tensor(),
+  CHECK_THROWS_AS(ta::batchnorm_relu(x.expand({2, 3, 1, 1}).contiguous(), torch::ones({4}), b, at::Tensor(),
                                      rm, rv, true, 0.1, 1e-5, true),
                   east::InvalidArgument);
-  CHECK_THROWS_AS(es::batchnorm_relu(torch::randn({2, 3, 2, 2}), w, b, torch::randn({2, 3, 2, 1}), rm, rv,
+  CHECK_THROWS_AS(ta::batchnorm_relu(torch::randn({2, 3, 2, 2}), w, b, torch::randn({2, 3, 2, 1}), rm, rv,
                                      true, 0.1, 1e-5, true),
                   east::InvalidArgument);
   CHECK_THROWS_AS(ebn(torch::ones({2, 3, 2, 2}, torch::kInt)), east::InvalidArgument);
@@ -166,7 +167,7 @@ TEST_CASE("fused BN+ReLU: 1 and 2 threads give identical bits", "[torch][fused]"
 TEST_CASE("BatchNormReLU2d is a drop-in for BatchNorm2d + ReLU (state dict, steps, eval)", "[torch][fused]") {
   torch::manual_seed(3);
   torch::nn::BatchNorm2d tbn(torch::nn::BatchNorm2dOptions(6));
-  es::BatchNormReLU2d ebn(torch::nn::BatchNorm2dOptions(6));
+  ta::BatchNormReLU2d ebn(torch::nn::BatchNorm2dOptions(6));
   {
     torch::NoGradGuard ng;
     tbn->weight.uniform_(0.5, 1.5);
@@ -198,7 +199,7 @@ TEST_CASE("BatchNormReLU2d is a drop-in for BatchNorm2d + ReLU (state dict, step
 
   // momentum = None: cumulative average, as torch.
   torch::nn::BatchNorm2d tc(torch::nn::BatchNorm2dOptions(2).momentum(c10::nullopt));
-  es::BatchNormReLU2d ec(torch::nn::BatchNorm2dOptions(2).momentum(c10::nullopt), /*relu=*/false);
+  ta::BatchNormReLU2d ec(torch::nn::BatchNorm2dOptions(2).momentum(c10::nullopt), /*relu=*/false);
   for (int step = 0; step < 3; ++step) {
     auto xx = torch::randn({3, 2, 4, 4});
     CHECK(rel(ec(xx), tc(xx)) < 1e-5);

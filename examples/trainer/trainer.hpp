@@ -149,89 +149,26 @@ struct Result {
   std::vector<std::string> empty_layers;
 };
 
-// ---------------------------------------------------------------- controllers, type-erased
+// ---------------------------------------------------------------- the method
 
-/// The four controller types the trainer uses behind one interface.
-struct AnyController {
-  virtual ~AnyController() = default;
-  virtual void before(std::int64_t step) = 0;
-  virtual bool after(std::int64_t step) = 0;
-  virtual bool is_update_step(std::int64_t step) const = 0;
-  virtual void set_per_step_masking(std::size_t layer, bool on) = 0;
-  virtual std::size_t nonzeros() const = 0;
-  virtual double density() const = 0;
-  virtual double stored_density() const = 0;
-  virtual const std::vector<east::BitMask>& masks() const = 0;
-  virtual const east::ParameterSet& params() const = 0;
-  virtual std::uint64_t updates() const = 0;
-  virtual std::vector<std::string> empty_layers() const = 0;
-  virtual void save(const std::string& path, const std::string& blob) const = 0;
-  virtual std::string load(const std::string& path) = 0;
-};
-
-template <class C>
-struct ControllerHolder : AnyController {
-  explicit ControllerHolder(C c) : ctl(std::move(c)) {}
-  void before(std::int64_t s) override { ctl.before_optimizer_step(s); }
-  bool after(std::int64_t s) override { return ctl.after_optimizer_step(s); }
-  bool is_update_step(std::int64_t s) const override { return ctl.is_update_step(s); }
-  void set_per_step_masking(std::size_t l, bool on) override { ctl.set_per_step_masking(l, on); }
-  std::size_t nonzeros() const override { return ctl.nonzeros(); }
-  double density() const override { return ctl.density(); }
-  double stored_density() const override { return ctl.stored_density(); }
-  const std::vector<east::BitMask>& masks() const override { return ctl.masks(); }
-  const east::ParameterSet& params() const override { return ctl.params(); }
-  std::uint64_t updates() const override { return ctl.updates(); }
-  std::vector<std::string> empty_layers() const override { return ctl.empty_layers(); }
-  void save(const std::string& path, const std::string& blob) const override {
-    east::save_checkpoint(ctl, path, blob);
-  }
-  std::string load(const std::string& path) override { return east::load_checkpoint(ctl, path); }
-  C ctl;
-};
-template <class C>
-std::unique_ptr<AnyController> hold(C c) {
-  return std::make_unique<ControllerHolder<C>>(std::move(c));
-}
-
-/// Schedules in steps, derived from fractions of the run.
-struct Plan {
-  std::int64_t total_steps = 0, steps_per_epoch = 0;
-  east::DstConfig dst;
-  east::CyclicDensity cyclic;
-  east::LinearPhase phase;
-};
-
-inline Plan make_plan(const Config& c, std::int64_t steps_per_epoch) {
-  Plan p;
-  p.steps_per_epoch = steps_per_epoch;
-  p.total_steps = steps_per_epoch * c.epochs;
-  const auto T = p.total_steps;
-  p.dst.density = 1.0 - c.sparsity;
-  p.dst.end_step = std::max<std::int64_t>(2, static_cast<std::int64_t>(std::llround(c.update_end * T)));
-  p.dst.update_interval = std::max<std::int64_t>(1, p.dst.end_step / (c.updates + 1));
-  p.dst.begin_step = p.dst.update_interval;
-  p.dst.drop_fraction = c.drop_fraction;
-  p.dst.drop_floor = c.drop_floor;
-  p.cyclic.target = p.dst.density;
-  p.cyclic.multiplier = std::min(c.cyclic_multiplier, 1.0 / p.dst.density);
-  p.cyclic.cycles = c.cycles;
-  p.cyclic.length =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(std::llround(c.cyclic_fraction * T / c.cycles)));
-  p.phase = east::LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end, std::max<std::int64_t>(1, T),
-                                              c.freeze_hypernet);
+/// The method as an east preset; every phase is a fraction of the run (EAST-SPEC §6).
+inline east::Preset make_preset(const Config& c) {
+  const std::string base = c.method.rfind("east", 0) == 0 ? "east" : c.method;
+  east::Preset p = east::presets::by_name(base, c.method == "dense" ? 1.0 : 1.0 - c.sparsity);
+  p.updates = c.updates;
+  p.update_end = c.update_end;
+  p.drop_fraction = c.drop_fraction;
+  p.drop_floor = c.drop_floor;
+  p.east.cyclic = c.cyclic();
+  p.east.cyclic_fraction = c.cyclic_fraction;
+  p.east.cycles = c.cycles;
+  p.east.multiplier = c.cyclic_multiplier;
+  p.east.dyrelu = c.dyrelu();
+  p.east.dyrelu_start = c.dyrelu_start;
+  p.east.dyrelu_end = c.dyrelu_end;
+  p.east.freeze_hypernet = c.freeze_hypernet;
+  p.east.weight_sharing = c.share();
   return p;
-}
-
-inline std::unique_ptr<AnyController> make_controller(const Config& c, const Plan& p,
-                                                      east::ParameterSet params) {
-  east::ControllerOptions opt;
-  opt.seed = c.seed;
-  if (c.method == "dense") return hold(east::make_static(std::move(params), 1.0, opt));
-  if (c.method == "static") return hold(east::make_static(std::move(params), p.dst.density, opt));
-  if (c.method == "set") return hold(east::make_set(std::move(params), p.dst, opt));
-  if (c.method == "rigl" || !c.cyclic()) return hold(east::make_rigl(std::move(params), p.dst, opt));
-  return hold(east::make_cyclic(std::move(params), p.dst, p.cyclic, opt));
 }
 
 // ---------------------------------------------------------------- data pipeline
@@ -481,21 +418,24 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   ta::ResNet model(mo);
   model->train();
 
-  ta::Sgd sgd(model->named_parameters(), ta::SgdOptions{c.momentum, c.weight_decay, c.nesterov});
-  east::ParameterSet params = ta::make_parameter_set(*model);
-  sgd.register_state(params);
+  // The user's side of a libtorch loop: torch::optim::SGD; east's side: one Sparsifier.
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(c.lr)
+                                                 .momentum(c.momentum)
+                                                 .nesterov(c.nesterov)
+                                                 .weight_decay(c.weight_decay));
   const int64_t n_train = p.train_x.size(0);
   const int64_t spe = n_train / c.batch;  // drop the last partial batch
-  const Plan plan = make_plan(c, spe);
-  auto ctl = make_controller(c, plan, params);
+  const int64_t T = spe * c.epochs;
+  const east::Preset preset = make_preset(c);
+  ta::SparsifierOptions so;
+  so.seed = c.seed;
+  so.init = east::InitScaling::none;  // the paper's recipe: BatchNorm sets each layer's scale
   // Convolutions below the crossover density train on compact weights (docs/sparse.md).
-  std::unique_ptr<ta::SparseCompute> compute;
-  if (c.sparse() && c.kernels != "dense") {
-    east::sparse::Crossover x;
-    if (c.kernels == "sparse") x.conv = 2.0;  // every density is below it
-    compute = std::make_unique<ta::SparseCompute>(*model, ctl->params(), sgd, x);
-    model->set_sparse_compute(compute.get());
-  }
+  if (c.kernels == "sparse") so.crossover = {2.0, 2.0};
+  if (c.kernels == "dense") so.crossover = {0.0, 0.0};
+  so.log = nullptr;
+  ta::Sparsifier sparsity(*model, sgd, preset, T, so);
+  const auto& params = sparsity.controller().params();
 
   Result r;
   r.config = c;
@@ -503,7 +443,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   double elapsed_before = 0;
   const std::string ckpt = c.out_dir.empty() ? "" : c.out_dir + "/checkpoint.east";
   if (c.resume && file_exists(ckpt)) {
-    const std::string blob = ctl->load(ckpt);
+    const std::string blob = sparsity.load(ckpt);
     ta::StateReader rd(blob);
     const auto fp = rd.get_string("fingerprint");
     if (fp != fingerprint(c))
@@ -514,18 +454,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     elapsed_before = rd.get<double>("elapsed");
     const auto nh = rd.get<std::uint64_t>("history length");
     for (std::uint64_t i = 0; i < nh; ++i) r.val_history.push_back(rd.get<double>("history"));
-    rd.get_module(*model);
-    rd.get_sgd(sgd);
-    ta::check_views(*model, ctl->params());
     if (!c.quiet) log << "resumed from " << ckpt << " at epoch " << start_epoch << "\n";
   }
-  // Layers on compact copies need no per-step masking of their (stale) dense tensors.
-  const auto attach = [&] {
-    compute->attach(ctl->masks());
-    for (std::size_t l = 0; l < ctl->params().size(); ++l)
-      ctl->set_per_step_masking(l, !compute->attached(ctl->params()[l].name));
-  };
-  if (compute) attach();
 
   if (!c.quiet) {
     log << "east-trainer: " << c.method << " ResNet-" << c.depth << " width " << c.width << " on "
@@ -533,25 +463,25 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
         << p.test_x.size(0) << " test), sparsity " << c.sparsity << ", " << c.epochs << " epochs x " << spe
         << " steps, batch " << c.batch << ", threads " << c.threads << "\n";
     log << "  prunable weights " << params.logical_size() << " (stored " << params.stored_size() << ") in "
-        << params.size() << " layers; nonzeros " << ctl->nonzeros();
+        << params.size() << " layers; nonzeros " << sparsity.nonzeros();
+    const auto sched = preset.schedule(T);
     if (c.dynamic())
-      log << "; mask update every " << plan.dst.update_interval << " steps until step " << plan.dst.end_step;
-    if (c.cyclic())
-      log << "; cyclic density x" << plan.cyclic.multiplier << " over steps [0, " << plan.cyclic.end() << ")";
-    if (c.dyrelu())
-      log << "; DyReLU beta 1 -> 0 over steps [" << plan.phase.start << ", " << plan.phase.end << "] ("
-          << c.dyrelu_impl << ")";
-    log << "\n";
-    if (compute)
-      log << "  convolutions on east's sparse kernels: " << compute->attached_count() << " of "
-          << compute->size() << " (" << c.kernels << ", crossover density " << compute->crossover().conv
-          << "), compact state " << std::fixed << std::setprecision(2)
-          << static_cast<double>(compute->compact_bytes()) / 1e6 << " MB\n"
-          << std::defaultfloat;
+      log << "; mask update every " << sched.update_interval << " steps until step " << sched.end_step;
+    if (c.cyclic()) {
+      const auto ec = preset.east_config(T);
+      log << "; cyclic density x" << ec.multiplier << " over steps [0, " << east::detail::east_cyclic(ec).end()
+          << ")";
+    }
+    if (c.dyrelu()) {
+      const auto ph = east::make_east_phase(preset.east_config(T));
+      log << "; DyReLU beta 1 -> 0 over steps [" << ph.ramp.start << ", " << ph.ramp.end << "] (" << c.dyrelu_impl
+          << ")";
+    }
+    log << "\n  layers on east's sparse kernels: " << sparsity.compact_layers() << " of " << sparsity.layers()
+        << " (" << c.kernels << ", crossover density " << so.crossover.conv << ")\n";
   }
 
   const int64_t log_every = c.log_every > 0 ? c.log_every : std::max<int64_t>(1, spe / 10);
-  const int64_t T = plan.total_steps;
   const auto data_stream = east::make_stream(c.seed).derive(0xBA7C);
   double last_loss = 0;
   int epochs_run = 0;
@@ -570,25 +500,14 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     for (int64_t b = 0; b < spe; ++b) {
       const int64_t step = static_cast<int64_t>(epoch) * spe + b;
       const double lr = c.lr * (step >= T / 2 ? 0.1 : 1.0) * (step >= (3 * T) / 4 ? 0.1 : 1.0);
-      if (c.dyrelu())
-        ta::set_dyrelu_phase(*model, plan.phase.beta(step), east::phase_frozen(plan.phase, step));
+      for (auto& g : sgd.param_groups()) static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
       auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
-      // With sparse kernels: update steps also capture the dense weight gradients (regrowth),
-      // and the dense tensors are brought up to date around the controller's mask update.
-      const bool upd = ctl->is_update_step(step);
-      if (compute) compute->begin_step(upd);
       sgd.zero_grad();
-      if (compute) compute->zero_grad();
       auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
       loss.backward();
-      ctl->before(step);
-      if (c.clip > 0)
-        sgd.clip_grad_norm(c.clip, compute ? compute->gradients() : std::vector<torch::Tensor>{});
-      sgd.step(lr);
-      if (compute) compute->step(lr);
-      if (compute && upd) compute->write_dense();
-      ctl->after(step);
-      if (compute && upd) attach();
+      if (c.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip);
+      sgd.step();
+      sparsity.step();  // masks, mask updates, compact weights, EAST's DyReLU phase
       const double lv = loss.item<double>();
       r.loss_history.push_back(lv);
       east::detail::require(std::isfinite(lv), "east-trainer", "loss became ", lv, " at step ", step,
@@ -603,13 +522,12 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
         const double eta = static_cast<double>((T - step - 1) * c.batch) / rate;
         log << "epoch " << epoch + 1 << "/" << c.epochs << "  step " << step + 1 << "/" << T << "  loss "
             << std::fixed << std::setprecision(4) << loss_sum / static_cast<double>(loss_n) << "  lr "
-            << std::setprecision(4) << lr << "  density " << std::setprecision(5) << ctl->density() << "  "
+            << std::setprecision(4) << lr << "  density " << std::setprecision(5) << sparsity.density() << "  "
             << std::setprecision(0) << rate << " img/s  ETA " << format_duration(eta) << "\n";
         log.unsetf(std::ios::fixed);
       }
     }
     r.train_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, loss_n));
-    ta::check_views(*model, ctl->params());
     const auto [va, vl] = evaluate(model, p.val_x, p.val_y);
     r.val_history.push_back(va);
     if (!c.quiet)
@@ -625,10 +543,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       w.put(elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       w.put(static_cast<std::uint64_t>(r.val_history.size()));
       for (double v : r.val_history) w.put(v);
-      if (compute) compute->write_dense();
-      w.put_module(*model);
-      w.put_sgd(sgd);
-      ctl->save(ckpt, w.bytes());
+      sparsity.save(ckpt, w.bytes());
     }
   }
   (void)last_loss;
@@ -636,18 +551,19 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   r.test_accuracy = ta_;
   r.test_loss = tl;
   r.val_accuracy = r.val_history.empty() ? 0 : r.val_history.back();
-  r.density = ctl->density();
-  r.stored_density = ctl->stored_density();
-  r.nonzeros = ctl->nonzeros();
-  r.logical_size = ctl->params().logical_size();
-  r.stored_size = ctl->params().stored_size();
+  const auto& ctl = sparsity.controller();
+  r.density = ctl.density();
+  r.stored_density = ctl.stored_density();
+  r.nonzeros = ctl.nonzeros();
+  r.logical_size = params.logical_size();
+  r.stored_size = params.stored_size();
   r.steps = T;
-  r.mask_updates = static_cast<std::int64_t>(ctl->updates());
-  r.sparse_kernel_layers = compute ? compute->attached_count() : 0;
-  r.empty_layers = ctl->empty_layers();
-  for (std::size_t l = 0; l < ctl->params().size(); ++l) {
-    const auto& v = ctl->params()[l];
-    r.layers.push_back({v.name, v.size(), v.uses, ctl->masks()[l].count()});
+  r.mask_updates = static_cast<std::int64_t>(ctl.updates());
+  r.sparse_kernel_layers = sparsity.compact_layers();
+  r.empty_layers = ctl.empty_layers();
+  for (std::size_t l = 0; l < params.size(); ++l) {
+    const auto& v = params[l];
+    r.layers.push_back({v.name, v.size(), v.uses, ctl.masks()[l].count()});
   }
   r.seconds = elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.finished = true;

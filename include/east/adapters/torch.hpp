@@ -1,18 +1,17 @@
 #pragma once
 // east's libtorch adapter (optional; needs libtorch, e.g. Debian's libtorch-dev). See
-// docs/torch-adapter.md. Everything lives in east::torch_adapter:
+// docs/torch-sparsifier.md and docs/torch-adapter.md. Everything lives in east::torch_adapter:
+//   Sparsifier                   sparse training of any model in a standard loop (one object)
+//   Conv2d, Linear (east::nn::)  drop-ins for torch::nn's that train on compact weights
 //   make_parameter_set(module)   views of a module's Conv/Linear weights and gradients
-//   Sgd                          SGD with fixed momentum buffers east can mask in place
-//   seed_sgd_momentum(...)       the same for an existing torch::optim::SGD
+//   Sgd, seed_sgd_momentum       for loops that drive a Controller themselves
 //   DyReLUB                      DyReLU-B with phasing (torch ops or east's kernels)
 //   SharedConv2d, ResidualBlock, ResNet   CIFAR ResNets with residual weight sharing
-//   SparseCompute                a model's convolutions on east's sparse kernels (compact weights)
 //   tensor/state helpers for checkpoints (state.hpp)
 #include "../east.hpp"
 #include "torch/dyrelu.hpp"
 #include "torch/registration.hpp"
 #include "torch/resnet.hpp"
 #include "torch/sgd.hpp"
-#include "torch/sparse_compute.hpp"
 #include "torch/sparsifier.hpp"
 #include "torch/state.hpp"

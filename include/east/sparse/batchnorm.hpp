@@ -1,7 +1,7 @@
 #pragma once
 // BatchNorm (NCHW, per-channel statistics) fused with the optional residual add and ReLU that
 // follow it in a ResNet: y = relu(BN(x) [+ residual]). Plain C++ (float or double), no torch; the
-// libtorch autograd function and module are in adapters/torch_fused.hpp.
+// libtorch autograd function and module are in adapters/torch/batchnorm.hpp.
 //
 // Why: in a 99.9%-sparse network the convolutions are cheap and the step is bound by the dense
 // passes over activations. libtorch runs BN, add and ReLU as separate ops (~6 passes forward and

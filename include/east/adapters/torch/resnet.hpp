@@ -7,7 +7,9 @@
 //     convolutions, blocks 2, 3, … reuse block 1's conv tensors (and so their masks), each use
 //     scaled by its own learnable scalar initialised U(0, 1); shared blocks keep their own BNs
 //     and DyReLUs. Autograd adds all uses' gradients onto the one stored tensor.
-// Convolutions run on libtorch, or on east's sparse kernels after set_sparse_compute().
+// The convolutions are east::nn::Conv2d: libtorch's until a Sparsifier binds them, then on
+// compact weights below the crossover density. BatchNorm, the residual add and ReLU run fused
+// (east::BatchNormReLU2d: one pass per direction instead of three).
 #include <torch/torch.h>
 
 #include <memory>
@@ -15,43 +17,29 @@
 #include <vector>
 
 #include "../../core/error.hpp"
+#include "batchnorm.hpp"
 #include "dyrelu.hpp"
+#include "layers.hpp"
 #include "registration.hpp"
-#include "sparse_compute.hpp"
 
 namespace east {
 namespace torch_adapter {
 
-/// Where a model's convolutions run: libtorch's conv2d, or `compute` (shared by all its blocks).
-struct ConvRoute {
-  SparseCompute* compute = nullptr;
-  at::Tensor operator()(torch::nn::Conv2d& conv, const at::Tensor& x) const {
-    return compute ? compute->forward(*conv, x) : conv(x);
-  }
-};
-
-/// A 2-D convolution that borrows another Conv2d's weight tensor and scales it by a learnable
-/// scalar "scale": y = conv2d(x, scale·W_owner). Registration counts it as one more use of W.
+/// A 2-D convolution that borrows another convolution's weight tensor (and, once a Sparsifier
+/// binds the owner, its compact weights) and scales it by a learnable scalar "scale":
+/// y = conv2d(x, scale·W_owner). Registration counts it as one more use of W.
 class SharedConv2dImpl : public torch::nn::Module, public SharesWeights {
  public:
   /// @param owner the convolution whose weight is reused  @param init_scale initial scalar
-  SharedConv2dImpl(torch::nn::Conv2d owner, double init_scale)
-      : weight_(owner->weight),
-        stride_((*owner->options.stride())[0]),
-        padding_((*owner->options.kernel_size())[0] / 2) {
+  SharedConv2dImpl(Conv2d owner, double init_scale) : owner_(std::move(owner)) {
     scale = register_parameter("scale", torch::full({1}, init_scale));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    if (route && route->compute) return route->compute->conv2d(x, weight_, stride_, padding_, scale);
-    return torch::conv2d(x, weight_ * scale, {}, stride_, padding_);
-  }
-  std::vector<torch::Tensor> borrowed_weights() const override { return {weight_}; }
+  torch::Tensor forward(const torch::Tensor& x) { return owner_->forward_scaled(x, scale); }
+  std::vector<torch::Tensor> borrowed_weights() const override { return {owner_->weight}; }
   torch::Tensor scale;
-  std::shared_ptr<ConvRoute> route;  ///< set by the owning model; null = libtorch
 
  private:
-  torch::Tensor weight_;      // shallow: same storage as the owner's weight, not registered here
-  int64_t stride_, padding_;  // square kernels, "same" padding k/2 (as detail::conv builds them)
+  Conv2d owner_;  // not registered here: the owner's block owns it
 };
 TORCH_MODULE(SharedConv2d);
 
@@ -68,8 +56,12 @@ struct ResNetOptions {
 };
 
 namespace detail {
-inline torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false));
+inline Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride) {
+  return Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false));
+}
+/// BatchNorm, with the ReLU that follows it fused unless the activation is DyReLU.
+inline BatchNormReLU2d bn(int64_t channels, bool relu) {
+  return BatchNormReLU2d(torch::nn::BatchNorm2dOptions(channels), relu);
 }
 }  // namespace detail
 
@@ -78,9 +70,8 @@ inline torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride
 class ResidualBlockImpl : public torch::nn::Module {
  public:
   ResidualBlockImpl(int64_t in, int64_t planes, int64_t stride, bool bottleneck, bool dyrelu,
-                    DyReLUBackend backend, ResidualBlockImpl* source = nullptr,
-                    std::vector<double> scales = {}, std::shared_ptr<ConvRoute> route = nullptr)
-      : bottleneck_(bottleneck), route_(route ? std::move(route) : std::make_shared<ConvRoute>()) {
+                    DyReLUBackend backend, ResidualBlockImpl* source = nullptr, std::vector<double> scales = {})
+      : bottleneck_(bottleneck) {
     const int64_t out = bottleneck ? planes * 4 : planes;
     std::vector<std::pair<int64_t, int64_t>> io;  // (in, out) per conv, kernel sizes below
     std::vector<int64_t> ks, strides;
@@ -100,11 +91,10 @@ class ResidualBlockImpl : public torch::nn::Module {
                               "source block has ", source->own_.size(), " convolutions, expected ",
                               io.size());
         shared_.push_back(register_module(n, SharedConv2d(source->own_[i], scales.at(i))));
-        shared_.back()->route = route_;
       } else {
         own_.push_back(register_module(n, detail::conv(io[i].first, io[i].second, ks[i], strides[i])));
       }
-      bns_.push_back(register_module("bn" + std::to_string(i + 1), torch::nn::BatchNorm2d(io[i].second)));
+      bns_.push_back(register_module("bn" + std::to_string(i + 1), detail::bn(io[i].second, !dyrelu)));
     }
     // Activations: after bn1 (and bn2 of a bottleneck) and after the residual add.
     const std::size_t inner = io.size() - 1;
@@ -120,33 +110,32 @@ class ResidualBlockImpl : public torch::nn::Module {
       east::detail::require(source == nullptr, "east::torch_adapter::ResidualBlock()",
                             "a shared block cannot have a projection shortcut");
       shortcut = register_module("shortcut", detail::conv(in, out, 1, stride));
-      shortcut_bn = register_module("shortcut_bn", torch::nn::BatchNorm2d(out));
+      shortcut_bn = register_module("shortcut_bn", detail::bn(out, false));
     }
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
     torch::Tensor h = x;
     const std::size_t n = bns_.size();
-    for (std::size_t i = 0; i < n; ++i) {
-      h = bns_[i](own_.empty() ? shared_[i](h) : (*route_)(own_[i], h));
-      if (i + 1 < n) h = act(i, h);
-    }
-    h = h + (shortcut ? shortcut_bn((*route_)(shortcut, x)) : x);
-    return act(n - 1, h);
+    for (std::size_t i = 0; i + 1 < n; ++i) h = act(i, bns_[i](conv(i, h)));
+    // The last BN adds the shortcut (and applies the ReLU) in the same pass.
+    const torch::Tensor shortcut_out = shortcut ? shortcut_bn(shortcut(x)) : x;
+    return act(n - 1, bns_[n - 1](conv(n - 1, h), shortcut_out));
   }
 
   bool is_shared() const { return own_.empty(); }
-  torch::nn::Conv2d shortcut{nullptr};
-  torch::nn::BatchNorm2d shortcut_bn{nullptr};
+  Conv2d shortcut{nullptr};
+  BatchNormReLU2d shortcut_bn{nullptr};
 
  private:
-  torch::Tensor act(std::size_t i, const torch::Tensor& h) { return acts_[i] ? acts_[i](h) : torch::relu(h); }
+  torch::Tensor conv(std::size_t i, const torch::Tensor& h) { return own_.empty() ? shared_[i](h) : own_[i](h); }
+  // DyReLU where the model has it; the ReLU is fused into the BN otherwise.
+  torch::Tensor act(std::size_t i, const torch::Tensor& h) { return acts_[i] ? acts_[i](h) : h; }
   bool bottleneck_;
-  std::vector<torch::nn::Conv2d> own_;
+  std::vector<Conv2d> own_;
   std::vector<SharedConv2d> shared_;
-  std::vector<torch::nn::BatchNorm2d> bns_;
+  std::vector<BatchNormReLU2d> bns_;
   std::vector<DyReLUB> acts_;
-  std::shared_ptr<ConvRoute> route_;
 };
 TORCH_MODULE(ResidualBlock);
 
@@ -171,7 +160,7 @@ class ResNetImpl : public torch::nn::Module {
     auto w = [&](int64_t c) { return std::max<int64_t>(1, static_cast<int64_t>(std::lround(c * o.width))); };
     const int64_t stem = w(64);
     stem_conv = register_module("conv1", detail::conv(o.in_channels, stem, 3, 1));
-    stem_bn = register_module("bn1", torch::nn::BatchNorm2d(stem));
+    stem_bn = register_module("bn1", detail::bn(stem, !o.dyrelu));
     if (o.dyrelu) stem_act = register_module("act1", DyReLUB(stem, 4, o.backend));
     const RandomStream scales = make_stream(o.seed).derive(0x5CA1E);
     int64_t in = stem;
@@ -186,10 +175,9 @@ class ResNetImpl : public torch::nn::Module {
         if (o.share && b >= 2) {
           std::vector<double> sc;
           for (int i = 0; i < (bottleneck ? 3 : 2); ++i) sc.push_back(scales.uniform(scale_index++));
-          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend, source, sc, route_);
+          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend, source, sc);
         } else {
-          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend, nullptr,
-                                std::vector<double>{}, route_);
+          block = ResidualBlock(in, planes, stride, bottleneck, o.dyrelu, o.backend);
         }
         if (b == 1) source = block.get();
         in = bottleneck ? planes * 4 : planes;
@@ -201,27 +189,23 @@ class ResNetImpl : public torch::nn::Module {
   }
 
   torch::Tensor forward(torch::Tensor x) {
-    x = stem_bn((*route_)(stem_conv, x));
-    x = stem_act ? stem_act(x) : torch::relu(x);
+    x = stem_bn(stem_conv(x));
+    if (stem_act) x = stem_act(x);
     for (auto& s : stages) x = s->forward(x);
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return fc(x);
   }
 
   const ResNetOptions& options() const { return options_; }
-  /// Runs the convolutions registered in `compute` (which must outlive the model's use of it)
-  /// on east's sparse kernels; nullptr = libtorch again.
-  void set_sparse_compute(SparseCompute* compute) { route_->compute = compute; }
 
-  torch::nn::Conv2d stem_conv{nullptr};
-  torch::nn::BatchNorm2d stem_bn{nullptr};
+  Conv2d stem_conv{nullptr};
+  BatchNormReLU2d stem_bn{nullptr};
   DyReLUB stem_act{nullptr};
   std::vector<torch::nn::Sequential> stages;
   torch::nn::Linear fc{nullptr};
 
  private:
   ResNetOptions options_;
-  std::shared_ptr<ConvRoute> route_ = std::make_shared<ConvRoute>();
 };
 TORCH_MODULE(ResNet);
 

@@ -176,9 +176,9 @@ class Sparsifier {
     for (auto& l : layers_) l->set_gradient_reducer(reduce);
   }
 
-  /// One CRC-checked file: masks and schedule state, the step, every model tensor and the
-  /// optimizer's state (east/io/checkpoint.hpp holds the format).
-  void save(const std::string& path) const {
+  /// One CRC-checked file: masks and schedule state, the step, every model tensor, the
+  /// optimizer's state and `extra` (anything of the caller's; east/io/checkpoint.hpp holds the format).
+  void save(const std::string& path, const std::string& extra = {}) const {
     ctl_->sync_dense_views();
     StateWriter w;
     w.put_string(fingerprint());
@@ -189,13 +189,16 @@ class Sparsifier {
     optimizer_->save(archive);
     archive.save_to(os);
     w.put_string(os.str());
+    w.put_string(extra);
     ctl_->save(path, w.bytes());
   }
   /// Resumes what save() wrote, from a Sparsifier built like the saving one (same model,
-  /// optimizer type, method and total steps); anything else is refused and changes nothing.
-  void load(const std::string& path) {
+  /// optimizer type, method and total steps); anything else is refused and leaves the masks as
+  /// they were. Returns save()'s `extra`.
+  std::string load(const std::string& path) {
     const ControllerState before = ctl_->state();
     const std::string blob = ctl_->load(path);
+    std::string extra;
     try {
       StateReader r(blob);
       const std::string fp = r.get_string("fingerprint");
@@ -214,12 +217,14 @@ class Sparsifier {
       torch::serialize::InputArchive archive;
       archive.load_from(is);
       optimizer_->load(archive);
+      extra = r.get_string("extra");
       step_ = step;
     } catch (...) {
       ctl_->restore(before);
       throw;
     }
     set_phase();
+    return extra;
   }
 
  private:

@@ -10,13 +10,13 @@
 // depend on the thread count (east::kernels::set_threads). CPU, float32 or float64, NCHW.
 #include <torch/torch.h>
 
-#include "../core/error.hpp"
-#include "../sparse/batchnorm.hpp"
+#include "../../core/error.hpp"
+#include "../../sparse/batchnorm.hpp"
 
-namespace east::sparse {
+namespace east::torch_adapter {
 
 namespace detail {
-inline BatchNormShape bn_shape(const at::Tensor& x) {
+inline sparse::BatchNormShape bn_shape(const at::Tensor& x) {
   std::size_t plane = 1;
   for (long d = 2; d < x.dim(); ++d) plane *= static_cast<std::size_t>(x.size(d));
   return {static_cast<std::size_t>(x.size(0)), static_cast<std::size_t>(x.size(1)), plane};
@@ -44,7 +44,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
                             const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
                             at::Tensor running_mean, at::Tensor running_var, bool training, double momentum,
                             double eps, bool relu) {
-    constexpr const char* where = "east::sparse::BatchNormReLUFunction::forward()";
+    constexpr const char* where = "east::torch_adapter::BatchNormReLUFunction::forward()";
     ::east::detail::require(input.defined() && input.device().is_cpu() && input.dim() >= 2, where,
                             "input must be a CPU tensor with >= 2 dimensions (N, C, ...)");
     const auto dtype = input.scalar_type();
@@ -70,12 +70,12 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     check(residual, "residual", false);
     ::east::detail::require(detail::given(running_mean) == detail::given(running_var), where,
                             "running_mean and running_var must both be given or both be undefined");
-    const BatchNormOptions o{momentum, eps, training || !detail::given(running_mean), relu};
+    const sparse::BatchNormOptions o{momentum, eps, training || !detail::given(running_mean), relu};
     const auto s = detail::bn_shape(x);
     auto y = torch::empty_like(x);
     auto mean = torch::empty({c}, x.options()), invstd = torch::empty({c}, x.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "east_batchnorm_relu", [&] {
-      batchnorm_forward<scalar_t>(s, x.data_ptr<scalar_t>(), detail::ptr_or_null<scalar_t>(residual),
+      sparse::batchnorm_forward<scalar_t>(s, x.data_ptr<scalar_t>(), detail::ptr_or_null<scalar_t>(residual),
                                   detail::ptr_or_null<scalar_t>(weight), detail::ptr_or_null<scalar_t>(bias),
                                   detail::mut_ptr_or_null<scalar_t>(running_mean),
                                   detail::mut_ptr_or_null<scalar_t>(running_var), o, y.data_ptr<scalar_t>(),
@@ -95,7 +95,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &y = saved[1], &weight = saved[2], &mean = saved[3], &invstd = saved[4];
     const at::Tensor dy = grads[0].contiguous();
-    BatchNormOptions o;
+    sparse::BatchNormOptions o;
     o.training = ctx->saved_data["training"].toBool();
     o.relu = ctx->saved_data["relu"].toBool();
     o.eps = ctx->saved_data["eps"].toDouble();
@@ -108,7 +108,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     at::Tensor dw = need_w ? torch::empty({c}, x.options()) : at::Tensor();
     at::Tensor db = need_b ? torch::empty({c}, x.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "east_batchnorm_relu_backward", [&] {
-      batchnorm_backward<scalar_t>(
+      sparse::batchnorm_backward<scalar_t>(
           detail::bn_shape(x), dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
           detail::ptr_or_null<scalar_t>(weight), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), o,
           dx.data_ptr<scalar_t>(), detail::mut_ptr_or_null<scalar_t>(dres),
@@ -126,7 +126,7 @@ inline at::Tensor batchnorm_relu(const at::Tensor& input, const at::Tensor& weig
                                  const at::Tensor& residual, const at::Tensor& running_mean,
                                  const at::Tensor& running_var, bool training, double momentum, double eps,
                                  bool relu = true) {
-  ::east::detail::require(input.defined(), "east::sparse::batchnorm_relu()", "input is undefined");
+  ::east::detail::require(input.defined(), "east::torch_adapter::batchnorm_relu()", "input is undefined");
   auto e = [&](const at::Tensor& t) { return detail::absent_as_empty(t, input); };
   return BatchNormReLUFunction::apply(input, e(weight), e(bias), e(residual), e(running_mean), e(running_var),
                                       training, momentum, eps, relu);
@@ -138,7 +138,7 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
  public:
   explicit BatchNormReLU2dImpl(const torch::nn::BatchNorm2dOptions& options, bool relu = true)
       : options(options), relu_(relu) {
-    ::east::detail::require(options.num_features() >= 1, "east::sparse::BatchNormReLU2d", "num_features ",
+    ::east::detail::require(options.num_features() >= 1, "east::torch_adapter::BatchNormReLU2d", "num_features ",
                             options.num_features(), " (valid: >= 1)");
     const long c = options.num_features();
     if (options.affine()) {
@@ -155,7 +155,7 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
       : BatchNormReLU2dImpl(torch::nn::BatchNorm2dOptions(num_features), relu) {}
 
   at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {}) {
-    ::east::detail::require(x.dim() == 4, "east::sparse::BatchNormReLU2d", "input has ", x.dim(),
+    ::east::detail::require(x.dim() == 4, "east::torch_adapter::BatchNormReLU2d", "input has ", x.dim(),
                             " dimensions (valid: 4, NCHW)");
     double momentum = options.momentum().value_or(0.0);
     const bool update = is_training() && options.track_running_stats();
@@ -178,4 +178,9 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BatchNormReLU2d);
 
-}  // namespace east::sparse
+}  // namespace east::torch_adapter
+
+namespace east::nn {
+using torch_adapter::BatchNormReLU2d;
+using torch_adapter::BatchNormReLU2dImpl;
+}  // namespace east::nn
