@@ -186,7 +186,7 @@ TEST_CASE("weight-shared ResNet: uses counted, gradients of all uses add up on t
   CHECK(up.logical_size() == params.logical_size());  // same budget at the same sparsity
 
   // dW = Σ_i s_i dW_i: compare with an explicit functional composition.
-  auto owner = torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 3, 3).padding(1).bias(false));
+  auto owner = ta::Conv2d(torch::nn::Conv2dOptions(3, 3, 3).padding(1).bias(false));
   ta::SharedConv2d s1(owner, 0.3), s2(owner, 0.7);
   auto x = torch::randn({2, 3, 5, 5});
   (owner(x) + s1(x) * 2 + s2(x)).sum().backward();
