@@ -187,6 +187,13 @@ class TorchLayer : public sparse::CompactLayer {
     return out;
   }
   float* dense_weight_view() { return weight_t_.data_ptr<float>(); }
+  /// On an update step of a dense-form layer: passes the raw gradient kept for regrowth through
+  /// the reducer (e.g. an all-reduce), once, before the controller reads it.
+  void reduce_kept_gradient() {
+    if (compact_ || !capture_ || !reduce_) return;
+    if (!dense_capture_.defined()) dense_capture_ = torch::zeros_like(weight_t_);
+    reduce_(dense_capture_.data_ptr<float>(), size());
+  }
   /// Applied to every dense gradient read at a mask update (e.g. an all-reduce across ranks).
   void set_gradient_reducer(std::function<void(float*, std::size_t)> r) { reduce_ = std::move(r); }
   LayerMode mode() const { return {compact_, reason_}; }

@@ -124,6 +124,8 @@ class Sparsifier {
   /// Call once per optimizer step, after optimizer.step(): re-masks, updates the masks on
   /// update steps, advances the schedule (and EAST's DyReLU phase).
   void step() {
+    if (ctl_->is_update_step(step_))
+      for (auto& l : layers_) l->reduce_kept_gradient();
     refresh_views(ctl_->params());
     ctl_->before_optimizer_step(step_);
     ctl_->after_optimizer_step(step_);
