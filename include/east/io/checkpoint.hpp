@@ -9,7 +9,7 @@
 //            per layer: u32 name bytes, name, u64 size, u64 uses, u8 role, u64 words, mask words,
 //            ever-active words; u64 policies, per policy u64 bytes + its save_state() blob;
 //            u64 user bytes, user bytes (opaque data of the caller's, e.g. its optimizer step count)
-//   Nothing may follow the checksum. docs/checkpoints.md has the same layout as a table.
+//   Nothing may follow the checksum. docs/checkpoints.md has the same layout, annotated.
 #include <zlib.h>
 
 #include <cstdint>
