@@ -9,33 +9,14 @@
 
 #include "alloc_counter.hpp"
 #include "checkpoint_bytes.hpp"
+#include "checkpoint_subjects.hpp"
 #include "helpers.hpp"
 
 using namespace east;
-using east_test::ToyModel;
 using namespace east_test;
 
 namespace {
 const DstConfig cfg{0.05, 5, 200, 0.4};
-const DstConfig mixed_cfg{0.3, 5, 200, 0.4};  // the dense layer fits the budget
-
-template <class Ctl>
-void train(ToyModel& m, Ctl& ctl, std::int64_t from, std::int64_t to) {
-  for (std::int64_t step = from; step < to; ++step) {
-    m.randomize_grads(static_cast<unsigned>(step) * 7 + 1);
-    ctl.before_optimizer_step(step);
-    m.sgd(0.05f);
-    ctl.after_optimizer_step(step);
-  }
-}
-
-// ToyModel::small() with a dense and an excluded layer.
-ParameterSet mixed(ToyModel& m) {
-  auto p = m.params();
-  p.set_role("conv3", LayerRole::dense);
-  p.set_role("fc", LayerRole::excluded);
-  return p;
-}
 
 template <class Ctl>
 std::string save_to_string(const Ctl& ctl, const std::string& user = {}) {
@@ -144,7 +125,7 @@ TEST_CASE("save_checkpoint writes exactly the documented format", "[checkpoint][
   // build_checkpoint follows docs/checkpoints.md's format block field by field (uses, role and
   // the policy-state table included), so this pins the documentation to the code.
   auto m = ToyModel::small();
-  auto ctl = make_snfs(mixed(m), mixed_cfg, {3});
+  auto ctl = make_snfs(mixed_params(m), subject_cfg, {3});
   train(m, ctl, 0, 12);
   const auto s = ctl.state();
   REQUIRE(s.policy_states.size() == 7);
@@ -156,13 +137,13 @@ TEST_CASE("SNFS with dense and excluded layers (empty momentum) saves and loads"
   // Dense and excluded layers keep no momentum: their empty vectors have no storage, and copying
   // zero bytes from or to a null pointer is undefined behaviour (caught by UBSan).
   auto m = ToyModel::small();
-  auto ctl = make_snfs(mixed(m), mixed_cfg, {3});
+  auto ctl = make_snfs(mixed_params(m), subject_cfg, {3});
   train(m, ctl, 0, 12);
   REQUIRE(ctl.method().regrow.momentum.size() == 4);
   REQUIRE(ctl.method().regrow.momentum[2].empty());
   const auto bytes = save_to_string(ctl);
   auto m2 = ToyModel::small();
-  auto ctl2 = make_snfs(mixed(m2), mixed_cfg, {8});
+  auto ctl2 = make_snfs(mixed_params(m2), subject_cfg, {8});
   std::stringstream in(bytes);
   load_checkpoint(ctl2, in);
   CHECK(same_state(ctl2.state(), ctl.state()));
@@ -248,14 +229,14 @@ TEST_CASE("a zero-size layer in a checkpoint is rejected", "[checkpoint][errors]
 
 TEST_CASE("restore() rejects inconsistent state and changes nothing", "[checkpoint][errors][restore]") {
   auto m = ToyModel::small(), m2 = ToyModel::small();
-  auto ctl = make_snfs(mixed(m), mixed_cfg, {1});
+  auto ctl = make_snfs(mixed_params(m), subject_cfg, {1});
   train(m, ctl, 0, 12);
   REQUIRE(ctl.updates() == 2);
   const ControllerState good = ctl.state();
   // A fresh victim for every case (a wrongly accepted state must not spill into the next one).
   auto make_victim = [&] {
     m2 = ToyModel::small();
-    auto c = make_snfs(mixed(m2), mixed_cfg, {2});
+    auto c = make_snfs(mixed_params(m2), subject_cfg, {2});
     train(m2, c, 0, 3);
     return c;
   };
@@ -263,13 +244,14 @@ TEST_CASE("restore() rejects inconsistent state and changes nothing", "[checkpoi
   const auto weights = m2.tensors;
   const double nan = std::numeric_limits<double>::quiet_NaN();
 
-  // In sparse layer conv1 (layer 0): a position never active, and an active one.
+  // In sparse layer conv2 (layer 1): a position never active, and an active one.
   auto bit = [](const std::vector<std::uint64_t>& w, std::size_t i) { return (w[i / 64] >> (i % 64)) & 1; };
   std::size_t off = 0, on = 0;
-  while (bit(good.ever_active[0], off)) ++off;
-  while (!bit(good.masks[0], on)) ++on;
-  const std::size_t n0 = good.sizes[0];  // 432: its last word has 48 bits
-  REQUIRE(n0 % 64 != 0);
+  while (off < good.sizes[1] && bit(good.ever_active[1], off)) ++off;
+  while (on < good.sizes[1] && !bit(good.masks[1], on)) ++on;
+  REQUIRE(off < good.sizes[1]);
+  REQUIRE(on < good.sizes[1]);
+  REQUIRE(good.sizes[0] == 432);  // conv1's last word has 48 bits: room for tail bits
 
   struct Case {
     const char* name;
@@ -279,10 +261,10 @@ TEST_CASE("restore() rejects inconsistent state and changes nothing", "[checkpoi
   const std::vector<Case> cases = {
       {"mask outside ever-active",
        [&](ControllerState& s) {
-         s.masks[0][off / 64] |= std::uint64_t{1} << (off % 64);   // a new position active,
-         s.masks[0][on / 64] &= ~(std::uint64_t{1} << (on % 64));  // one dropped: the count is kept
+         s.masks[1][off / 64] |= std::uint64_t{1} << (off % 64);   // a new position active,
+         s.masks[1][on / 64] &= ~(std::uint64_t{1} << (on % 64));  // one dropped: the count is kept
        },
-       {"conv1", "ever_active", "position"}},
+       {"conv2", "ever_active", "position " + std::to_string(off)}},
       {"partial mask on a dense layer",
        [](ControllerState& s) { s.masks[2][0] &= ~std::uint64_t{1}; },
        {"conv3", "dense", "1023 of 1024"}},
@@ -316,10 +298,10 @@ TEST_CASE("restore() rejects inconsistent state and changes nothing", "[checkpoi
        {"conv1", "ever_active", "beyond"}},
       {"popcount off by one",
        [&](ControllerState& s) {
-         s.masks[0][off / 64] |= std::uint64_t{1} << (off % 64);
-         s.ever_active[0][off / 64] |= std::uint64_t{1} << (off % 64);
+         s.masks[1][off / 64] |= std::uint64_t{1} << (off % 64);
+         s.ever_active[1][off / 64] |= std::uint64_t{1} << (off % 64);
        },
-       {"conv1", "active weights", "distribution"}},
+       {"conv2", "active weights", "distribution"}},
   };
   for (const auto& c : cases) {
     INFO(c.name);

@@ -6,7 +6,6 @@
 // allocate more than a small multiple of the file's size.
 #include <catch2/catch.hpp>
 #include <east/east.hpp>
-#include <east/presets/east.hpp>
 
 #include <cmath>
 #include <limits>
@@ -16,33 +15,13 @@
 
 #include "alloc_counter.hpp"
 #include "checkpoint_bytes.hpp"
+#include "checkpoint_subjects.hpp"
 #include "helpers.hpp"
 
 using namespace east;
 using namespace east_test;
 
 namespace {
-
-const DstConfig cfg{0.3, 5, 200, 0.4};
-
-// ToyModel::small() with a shared, a dense and an excluded layer.
-ParameterSet mixed(ToyModel& m) {
-  auto p = m.params(true);
-  p.set_uses("conv2", 2);
-  p.set_role("conv3", LayerRole::dense);
-  p.set_role("fc", LayerRole::excluded);
-  return p;
-}
-
-template <class Ctl>
-void train(ToyModel& m, Ctl& ctl, std::int64_t from, std::int64_t to) {
-  for (std::int64_t step = from; step < to; ++step) {
-    m.randomize_grads(static_cast<unsigned>(step) * 7 + 1);
-    ctl.before_optimizer_step(step);
-    m.sgd(0.05f);
-    ctl.after_optimizer_step(step);
-  }
-}
 
 struct Mutation {
   std::string what, bytes;
@@ -189,7 +168,7 @@ struct Stats {
 template <class Make>
 Stats fuzz(Make make, int momentum_policy) {
   auto m = ToyModel::small();
-  auto ctl = make(mixed(m), 1);
+  auto ctl = make(mixed_params(m), 1);
   train(m, ctl, 0, 17);
   REQUIRE(ctl.updates() >= 3);
   std::stringstream ss;
@@ -203,7 +182,7 @@ Stats fuzz(Make make, int momentum_policy) {
   };
   auto fresh = [&] {
     auto v = std::make_unique<Victim>();
-    v->ctl = std::make_unique<Ctl>(make(mixed(v->m), 2));
+    v->ctl = std::make_unique<Ctl>(make(mixed_params(v->m), 2));
     train(v->m, *v->ctl, 0, 6);
     return v;
   };
@@ -275,23 +254,10 @@ Stats fuzz(Make make, int momentum_policy) {
 
 TEST_CASE("mutated checkpoints are rejected cleanly or load a valid state", "[checkpoint][fuzz]") {
   std::vector<std::pair<const char*, Stats>> runs;
-  runs.emplace_back(
-      "rigl",
-      fuzz([](ParameterSet p, std::uint64_t seed) { return make_rigl(std::move(p), cfg, {seed}); }, -1));
+  runs.emplace_back("rigl", fuzz(make_rigl_subject, -1));
   // SNFS: MomentumRegrow is policy 5 (distribution, density, drop, update, prune, regrow, init).
-  runs.emplace_back(
-      "snfs",
-      fuzz([](ParameterSet p, std::uint64_t seed) { return make_snfs(std::move(p), cfg, {seed}); }, 5));
-  runs.emplace_back("east", fuzz(
-                                [](ParameterSet p, std::uint64_t seed) {
-                                  EastConfig c;
-                                  c.density = 0.3;
-                                  c.total_steps = 40;
-                                  c.update_interval = 5;
-                                  c.multiplier = 2;
-                                  return make_east(std::move(p), c, {seed}).controller;
-                                },
-                                -1));
+  runs.emplace_back("snfs", fuzz(make_snfs_subject, 5));
+  runs.emplace_back("east", fuzz(make_east_subject, -1));
   std::size_t total = 0;
   for (const auto& [name, st] : runs) {
     INFO(name << ": " << st.cases << " cases, " << st.loaded << " loaded, " << st.corrupt

@@ -6,7 +6,6 @@
 // a fresh controller's restore() accepts. libFuzzer's -malloc_limit_mb catches large allocations.
 // EAST_FUZZ_WRITE_SEEDS=dir writes one seed per controller into dir and exits.
 #include <east/east.hpp>
-#include <east/presets/east.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -16,43 +15,12 @@
 #include <sstream>
 
 #include "../checkpoint_bytes.hpp"
-#include "../helpers.hpp"
+#include "../checkpoint_subjects.hpp"
 
 namespace {
 
 using namespace east;
-using east_test::ToyModel;
-
-const DstConfig cfg{0.3, 5, 200, 0.4};
-
-ParameterSet mixed(ToyModel& m) {
-  auto p = m.params(true);
-  p.set_uses("conv2", 2);
-  p.set_role("conv3", LayerRole::dense);
-  p.set_role("fc", LayerRole::excluded);
-  return p;
-}
-
-auto make_0(ParameterSet p, std::uint64_t seed) { return make_rigl(std::move(p), cfg, {seed}); }
-auto make_1(ParameterSet p, std::uint64_t seed) { return make_snfs(std::move(p), cfg, {seed}); }
-auto make_2(ParameterSet p, std::uint64_t seed) {
-  EastConfig c;
-  c.density = 0.3;
-  c.total_steps = 40;
-  c.update_interval = 5;
-  c.multiplier = 2;
-  return make_east(std::move(p), c, {seed}).controller;
-}
-
-template <class Ctl>
-void train(ToyModel& m, Ctl& ctl, std::int64_t steps) {
-  for (std::int64_t step = 0; step < steps; ++step) {
-    m.randomize_grads(static_cast<unsigned>(step) * 7 + 1);
-    ctl.before_optimizer_step(step);
-    m.sgd(0.05f);
-    ctl.after_optimizer_step(step);
-  }
-}
+using namespace east_test;
 
 template <class Make>
 struct Subject {
@@ -65,18 +33,18 @@ struct Subject {
 
   explicit Subject(Make mk) : make(mk) {
     ToyModel src = ToyModel::small();
-    Ctl trained = make(mixed(src), 1);
-    train(src, trained, 17);
+    Ctl trained = make(mixed_params(src), 1);
+    train(src, trained, 0, 17);
     std::stringstream ss;
     save_checkpoint(trained, ss, "user");
     seed_file = ss.str();
     reset();
-    check = std::make_unique<Ctl>(make(mixed(check_model), 3));
+    check = std::make_unique<Ctl>(make(mixed_params(check_model), 3));
   }
   void reset() {
     model = ToyModel::small();
-    ctl = std::make_unique<Ctl>(make(mixed(model), 2));
-    train(model, *ctl, 6);
+    ctl = std::make_unique<Ctl>(make(mixed_params(model), 2));
+    train(model, *ctl, 0, 6);
     before = ctl->state();
   }
   void run(const std::string& bytes) {
@@ -107,8 +75,8 @@ Subject<Make>& subject(Make make) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   if (const char* dir = std::getenv("EAST_FUZZ_WRITE_SEEDS")) {
-    const std::string seeds[] = {subject(make_0).seed_file, subject(make_1).seed_file,
-                                 subject(make_2).seed_file};
+    const std::string seeds[] = {subject(make_rigl_subject).seed_file, subject(make_snfs_subject).seed_file,
+                                 subject(make_east_subject).seed_file};
     for (int k = 0; k < 3; ++k) {
       std::ofstream f(std::string(dir) + "/seed" + std::to_string(k), std::ios::binary);
       f << static_cast<char>(k | 4) << seeds[k];
@@ -130,13 +98,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   switch (data[0] & 3) {
     case 0:
-      subject(make_0).run(bytes);
+      subject(make_rigl_subject).run(bytes);
       break;
     case 1:
-      subject(make_1).run(bytes);
+      subject(make_snfs_subject).run(bytes);
       break;
     default:
-      subject(make_2).run(bytes);
+      subject(make_east_subject).run(bytes);
       break;
   }
   return 0;

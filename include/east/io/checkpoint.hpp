@@ -230,9 +230,10 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
     if (role > static_cast<std::uint8_t>(LayerRole::excluded))
       throw CorruptCheckpoint(concat(where, "layer '", name, "' has role ", int(role),
                                      " (valid: 0 sparse, 1 dense, 2 excluded)"));
-    if (words != size / 64 + (size % 64 != 0))
+    const std::uint64_t expected_words = size / 64 + (size % 64 != 0);  // words_for() could wrap
+    if (words != expected_words)
       throw CorruptCheckpoint(concat(where, "layer '", name, "' has ", words, " mask words for size ", size,
-                                     " (valid: ", size / 64 + (size % 64 != 0), ")"));
+                                     " (valid: ", expected_words, ")"));
     if (words > r.left() / 16)
       throw CorruptCheckpoint(concat(where, "truncated: layer '", name, "' has ", words, " mask words, ",
                                      r.left(), " payload bytes left"));
