@@ -44,7 +44,9 @@ std::vector<std::uint64_t> make_mask(std::size_t n, double density, std::mt19937
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  // memcmp must not see an empty vector's null data(), even for 0 bytes.
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 const std::size_t kSizes[] = {0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100, 1000, 4097, 100003};

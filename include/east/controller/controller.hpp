@@ -355,40 +355,12 @@ class Controller {
     return s;
   }
 
-  /// Restores masks and counters; validates everything first, so a mismatch changes nothing.
-  /// Re-applies the masks to weights and optimizer buffers and rebuilds every LayerStorage under
-  /// the restored masks; after loading weights into the dense views, call refresh_from_dense().
+  /// Restores masks and counters; validates everything first (against the model, and the state's
+  /// own consistency: see validated_method), so a rejected state changes nothing. Re-applies the
+  /// masks to weights and optimizer buffers and rebuilds every LayerStorage under the restored
+  /// masks; after loading weights into the dense views, call refresh_from_dense().
   void restore(const ControllerState& s) {
-    constexpr const char* where = "east::Controller::restore()";
-    detail::require(s.names.size() == params_.size(), where, "state has ", s.names.size(),
-                    " layers, the parameter set ", params_.size());
-    detail::require(s.sizes.size() == s.names.size() && s.masks.size() == s.names.size() &&
-                        s.ever_active.size() == s.names.size() && s.uses.size() == s.names.size() &&
-                        s.roles.size() == s.names.size() && s.policy_states.size() == 7,
-                    where, "inconsistent layer or policy tables");
-    for (std::size_t l = 0; l < params_.size(); ++l) {
-      detail::require(s.names[l] == params_[l].name, where, "layer ", l, " is '", s.names[l], "', expected '",
-                      params_[l].name, "'");
-      detail::require(s.sizes[l] == params_[l].size(), where, "layer '", s.names[l], "' has size ",
-                      s.sizes[l], ", expected ", params_[l].size());
-      detail::require(
-          s.uses[l] == params_[l].uses && s.roles[l] == static_cast<std::uint8_t>(params_[l].role), where,
-          "layer '", s.names[l], "' was saved with ", s.uses[l], " uses and role ", int(s.roles[l]),
-          ", the model has ", params_[l].uses, " and ", int(params_[l].role));
-      const auto words = kernels::words_for(params_[l].size());
-      detail::require(s.masks[l].size() == words && s.ever_active[l].size() == words, where, "layer '",
-                      s.names[l], "' has ", s.masks[l].size(), " mask words, expected ", words);
-    }
-    // Policy state goes into a copy first, so a bad blob leaves this controller untouched.
-    MethodT method = method_;
-    std::size_t k = 0;
-    detail::for_each_policy(method, [&](auto& policy) {
-      const std::string& blob = s.policy_states[k++];
-      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value)
-        policy.load_state(blob);
-      else
-        detail::require(blob.empty(), where, "policy ", k - 1, " has saved state but takes none");
-    });
+    MethodT method = validated_method(s);
     method_ = std::move(method);
     sync_dense_views();  // compact values survive the mask change where both masks keep them
     for (std::size_t l = 0; l < params_.size(); ++l) {
@@ -408,6 +380,95 @@ class Controller {
   }
 
  private:
+  // Checks `s` against the model and against what update() and the constructor can produce, and
+  // returns a copy of the method holding the saved policy state; throws InvalidArgument naming
+  // the field and value otherwise. Changes nothing.
+  MethodT validated_method(const ControllerState& s) const {
+    constexpr const char* where = "east::Controller::restore()";
+    detail::require(s.names.size() == params_.size(), where, "state has ", s.names.size(),
+                    " layers, the parameter set ", params_.size());
+    detail::require(s.sizes.size() == s.names.size() && s.masks.size() == s.names.size() &&
+                        s.ever_active.size() == s.names.size() && s.uses.size() == s.names.size() &&
+                        s.roles.size() == s.names.size() && s.policy_states.size() == 7,
+                    where, "inconsistent layer or policy tables");
+    detail::require(std::isfinite(s.density) && s.density > 0.0 && s.density <= 1.0, where, "density ",
+                    s.density, " (valid: finite, in (0, 1])");
+    detail::require(s.last_update_step >= -1, where, "last_update_step ", s.last_update_step,
+                    " (valid: >= -1; -1 before the first update)");
+    detail::require((s.updates == 0) == (s.last_update_step == -1), where, "updates ", s.updates,
+                    " with last_update_step ", s.last_update_step,
+                    " (valid: 0 updates exactly when last_update_step is -1)");
+    auto popcount = [](const std::vector<std::uint64_t>& w) {
+      std::size_t c = 0;
+      for (auto x : w) c += static_cast<std::size_t>(__builtin_popcountll(x));
+      return c;
+    };
+    for (std::size_t l = 0; l < params_.size(); ++l) {
+      const auto& name = s.names[l];
+      detail::require(name == params_[l].name, where, "layer ", l, " is '", name, "', expected '",
+                      params_[l].name, "'");
+      const std::size_t n = params_[l].size();
+      detail::require(s.sizes[l] == n, where, "layer '", name, "' has size ", s.sizes[l], ", expected ", n);
+      detail::require(
+          s.uses[l] == params_[l].uses && s.roles[l] == static_cast<std::uint8_t>(params_[l].role), where,
+          "layer '", name, "' was saved with ", s.uses[l], " uses and role ", int(s.roles[l]),
+          ", the model has ", params_[l].uses, " and ", int(params_[l].role));
+      const auto words = kernels::words_for(n);
+      const auto& m = s.masks[l];
+      const auto& e = s.ever_active[l];
+      detail::require(m.size() == words && e.size() == words, where, "layer '", name, "' has ", m.size(),
+                      " mask words, expected ", words);
+      if (n % 64) {
+        const std::uint64_t tail = ~((std::uint64_t{1} << (n % 64)) - 1);
+        detail::require((m.back() & tail) == 0, where, "layer '", name, "': mask has bits set beyond its ", n,
+                        " weights (valid: zero tail bits)");
+        detail::require((e.back() & tail) == 0, where, "layer '", name,
+                        "': ever_active has bits set beyond its ", n, " weights (valid: zero tail bits)");
+      }
+      // The constructor gives dense and excluded layers all-ones masks and update() never moves them.
+      if (params_[l].role != LayerRole::sparse) {
+        const char* role = params_[l].role == LayerRole::dense ? "dense" : "excluded";
+        const auto cm = popcount(m), ce = popcount(e);
+        detail::require(cm == n, where, "layer '", name, "' is ", role, " but its mask has ", cm, " of ", n,
+                        " positions active (valid: all ", n, ")");
+        detail::require(ce == n, where, "layer '", name, "' is ", role, " but its ever_active has ", ce,
+                        " of ", n, " positions (valid: all ", n, ")");
+      }
+      for (std::size_t i = 0; i < words; ++i)
+        if (const std::uint64_t outside = m[i] & ~e[i])
+          detail::require(false, where, "layer '", name, "' has active position ",
+                          i * 64 + static_cast<std::size_t>(__builtin_ctzll(outside)),
+                          " that is not in ever_active (valid: masks are subsets of ever_active)");
+    }
+    // Policy state goes into a copy, so a bad blob leaves this controller untouched.
+    MethodT method = method_;
+    std::size_t k = 0;
+    detail::for_each_policy(method, [&](auto& policy) {
+      const std::string& blob = s.policy_states[k++];
+      if constexpr (detail::has_saved_state<std::decay_t<decltype(policy)>>::value)
+        policy.load_state(blob);
+      else
+        detail::require(blob.empty(), where, "policy ", k - 1, " has saved state but takes none");
+    });
+    // Every update moves each sparse layer to exactly the distribution's count at its density
+    // (so does the constructor), so the saved density fixes every sparse layer's popcount.
+    std::vector<std::size_t> counts;
+    try {
+      counts = layer_counts(method.distribution, params_, s.density, options_.allocation);
+    } catch (const InvalidArgument& err) {
+      throw InvalidArgument(
+          detail::concat(where, ": density ", s.density, " has no allocation: ", err.what()));
+    }
+    for (std::size_t l = 0; l < params_.size(); ++l) {
+      if (params_[l].role != LayerRole::sparse) continue;
+      const auto c = popcount(s.masks[l]);
+      detail::require(c == counts[l], where, "layer '", s.names[l], "' has ", c,
+                      " active weights, the distribution gives ", counts[l], " at density ", s.density,
+                      " (valid: that count)");
+    }
+    return method;
+  }
+
   double scheduled_density(std::int64_t step, const char* where) const {
     const double d = method_.density.density(step);
     detail::require(d > 0.0 && d <= 1.0, where, "scheduled density ", d, " at step ", step,

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <deque>
 #include <initializer_list>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -18,11 +19,32 @@ namespace east {
 /// {C_out, C_in, k_h, k_w}, linear weights {n_out, n_in}).
 using Shape = std::vector<std::int64_t>;
 
+namespace detail {
+inline std::string shape_string(const Shape& s) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "}";
+}
+}  // namespace detail
+
+/// Number of elements; throws InvalidArgument for a negative dimension or a product that
+/// overflows 64 bits (it would wrap to a small, wrong size).
 inline std::size_t shape_size(const Shape& s) {
   std::size_t n = 1;
-  for (auto d : s) n *= static_cast<std::size_t>(d);
+  for (auto d : s) {
+    if (d < 0)
+      detail::require(false, "east::shape_size()", "shape ", detail::shape_string(s), " has dimension ", d,
+                      " (valid: >= 0)");
+    if (__builtin_mul_overflow(n, static_cast<std::size_t>(d), &n))
+      detail::require(false, "east::shape_size()", "the product of shape ", detail::shape_string(s),
+                      " overflows 64 bits");
+  }
   return n;
 }
+
+/// Most weights one layer may have: what a contiguous float buffer can hold.
+inline constexpr std::size_t max_layer_size =
+    static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(float);
 
 /// How a registered layer takes part in sparse training.
 enum class LayerRole {
@@ -66,6 +88,15 @@ class ParameterSet {
                     "' is empty (valid: at least one dimension)");
     for (auto d : shape)
       detail::require(d > 0, where, "layer '", name, "' has dimension ", d, " (valid: >= 1)");
+    // A product that wraps would register a small, wrong size; one no buffer can hold, a bad_alloc later.
+    std::size_t n = 1;
+    for (auto d : shape)
+      if (__builtin_mul_overflow(n, static_cast<std::size_t>(d), &n))
+        detail::require(false, where, "layer '", name, "' has shape ", detail::shape_string(shape),
+                        ", whose product overflows 64 bits");
+    if (n > max_layer_size)
+      detail::require(false, where, "layer '", name, "' has shape ", detail::shape_string(shape), ", ", n,
+                      " weights (valid: at most ", max_layer_size, ", what a float buffer can hold)");
     LayerView v;
     v.name = std::move(name);
     v.shape = std::move(shape);

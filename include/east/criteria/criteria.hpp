@@ -88,19 +88,24 @@ struct MomentumRegrow {
   void load_state(const std::string& s) {
     constexpr const char* where = "east::MomentumRegrow::load_state()";
     std::size_t pos = 0;
+    auto left = [&] { return s.size() - pos; };
     auto take = [&](void* out, std::size_t n) {
-      detail::require(pos + n <= s.size(), where, "state is truncated at byte ", pos, " of ", s.size());
+      detail::require(n <= left(), where, "state is truncated at byte ", pos, " of ", s.size());
+      if (n == 0) return;  // `out` may be an empty vector's null data(): memcpy must not see it
       std::memcpy(out, s.data() + pos, n);
       pos += n;
     };
+    // Counts are checked against the bytes left before anything is sized by them.
     std::uint64_t layers = 0;
     take(&layers, 8);
-    detail::require(layers <= s.size(), where, "layer count ", layers, " is implausible");
+    detail::require(layers <= left() / 8, where, "layer count ", layers, " is implausible (", left(),
+                    " bytes left)");
     std::vector<std::vector<float>> m(layers);
     for (auto& v : m) {
       std::uint64_t n = 0;
       take(&n, 8);
-      detail::require(n <= s.size() / sizeof(float), where, "layer size ", n, " is implausible");
+      detail::require(n <= left() / sizeof(float), where, "layer size ", n, " is implausible (", left(),
+                      " bytes left)");
       v.resize(n);
       take(v.data(), n * sizeof(float));
     }

@@ -9,6 +9,7 @@
 //            per layer: u32 name bytes, name, u64 size, u64 uses, u8 role, u64 words, mask words,
 //            ever-active words; u64 policies, per policy u64 bytes + its save_state() blob;
 //            u64 user bytes, user bytes (opaque data of the caller's, e.g. its optimizer step count)
+//   Nothing may follow the checksum. docs/checkpoints.md has the same layout, annotated.
 #include <zlib.h>
 
 #include <cstdint>
@@ -57,6 +58,7 @@ class Reader {
   }
   void get_bytes(void* out, std::size_t n, const char* what) {
     need(n, what);
+    if (n == 0) return;  // `out` may be an empty vector's null data(): memcpy must not see it
     std::memcpy(out, p_ + pos_, n);
     pos_ += n;
   }
@@ -71,6 +73,41 @@ class Reader {
   const char* p_;
   std::size_t n_, pos_ = 0;
 };
+
+// Bytes between the read position and the end of `in`, or -1 when the stream cannot tell (pipes).
+inline std::int64_t bytes_left(std::istream& in) {
+  const std::streampos here = in.tellg();
+  if (here == std::streampos(-1)) return -1;
+  in.seekg(0, std::ios::end);
+  const std::streampos end = in.tellg();
+  in.clear();
+  in.seekg(here);
+  if (!in || end == std::streampos(-1) || end < here) {
+    in.clear();
+    return -1;
+  }
+  return static_cast<std::int64_t>(end - here);
+}
+
+// Reads n bytes into `out`, growing it only as bytes actually arrive (64 KiB, then doubling), so
+// a corrupt length field cannot make the reader allocate much more than the stream holds.
+// Returns false, with `out` holding what was read, when the stream ends first.
+inline bool read_growing(std::istream& in, std::vector<char>& out, std::uint64_t n) {
+  constexpr std::uint64_t first_chunk = std::uint64_t{1} << 16;
+  out.clear();
+  while (out.size() < n) {
+    const std::uint64_t have = out.size();
+    const std::uint64_t chunk = std::min(n - have, std::max(first_chunk, have));
+    out.resize(static_cast<std::size_t>(have + chunk));
+    in.read(out.data() + have, static_cast<std::streamsize>(chunk));
+    const auto got = static_cast<std::uint64_t>(in.gcount());
+    if (got != chunk) {
+      out.resize(static_cast<std::size_t>(have + got));
+      return false;
+    }
+  }
+  return true;
+}
 
 inline std::uint32_t crc32_of(const char* p, std::size_t n) {
   uLong c = crc32(0L, Z_NULL, 0);
@@ -123,43 +160,50 @@ void save_checkpoint(const Controller<M>& ctl, std::ostream& out, const std::str
 }
 
 /// Reads a checkpoint into `ctl`. Throws CorruptCheckpoint (bad magic, version, checksum,
-/// truncation) or InvalidArgument (a well-formed checkpoint of another model); in both cases
-/// `ctl`, its masks and the model's weights are left exactly as they were. Returns the user data.
+/// truncation, bytes after the checksum, a field that contradicts the file) or InvalidArgument
+/// (a well-formed checkpoint of another model, or a state restore() rejects); in every case `ctl`,
+/// its masks and the model's weights are left exactly as they were. Allocates at most about twice
+/// the bytes the stream holds, plus 64 KiB, whatever the length fields say. The checkpoint must
+/// be the rest of the stream. Returns the user data.
 template <class M>
 std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
+  using detail::concat;
+  constexpr const char* where = "east::load_checkpoint(): ";
   char magic[8];
   std::uint32_t version = 0;
   std::uint64_t len = 0;
   if (!in.read(magic, 8) || std::memcmp(magic, "EASTCKPT", 8) != 0)
-    throw CorruptCheckpoint(
-        "east::load_checkpoint(): not an east checkpoint (bad magic; expected \"EASTCKPT\")");
+    throw CorruptCheckpoint(concat(where, "not an east checkpoint (bad magic; expected \"EASTCKPT\")"));
   if (!in.read(reinterpret_cast<char*>(&version), 4))
-    throw CorruptCheckpoint("east::load_checkpoint(): truncated header");
+    throw CorruptCheckpoint(concat(where, "truncated header"));
   if (version != checkpoint_version)
-    throw CorruptCheckpoint(
-        detail::concat("east::load_checkpoint(): version ", version, " (valid: ", checkpoint_version, ")"));
-  if (!in.read(reinterpret_cast<char*>(&len), 8))
-    throw CorruptCheckpoint("east::load_checkpoint(): truncated header");
-  if (len > (std::uint64_t{1} << 40))
-    throw CorruptCheckpoint(
-        detail::concat("east::load_checkpoint(): payload length ", len, " is implausible"));
-  std::vector<char> payload;
-  try {
-    payload.resize(static_cast<std::size_t>(len));
-  } catch (const std::bad_alloc&) {
-    throw CorruptCheckpoint(
-        detail::concat("east::load_checkpoint(): payload length ", len, " is implausible"));
+    throw CorruptCheckpoint(concat(where, "version ", version, " (valid: ", checkpoint_version, ")"));
+  if (!in.read(reinterpret_cast<char*>(&len), 8)) throw CorruptCheckpoint(concat(where, "truncated header"));
+  // The header is outside the CRC: check its length against what is there before reading.
+  if (const std::int64_t left = detail::bytes_left(in); left >= 0) {
+    const auto have = static_cast<std::uint64_t>(left);
+    if (have < 4 || len > have - 4)
+      throw CorruptCheckpoint(concat(where, "truncated: payload length ", len,
+                                     " and a 4-byte checksum, but the file holds ", have,
+                                     " bytes after the header"));
+    if (have - 4 > len)
+      throw CorruptCheckpoint(concat(where, have - 4 - len, " bytes after the checksum (payload length ", len,
+                                     "; valid: nothing after the checksum)"));
   }
+  std::vector<char> payload;
+  if (!detail::read_growing(in, payload, len))
+    throw CorruptCheckpoint(concat(where, "truncated: payload length ", len, ", but the stream ended after ",
+                                   payload.size(), " payload bytes"));
   std::uint32_t crc = 0;
-  if (!in.read(payload.data(), static_cast<std::streamsize>(len)) ||
-      !in.read(reinterpret_cast<char*>(&crc), 4))
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): truncated: expected ", len,
-                                           " payload bytes and a checksum"));
+  if (!in.read(reinterpret_cast<char*>(&crc), 4))
+    throw CorruptCheckpoint(concat(where, "truncated: the stream ended before the checksum"));
+  if (in.peek() != std::char_traits<char>::eof())
+    throw CorruptCheckpoint(concat(where, "bytes after the checksum (valid: nothing after the checksum)"));
   const auto actual = detail::crc32_of(payload.data(), payload.size());
   if (actual != crc)
-    throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): checksum mismatch (stored ", crc,
-                                           ", computed ", actual, ")"));
+    throw CorruptCheckpoint(concat(where, "checksum mismatch (stored ", crc, ", computed ", actual, ")"));
 
+  // Every count is checked against the bytes left before anything is sized by it.
   detail::Reader r(payload.data(), payload.size());
   ControllerState s;
   s.seed = r.get<std::uint64_t>("seed");
@@ -167,21 +211,32 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
   s.updates = r.get<std::uint64_t>("update count");
   s.density = r.get<double>("density");
   const auto layers = r.get<std::uint64_t>("layer count");
-  if (layers > r.left())
+  constexpr std::size_t min_layer_bytes = 4 + 8 + 8 + 1 + 8;  // an empty name and no words
+  if (layers > r.left() / min_layer_bytes)
     throw CorruptCheckpoint(
-        detail::concat("east::load_checkpoint(): layer count ", layers, " is implausible"));
+        concat(where, "layer count ", layers, " is implausible (", r.left(), " payload bytes left)"));
   for (std::uint64_t l = 0; l < layers; ++l) {
     const auto name_len = r.get<std::uint32_t>("name length");
-    if (name_len > r.left()) throw CorruptCheckpoint("east::load_checkpoint(): truncated layer name");
+    if (name_len > r.left())
+      throw CorruptCheckpoint(concat(where, "truncated: layer ", l, " name length ", name_len, ", ", r.left(),
+                                     " payload bytes left"));
     std::string name(name_len, '\0');
     r.get_bytes(name.data(), name_len, "layer name");
     const auto size = r.get<std::uint64_t>("layer size");
     const auto uses = r.get<std::uint64_t>("layer uses");
     const auto role = r.get<std::uint8_t>("layer role");
     const auto words = r.get<std::uint64_t>("mask words");
-    if (words != kernels::words_for(size) || words * 16 > r.left())
-      throw CorruptCheckpoint(detail::concat("east::load_checkpoint(): layer '", name, "' has ", words,
-                                             " mask words for size ", size));
+    if (uses == 0) throw CorruptCheckpoint(concat(where, "layer '", name, "' has uses 0 (valid: >= 1)"));
+    if (role > static_cast<std::uint8_t>(LayerRole::excluded))
+      throw CorruptCheckpoint(concat(where, "layer '", name, "' has role ", int(role),
+                                     " (valid: 0 sparse, 1 dense, 2 excluded)"));
+    const std::uint64_t expected_words = size / 64 + (size % 64 != 0);  // words_for() could wrap
+    if (words != expected_words)
+      throw CorruptCheckpoint(concat(where, "layer '", name, "' has ", words, " mask words for size ", size,
+                                     " (valid: ", expected_words, ")"));
+    if (words > r.left() / 16)
+      throw CorruptCheckpoint(concat(where, "truncated: layer '", name, "' has ", words, " mask words, ",
+                                     r.left(), " payload bytes left"));
     std::vector<std::uint64_t> m(words), e(words);
     r.get_bytes(m.data(), words * 8, "mask");
     r.get_bytes(e.data(), words * 8, "ever-active mask");
@@ -193,22 +248,25 @@ std::string load_checkpoint(Controller<M>& ctl, std::istream& in) {
     s.ever_active.push_back(std::move(e));
   }
   const auto policies = r.get<std::uint64_t>("policy count");
-  if (policies > r.left())
+  if (policies > r.left() / 8)
     throw CorruptCheckpoint(
-        detail::concat("east::load_checkpoint(): policy count ", policies, " is implausible"));
+        concat(where, "policy count ", policies, " is implausible (", r.left(), " payload bytes left)"));
   for (std::uint64_t p = 0; p < policies; ++p) {
-    const auto len = r.get<std::uint64_t>("policy state length");
-    if (len > r.left()) throw CorruptCheckpoint("east::load_checkpoint(): truncated policy state");
-    std::string blob(len, '\0');
-    r.get_bytes(blob.data(), len, "policy state");
+    const auto blob_len = r.get<std::uint64_t>("policy state length");
+    if (blob_len > r.left())
+      throw CorruptCheckpoint(concat(where, "truncated: policy ", p, " state length ", blob_len, ", ",
+                                     r.left(), " payload bytes left"));
+    std::string blob(blob_len, '\0');
+    r.get_bytes(blob.data(), blob_len, "policy state");
     s.policy_states.push_back(std::move(blob));
   }
   const auto user_len = r.get<std::uint64_t>("user data length");
   if (user_len != r.left())
-    throw CorruptCheckpoint("east::load_checkpoint(): user data length does not match the payload");
+    throw CorruptCheckpoint(concat(where, "user data length ", user_len, " does not match the ", r.left(),
+                                   " payload bytes left"));
   std::string user(user_len, '\0');
   r.get_bytes(user.data(), user_len, "user data");
-  ctl.restore(s);  // validates against the model before changing anything
+  ctl.restore(s);  // validates against the model and itself before changing anything
   return user;
 }
 

@@ -26,6 +26,8 @@ inline Periodic periodic_of(const DstConfig& c) {
 inline CosineDrop cosine_of(const DstConfig& c) {
   require(c.drop_fraction >= 0 && c.drop_fraction <= 1, "east preset", "drop_fraction ", c.drop_fraction,
           " (valid: [0, 1])");
+  require(c.drop_floor >= 0 && c.drop_floor <= 1, "east preset", "drop_floor ", c.drop_floor,
+          " (valid: [0, 1])");
   return CosineDrop{c.drop_fraction, c.drop_floor, 0,
                     c.end_step == INT64_MAX ? INT64_MAX / 2 : std::max<std::int64_t>(1, c.end_step)};
 }
