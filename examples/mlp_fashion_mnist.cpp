@@ -42,6 +42,7 @@ struct Options {
   unsigned seed = 1;
   float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
   std::size_t train_limit = 0, test_limit = 0;  // 0: all images
+  std::string distribution = "erk", init = "fan-in";
   std::string data = "/usr/share/datasets/fashion-mnist";
 };
 
@@ -86,11 +87,16 @@ Options parse(int argc, char** argv) {
       o.test_limit = std::stoul(next());
     else if (a == "--data")
       o.data = next();
+    else if (a == "--distribution")
+      o.distribution = next();
+    else if (a == "--init")
+      o.init = next();
     else if (a == "--help" || a == "-h") {
       std::puts(
           "usage: mlp_fashion_mnist [--method dense|static|set|rigl[,...]] [--sparsity S] [--epochs E]\n"
           "                         [--kernels dense|sparse|both] [--threads N] [--batch B] [--lr LR]\n"
-          "                         [--seed S] [--train-limit N] [--test-limit N] [--data DIR]");
+          "                         [--seed S] [--train-limit N] [--test-limit N] [--data DIR]\n"
+          "                         [--distribution erk|uniform] [--init fan-in|none]");
       std::exit(0);
     } else
       throw east::InvalidArgument("mlp_fashion_mnist: unknown argument '" + a + "' (see --help)");
@@ -104,6 +110,10 @@ Options parse(int argc, char** argv) {
   for (auto& m : o.methods)
     east::detail::require(m == "dense" || m == "rigl" || m == "set" || m == "static", where, "unknown method '",
                           m, "' (valid: dense, rigl, set, static)");
+  east::detail::require(o.distribution == "erk" || o.distribution == "uniform", where, "--distribution '",
+                        o.distribution, "' (valid: erk, uniform)");
+  east::detail::require(o.init == "fan-in" || o.init == "none", where, "--init '", o.init,
+                        "' (valid: fan-in, none)");
   for (auto& k : o.kernels)
     east::detail::require(k == "dense" || k == "sparse", where, "unknown kernels '", k,
                           "' (valid: dense, sparse, both)");
@@ -298,17 +308,24 @@ Result run(const std::string& method, const std::string& kernels, const Options&
     const std::int64_t steps = static_cast<std::int64_t>(train_set.count / static_cast<std::size_t>(o.batch)) * o.epochs;
     // RigL's recipe: ΔT = 100, cosine drop 0.3 → 0, updates until 75% of training, ERK.
     const east::DstConfig cfg{1.0 - o.sparsity, 100, steps * 3 / 4, 0.3};
-    const east::ControllerOptions copt{o.seed};
+    east::ControllerOptions copt{o.seed};
+    if (o.init == "none") copt.init = east::InitScaling::none;  // default: fan-in scaling
     auto go = [&](auto ctl) {
       spe = train(label, o, train_set, net, &ctl);
       ctl.sync_dense_views();  // compact layers: bring the dense weights up to date
     };
-    if (method == "rigl")
-      go(east::make_rigl(params, cfg, copt));
-    else if (method == "set")
-      go(east::make_set(params, cfg, copt));
+    auto with = [&](auto dist) {
+      if (method == "rigl")
+        go(east::make_rigl(params, cfg, copt, dist));
+      else if (method == "set")
+        go(east::make_set(params, cfg, copt, dist));
+      else
+        go(east::make_static(params, 1.0 - o.sparsity, copt, dist));
+    };
+    if (o.distribution == "erk")
+      with(east::ErdosRenyiKernel{});
     else
-      go(east::make_static(params, 1.0 - o.sparsity, copt));
+      with(east::Uniform{});
   }
   return Result{method, method == "dense" ? "eigen" : kernels, accuracy(net, test_set), net.nonzeros(),
                 net.weights(), spe};
