@@ -40,9 +40,17 @@ struct Options {
   double sparsity = 0.99;
   int epochs = 1, threads = 1, batch = 128;
   unsigned seed = 1;
-  float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
+  // Learning rate and weight decay: negative = the method's default (dense 0.05 and 5e-4, sparse
+  // 0.2 and 0: docs/compact-layers.md "Initialisation and learning rate" has the measurements).
+  float lr = -1, weight_decay = -1, momentum = 0.9f, lr_decay = 0.1f;
+  float lr_for(const std::string& method) const { return lr >= 0 ? lr : method == "dense" ? 0.05f : 0.2f; }
+  float wd_for(const std::string& method) const {
+    return weight_decay >= 0 ? weight_decay : method == "dense" ? 5e-4f : 0.0f;
+  }
   std::size_t train_limit = 0, test_limit = 0;  // 0: all images
   std::string distribution = "erk", init = "fan-in";
+  std::int64_t update_interval = 100;
+  double drop_fraction = 0.3;
   std::string data = "/usr/share/datasets/fashion-mnist";
 };
 
@@ -79,6 +87,10 @@ Options parse(int argc, char** argv) {
       o.batch = std::stoi(next());
     else if (a == "--lr")
       o.lr = std::stof(next());
+    else if (a == "--lr-decay")
+      o.lr_decay = std::stof(next());
+    else if (a == "--weight-decay")
+      o.weight_decay = std::stof(next());
     else if (a == "--seed")
       o.seed = static_cast<unsigned>(std::stoul(next()));
     else if (a == "--train-limit")
@@ -91,12 +103,17 @@ Options parse(int argc, char** argv) {
       o.distribution = next();
     else if (a == "--init")
       o.init = next();
+    else if (a == "--update-interval")
+      o.update_interval = std::stoll(next());
+    else if (a == "--drop-fraction")
+      o.drop_fraction = std::stod(next());
     else if (a == "--help" || a == "-h") {
       std::puts(
           "usage: mlp_fashion_mnist [--method dense|static|set|rigl[,...]] [--sparsity S] [--epochs E]\n"
           "                         [--kernels dense|sparse|both] [--threads N] [--batch B] [--lr LR]\n"
           "                         [--seed S] [--train-limit N] [--test-limit N] [--data DIR]\n"
-          "                         [--distribution erk|uniform] [--init fan-in|none]");
+          "                         [--distribution erk|uniform] [--init fan-in|none] [--update-interval T]\n"
+          "                         [--drop-fraction F] [--lr-decay F] [--weight-decay WD]");
       std::exit(0);
     } else
       throw east::InvalidArgument("mlp_fashion_mnist: unknown argument '" + a + "' (see --help)");
@@ -211,15 +228,21 @@ struct Mlp {
   }
 };
 
-// Copies images order[first, first + n) into columns of X and their labels into y.
+// Copies images order[first, first + n) into the columns of X (pixel-major: one row per pixel)
+// and their labels into y. Rows are written contiguously; each image's 16-pixel cache line is
+// read 16 times while it stays in L1 (column by column would write with a stride of n floats).
 void load_batch(const east::data::ImageSet& s, const std::vector<std::size_t>& order, std::size_t first,
                 Matrix& X, std::vector<int>& y) {
   const auto n = static_cast<std::size_t>(X.cols());
+  std::vector<const float*> img(n);
   y.resize(n);
   for (std::size_t j = 0; j < n; ++j) {
-    const auto idx = order[first + j];
-    X.col(static_cast<Eigen::Index>(j)) = Eigen::Map<const Eigen::VectorXf>(s.pixels.data() + idx * 784, 784);
-    y[j] = s.labels[idx];
+    img[j] = s.pixels.data() + order[first + j] * 784;
+    y[j] = s.labels[order[first + j]];
+  }
+  for (Eigen::Index p = 0; p < 784; ++p) {
+    float* row = X.row(p).data();
+    for (std::size_t j = 0; j < n; ++j) row[j] = img[j][p];
   }
 }
 
@@ -253,7 +276,7 @@ struct Result {
 // The training loop; `ctl` is null for the dense baseline.
 template <class Controller>
 double train(const std::string& label, const Options& o, const east::data::ImageSet& train_set, Mlp& net,
-             Controller* ctl) {
+             Controller* ctl, float lr0, float wd) {
   const std::size_t B = static_cast<std::size_t>(o.batch), steps_per_epoch = train_set.count / B;
   const std::size_t total = steps_per_epoch * static_cast<std::size_t>(o.epochs);
   std::vector<std::size_t> order(train_set.count);
@@ -268,12 +291,12 @@ double train(const std::string& label, const Options& o, const east::data::Image
     std::shuffle(order.begin(), order.end(), rng);
     const auto t0 = std::chrono::steady_clock::now();
     for (std::size_t s = 0; s < steps_per_epoch; ++s, ++step) {
-      const float lr = static_cast<std::size_t>(step) >= total * 3 / 4 ? o.lr * 0.1f : o.lr;  // ×0.1 for the last 25%
+      const float lr = static_cast<std::size_t>(step) >= total * 3 / 4 ? lr0 * o.lr_decay : lr0;  // last 25%
       load_batch(train_set, order, s * B, net.A[0], y);
       const float loss = net.forward_backward(y);
       loss_avg = step == 0 ? loss : 0.98f * loss_avg + 0.02f * loss;
       if (ctl) ctl->before_optimizer_step(step);  // masks dense gradients (kept dense on update steps)
-      net.sgd(lr, o.momentum, o.weight_decay);
+      net.sgd(lr, o.momentum, wd);
       if (ctl) ctl->after_optimizer_step(step);  // drop/grow on update steps; masks weights + momentum
       char extra[64];
       std::snprintf(extra, sizeof extra, "epoch %d loss %.3f", epoch + 1, loss_avg);
@@ -290,9 +313,11 @@ Result run(const std::string& method, const std::string& kernels, const Options&
   Mlp net(o.seed, o.batch, compact);
   const std::string label = method + "/" + (method == "dense" ? "eigen" : kernels);
   double spe = 0;
+  const float lr0 = o.lr_for(method), wd = o.wd_for(method);
+  std::fprintf(stderr, "%s: lr %g, weight decay %g\n", label.c_str(), lr0, wd);
   if (method == "dense") {
     spe = train<east::Controller<east::Method<east::Uniform, east::ConstantDensity, east::ConstantDrop, east::Never>>>(
-        label, o, train_set, net, nullptr);
+        label, o, train_set, net, nullptr, lr0, wd);
   } else {
     east::ParameterSet params;
     for (int l = 0; l < 3; ++l) {
@@ -307,11 +332,11 @@ Result run(const std::string& method, const std::string& kernels, const Options&
     }
     const std::int64_t steps = static_cast<std::int64_t>(train_set.count / static_cast<std::size_t>(o.batch)) * o.epochs;
     // RigL's recipe: ΔT = 100, cosine drop 0.3 → 0, updates until 75% of training, ERK.
-    const east::DstConfig cfg{1.0 - o.sparsity, 100, steps * 3 / 4, 0.3};
+    const east::DstConfig cfg{1.0 - o.sparsity, o.update_interval, steps * 3 / 4, o.drop_fraction};
     east::ControllerOptions copt{o.seed};
     if (o.init == "none") copt.init = east::InitScaling::none;  // default: fan-in scaling
     auto go = [&](auto ctl) {
-      spe = train(label, o, train_set, net, &ctl);
+      spe = train(label, o, train_set, net, &ctl, lr0, wd);
       ctl.sync_dense_views();  // compact layers: bring the dense weights up to date
     };
     auto with = [&](auto dist) {
