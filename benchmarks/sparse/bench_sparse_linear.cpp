@@ -49,18 +49,27 @@ std::vector<float> randn(std::size_t n, unsigned seed) {
   return v;
 }
 
-// Exactly round(density · size) active positions (at least 1), uniformly at random.
-east::sparse::CsrWeight make_weight(const LayerShape& l, double density) {
+// Exactly k active positions, uniformly at random.
+east::sparse::CsrWeight make_weight_nnz(const LayerShape& l, std::size_t k) {
   const std::size_t n = l.in * l.out;
-  const auto k = std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(density * static_cast<double>(n))));
   std::vector<std::size_t> idx(n);
   std::iota(idx.begin(), idx.end(), 0);
-  std::mt19937_64 rng(static_cast<std::uint64_t>(density * 1e6) + l.in * 7 + l.out);
+  std::mt19937_64 rng(k * 131 + l.in * 7 + l.out);
   for (std::size_t i = 0; i < k; ++i) std::swap(idx[i], idx[i + rng() % (n - i)]);
   east::BitMask m(n);
   for (std::size_t i = 0; i < k; ++i) m.set(idx[i]);
   const auto w = randn(n, 1);
   return east::sparse::CsrWeight(w.data(), m, l.out, l.in);
+}
+// round(density · size) active positions (at least 1).
+east::sparse::CsrWeight make_weight(const LayerShape& l, double density) {
+  return make_weight_nnz(l, std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(
+                                                         density * static_cast<double>(l.in * l.out)))));
+}
+// The batch-major rule: nnz = (rows + cols) · kRuleFactors[k].
+const double kRuleFactors[] = {1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0};
+std::size_t rule_nnz(const LayerShape& l, double f) {
+  return std::max<std::size_t>(1, static_cast<std::size_t>(f * static_cast<double>(l.in + l.out)));
 }
 
 void add(const std::string& name, std::function<void(benchmark::State&)> fn) {
@@ -139,6 +148,44 @@ void register_all() {
         });
       }
     }
+    // The batch-major paths at nnz = (rows + cols) · f: where does gathering directly stop paying?
+    for (double f : kRuleFactors)
+      for (int p = 1; p < 3; ++p)
+        add(std::string("rule/") + kPaths[p] + "/" + L + "/" + std::to_string(rule_nnz(l, f)),
+            [l, f, p](benchmark::State& s) {
+              east::kernels::set_threads(g_threads);
+              const auto wt = make_weight_nnz(l, rule_nnz(l, f));
+              const auto x = randn(g_batch * l.in, 2), dy = randn(g_batch * l.out, 3);
+              std::vector<float> y(g_batch * l.out), dx(g_batch * l.in), gw(wt.nnz()), xt, yt, dyt, dxt;
+              for (auto _ : s) {
+                forward(p, x.data(), wt, y.data(), xt, yt);
+                backward(p, x.data(), dy.data(), wt, dx.data(), gw.data(), xt, dyt, dxt);
+                benchmark::DoNotOptimize(y.data());
+                benchmark::DoNotOptimize(gw.data());
+              }
+            });
+    // The dense weight gradient a RigL mask update asks of a compact layer (feature-major
+    // captures) against the same product as an Eigen GEMM.
+    add("dgrad/rows/" + L, [l](benchmark::State& s) {
+      east::kernels::set_threads(g_threads);
+      const auto x = randn(g_batch * l.in, 2), dy = randn(g_batch * l.out, 3);
+      std::vector<float> gw(l.in * l.out);
+      for (auto _ : s) {
+        east::sparse::linear_grad_weight_rows(x.data(), dy.data(), g_batch, l.in, l.out, 0, l.out, gw.data(),
+                                              east::sparse::Layout::feature_major);
+        benchmark::DoNotOptimize(gw.data());
+      }
+    });
+    add("dgrad/eigen/" + L, [l](benchmark::State& s) {
+      Eigen::setNbThreads(g_threads);
+      const auto x = randn(g_batch * l.in, 2), dy = randn(g_batch * l.out, 3);
+      const Eigen::Map<const Matrix> X(x.data(), l.in, g_batch), DY(dy.data(), l.out, g_batch);
+      Matrix GW(l.out, l.in);
+      for (auto _ : s) {
+        GW.noalias() = DY * X.transpose();
+        benchmark::DoNotOptimize(GW.data());
+      }
+    });
     // Dense baseline: Eigen GEMMs on {out, in} row-major W and {features, batch} activations.
     add("fwd/dense/" + L, [l](benchmark::State& s) {
       Eigen::setNbThreads(g_threads);
@@ -220,6 +267,23 @@ class TableReporter : public benchmark::ConsoleReporter {
       std::printf("  %s: bm_d beats bm_t up to density %s; gather_directly (nnz < rows + cols) switches at %s\n",
                   L.c_str(), direct_wins_below < 0 ? "none measured" : dname(direct_wins_below).c_str(),
                   dname(rule).c_str());
+    }
+    std::printf("\nBatch-major paths at nnz = (rows + cols) * f (fwd + bwd, us): direct / transposed\n");
+    for (const auto& l : kLayers) {
+      const std::string L = l.name;
+      std::printf("  %s:", L.c_str());
+      for (double f : kRuleFactors) {
+        const std::string k = std::to_string(rule_nnz(l, f));
+        const double d = get("rule/bm_d/" + L + "/" + k), t = get("rule/bm_t/" + L + "/" + k);
+        std::printf("  f=1/%g nnz %s: %.0f/%.0f = %.2f;", 1 / f, k.c_str(), d, t, d / t);
+      }
+      std::printf("\n");
+    }
+    std::printf("\nDense weight gradient at a mask update (linear_grad_weight_rows, feature-major) vs Eigen GEMM:\n");
+    for (const auto& l : kLayers) {
+      const std::string L = l.name;
+      const double r = get("dgrad/rows/" + L), e = get("dgrad/eigen/" + L);
+      std::printf("  %s: %.1f us vs %.1f us (ratio %.1f)\n", L.c_str(), r, e, r / e);
     }
     std::fflush(stdout);
   }
