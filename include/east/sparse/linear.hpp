@@ -45,7 +45,7 @@ inline void check_linear(const CsrWeight& wt, std::size_t batch, const char* whe
 /// move batch · (in + out) floats, the direct path pays a strided gather per stored weight and
 /// image (about 4× a contiguous multiply-add) and loops over every input and output per image.
 /// Measured (east_bench_sparse_linear, batch 128, docs/sparse.md): direct wins only below about
-/// (in + out) / 16 nonzeros and is 1.5–2.6× slower at nnz = in + out, hence the 16.
+/// (in + out) / 16 nonzeros and is 1.7–3.8× slower at nnz = in + out, hence the 16.
 inline bool gather_directly(const CsrWeight& wt) { return wt.nnz() * 16 < wt.rows() + wt.cols(); }
 
 // Σ a[n] b[n] with 8 fixed partial sums (vectorizes without -ffast-math; fixed order). Strides
