@@ -75,8 +75,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--kernels") {
       const std::string k = next();
       o.kernels = k == "both" ? std::vector<std::string>{"dense", "sparse"} : split(k);
-    }
-    else if (a == "--sparsity")
+    } else if (a == "--sparsity")
       o.sparsity = std::stod(next());
     else if (a == "--density")
       o.sparsity = 1.0 - std::stod(next());
@@ -126,8 +125,8 @@ Options parse(int argc, char** argv) {
   east::detail::require(o.threads >= 1, where, "--threads ", o.threads, " (valid: >= 1)");
   east::detail::require(o.batch >= 1, where, "--batch ", o.batch, " (valid: >= 1)");
   for (auto& m : o.methods)
-    east::detail::require(m == "dense" || m == "rigl" || m == "set" || m == "static", where, "unknown method '",
-                          m, "' (valid: dense, rigl, set, static)");
+    east::detail::require(m == "dense" || m == "rigl" || m == "set" || m == "static", where,
+                          "unknown method '", m, "' (valid: dense, rigl, set, static)");
   east::detail::require(o.distribution == "erk" || o.distribution == "uniform", where, "--distribution '",
                         o.distribution, "' (valid: erk, uniform)");
   east::detail::require(o.init == "fan-in" || o.init == "none", where, "--init '", o.init,
@@ -197,7 +196,8 @@ struct Mlp {
       gb[l] = delta.rowwise().sum();
       Matrix back(l > 0 ? A[l].rows() : 0, batch);
       if (!fc.empty()) {
-        fc[l]->backward(A[l].data(), delta.data(), static_cast<std::size_t>(batch), l > 0 ? back.data() : nullptr);
+        fc[l]->backward(A[l].data(), delta.data(), static_cast<std::size_t>(batch),
+                        l > 0 ? back.data() : nullptr);
       } else {
         gW[l].noalias() = delta * A[l].transpose();  // dense: RigL reads it at mask updates
         if (l > 0) back.noalias() = W[l].transpose() * delta;
@@ -282,7 +282,7 @@ struct EpochTime {
 // (training steps only).
 template <class Controller>
 EpochTime train(const std::string& label, const Options& o, const east::data::ImageSet& train_set, Mlp& net,
-             Controller* ctl, float lr0, float wd) {
+                Controller* ctl, float lr0, float wd) {
   const std::size_t B = static_cast<std::size_t>(o.batch), steps_per_epoch = train_set.count / B;
   const std::size_t total = steps_per_epoch * static_cast<std::size_t>(o.epochs);
   std::vector<std::size_t> order(train_set.count);
@@ -324,7 +324,8 @@ Result run(const std::string& method, const std::string& kernels, const Options&
   const float lr0 = o.lr_for(method), wd = o.wd_for(method);
   std::fprintf(stderr, "%s: lr %g, weight decay %g\n", label.c_str(), lr0, wd);
   if (method == "dense") {
-    spe = train<east::Controller<east::Method<east::Uniform, east::ConstantDensity, east::ConstantDrop, east::Never>>>(
+    spe = train<east::Controller<
+        east::Method<east::Uniform, east::ConstantDensity, east::ConstantDrop, east::Never>>>(
         label, o, train_set, net, nullptr, lr0, wd);
   } else {
     east::ParameterSet params;
@@ -338,7 +339,8 @@ Result run(const std::string& method, const std::string& kernels, const Options&
         params.add_state(name, net.mW[l].data());  // momentum is masked too
       }
     }
-    const std::int64_t steps = static_cast<std::int64_t>(train_set.count / static_cast<std::size_t>(o.batch)) * o.epochs;
+    const std::int64_t steps =
+        static_cast<std::int64_t>(train_set.count / static_cast<std::size_t>(o.batch)) * o.epochs;
     // RigL's recipe: ΔT = 100, cosine drop 0.3 → 0, updates until 75% of training, ERK.
     const east::DstConfig cfg{1.0 - o.sparsity, o.update_interval, steps * 3 / 4, o.drop_fraction};
     east::ControllerOptions copt{o.seed};
@@ -360,8 +362,13 @@ Result run(const std::string& method, const std::string& kernels, const Options&
     else
       with(east::Uniform{});
   }
-  return Result{method, method == "dense" ? "eigen" : kernels, accuracy(net, test_set), net.nonzeros(),
-                net.weights(), spe.wall, spe.cpu};
+  return Result{method,
+                method == "dense" ? "eigen" : kernels,
+                accuracy(net, test_set),
+                net.nonzeros(),
+                net.weights(),
+                spe.wall,
+                spe.cpu};
 }
 
 east::data::ImageSet limit(east::data::ImageSet s, std::size_t n) {
@@ -386,9 +393,10 @@ int main(int argc, char** argv) try {
                                                           o.data + "/t10k-labels-idx1-ubyte.gz"),
                               o.test_limit);
   east::detail::require(train_set.rows * train_set.cols == 784 && test_set.rows * test_set.cols == 784,
-                        "mlp_fashion_mnist", "images of ", train_set.rows, "x", train_set.cols, " (valid: 28x28)");
-  east::detail::require(train_set.count >= static_cast<std::size_t>(o.batch), "mlp_fashion_mnist", "--train-limit ",
-                        train_set.count, " (valid: >= --batch ", o.batch, ")");
+                        "mlp_fashion_mnist", "images of ", train_set.rows, "x", train_set.cols,
+                        " (valid: 28x28)");
+  east::detail::require(train_set.count >= static_cast<std::size_t>(o.batch), "mlp_fashion_mnist",
+                        "--train-limit ", train_set.count, " (valid: >= --batch ", o.batch, ")");
   std::fprintf(stderr, "train %zu, test %zu images; %d epoch(s), batch %d, %d thread(s), sparsity %g\n",
                train_set.count, test_set.count, o.epochs, o.batch, o.threads, o.sparsity);
 
@@ -407,8 +415,9 @@ int main(int argc, char** argv) try {
               "s/epoch", "CPU s");
   for (const auto& r : results)
     std::printf("%-8s %-8s %9.2f%% %10zu %9.3f%% %9.2f %9.2f\n", r.method.c_str(), r.kernels.c_str(),
-                100.0 * r.accuracy, r.nonzeros, 100.0 * static_cast<double>(r.nonzeros) / static_cast<double>(r.weights),
-                r.seconds_per_epoch, r.cpu_seconds_per_epoch);
+                100.0 * r.accuracy, r.nonzeros,
+                100.0 * static_cast<double>(r.nonzeros) / static_cast<double>(r.weights), r.seconds_per_epoch,
+                r.cpu_seconds_per_epoch);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "error: %s\n", e.what());

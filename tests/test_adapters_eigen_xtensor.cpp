@@ -85,7 +85,9 @@ TEST_CASE("Eigen storage order is recorded: fan-in scaling follows it, compact l
   for (int which = 0; which < 2; ++which) {
     const auto& mask = ctl.mask(which == 0 ? "cm" : "rm");
     for (Eigen::Index r = 0; r < 40; ++r) {
-      auto index = [&](Eigen::Index c) { return static_cast<std::size_t>(which == 0 ? r + c * 40 : r * 30 + c); };
+      auto index = [&](Eigen::Index c) {
+        return static_cast<std::size_t>(which == 0 ? r + c * 40 : r * 30 + c);
+      };
       std::size_t active = 0;
       for (Eigen::Index c = 0; c < 30; ++c) active += mask.test(index(c));
       if (active == 0) continue;
@@ -128,7 +130,8 @@ TEST_CASE("Eigen registration rejects non-contiguous maps and mixed storage orde
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> w(6, 5);
   Eigen::MatrixXf g(6, 5);
   east::ParameterSet q;
-  CHECK_THROWS_WITH(east::add_eigen(q, "w", w, g), Catch::Contains("column-major") && Catch::Contains("row-major"));
+  CHECK_THROWS_WITH(east::add_eigen(q, "w", w, g),
+                    Catch::Contains("column-major") && Catch::Contains("row-major"));
   CHECK(q.empty());
 }
 #endif

@@ -54,7 +54,8 @@ TEST_CASE("IDX images and labels load plain or gzipped, pixels scaled by 1/255",
   }
   // The toy data set the trainer tests use reads back with its sizes.
   east_test::write_idx_dataset(dir, 20, 10, 12, true);
-  const auto t = east::data::read_idx_images(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
+  const auto t =
+      east::data::read_idx_images(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
   CHECK(t.count == 20);
   CHECK(t.rows * t.cols == 144);
 }
@@ -90,6 +91,7 @@ TEST_CASE("IDX errors name the function and the file", "[data]") {
   write_bytes(dir + "/lab3", lab3);
   CHECK_THROWS_WITH(east::data::read_idx_images(dir + "/flat", dir + "/flat"),
                     Contains("read_idx_images") && Contains("valid: 3"));
-  CHECK_THROWS_WITH(east::data::read_idx_images(dir + "/img", dir + "/lab3"), Contains("one label per image"));
+  CHECK_THROWS_WITH(east::data::read_idx_images(dir + "/img", dir + "/lab3"),
+                    Contains("one label per image"));
   CHECK_NOTHROW(east::data::read_idx_images(dir + "/img", dir + "/flat"));
 }

@@ -64,8 +64,9 @@ east::sparse::CsrWeight make_weight_nnz(const LayerShape& l, std::size_t k) {
 }
 // round(density · size) active positions (at least 1).
 east::sparse::CsrWeight make_weight(const LayerShape& l, double density) {
-  return make_weight_nnz(l, std::max<std::size_t>(1, static_cast<std::size_t>(std::llround(
-                                                         density * static_cast<double>(l.in * l.out)))));
+  return make_weight_nnz(
+      l, std::max<std::size_t>(
+             1, static_cast<std::size_t>(std::llround(density * static_cast<double>(l.in * l.out)))));
 }
 // The batch-major rule: nnz = (rows + cols) · kRuleFactors[k].
 const double kRuleFactors[] = {1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2, 1.0};
@@ -98,8 +99,8 @@ void forward(int path, const float* x, const east::sparse::CsrWeight& wt, float*
   sd::linear_forward_fm(xt.data(), B, wt, yt.data(), nullptr);
   sd::transpose(yt.data(), out, B, y);
 }
-void backward(int path, const float* x, const float* dy, const east::sparse::CsrWeight& wt, float* dx, float* gw,
-              std::vector<float>& xt, std::vector<float>& dyt, std::vector<float>& dxt) {
+void backward(int path, const float* x, const float* dy, const east::sparse::CsrWeight& wt, float* dx,
+              float* gw, std::vector<float>& xt, std::vector<float>& dyt, std::vector<float>& dxt) {
   const std::size_t B = g_batch, in = wt.cols(), out = wt.rows();
   if (path == 0) {
     sd::linear_grad_input_fm(dy, B, wt, dx);
@@ -227,7 +228,8 @@ class TableReporter : public benchmark::ConsoleReporter {
   void Finalize() override {
     ConsoleReporter::Finalize();
     std::printf(
-        "\n%s time, medians:\n| layer (in x out, batch %zu, %d thread(s)) | density | nnz | dense fwd+bwd us | fm fwd+bwd us | "
+        "\n%s time, medians:\n| layer (in x out, batch %zu, %d thread(s)) | density | nnz | dense fwd+bwd us "
+        "| fm fwd+bwd us | "
         "bm_t fwd+bwd us | bm_d fwd+bwd us | fm speed-up | bm_t speed-up | bm_d speed-up | bm_d/bm_t |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n",
         g_threads == 1 ? "CPU" : "wall", g_batch, g_threads);
@@ -239,11 +241,13 @@ class TableReporter : public benchmark::ConsoleReporter {
       for (double d : kDensities) {
         const std::string D = dname(d);
         double t[3];
-        for (int p = 0; p < 3; ++p) t[p] = get(std::string("fwd/") + kPaths[p] + "/" + L + "/" + D) +
-                                          get(std::string("bwd/") + kPaths[p] + "/" + L + "/" + D);
+        for (int p = 0; p < 3; ++p)
+          t[p] = get(std::string("fwd/") + kPaths[p] + "/" + L + "/" + D) +
+                 get(std::string("bwd/") + kPaths[p] + "/" + L + "/" + D);
         const auto nnz = std::max<long long>(1, std::llround(d * static_cast<double>(l.in * l.out)));
         std::printf("| %s | %s | %lld | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f |\n", L.c_str(),
-                    D.c_str(), nnz, dense, t[0], t[1], t[2], dense / t[0], dense / t[1], dense / t[2], t[2] / t[1]);
+                    D.c_str(), nnz, dense, t[0], t[1], t[2], dense / t[0], dense / t[1], dense / t[2],
+                    t[2] / t[1]);
         if (t[2] < t[1]) direct_wins_below = d;
         for (int p = 0; p < 3; ++p) {
           const double r = dense / t[p];  // > 1: sparse wins
@@ -266,9 +270,10 @@ class TableReporter : public benchmark::ConsoleReporter {
           std::printf("crossover %s %s: %s\n", L.c_str(), kPaths[p], dname(cross[p]).c_str());
       }
       const double rule = static_cast<double>(l.in + l.out) / 16.0 / static_cast<double>(l.in * l.out);
-      std::printf("  %s: bm_d beats bm_t up to density %s; gather_directly (16 nnz < rows + cols) switches at %s\n",
-                  L.c_str(), direct_wins_below < 0 ? "none measured" : dname(direct_wins_below).c_str(),
-                  dname(rule).c_str());
+      std::printf(
+          "  %s: bm_d beats bm_t up to density %s; gather_directly (16 nnz < rows + cols) switches at %s\n",
+          L.c_str(), direct_wins_below < 0 ? "none measured" : dname(direct_wins_below).c_str(),
+          dname(rule).c_str());
     }
     std::printf("\nBatch-major paths at nnz = (rows + cols) * f (fwd + bwd, us): direct / transposed\n");
     for (const auto& l : kLayers) {
@@ -281,7 +286,8 @@ class TableReporter : public benchmark::ConsoleReporter {
       }
       std::printf("\n");
     }
-    std::printf("\nDense weight gradient at a mask update (linear_grad_weight_rows, feature-major) vs Eigen GEMM:\n");
+    std::printf(
+        "\nDense weight gradient at a mask update (linear_grad_weight_rows, feature-major) vs Eigen GEMM:\n");
     for (const auto& l : kLayers) {
       const std::string L = l.name;
       const double r = get("dgrad/rows/" + L), e = get("dgrad/eigen/" + L);

@@ -23,10 +23,10 @@ LayerView& add_eigen_dense(ParameterSet& params, std::string name, W& weight, G*
           "' is not contiguous (inner stride ", weight.innerStride(), ", outer stride ", weight.outerStride(),
           "; valid: 1 and ", row_major ? cols : rows, ")");
   if (grad) {
-    require(grad->rows() == rows && grad->cols() == cols, where, "gradient of '", name, "' is ", grad->rows(), "x",
-            grad->cols(), ", weight is ", rows, "x", cols);
-    require(static_cast<bool>(G::IsRowMajor) == row_major || rows == 1 || cols == 1, where, "gradient of '", name,
-            "' is stored ", G::IsRowMajor ? "row" : "column", "-major, its weight ",
+    require(grad->rows() == rows && grad->cols() == cols, where, "gradient of '", name, "' is ", grad->rows(),
+            "x", grad->cols(), ", weight is ", rows, "x", cols);
+    require(static_cast<bool>(G::IsRowMajor) == row_major || rows == 1 || cols == 1, where, "gradient of '",
+            name, "' is stored ", G::IsRowMajor ? "row" : "column", "-major, its weight ",
             row_major ? "row" : "column", "-major (valid: the same storage order)");
   }
   LayerView& v = params.add(std::move(name), weight.data(), {rows, cols}, grad ? grad->data() : nullptr);
