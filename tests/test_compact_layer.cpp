@@ -239,14 +239,18 @@ TEST_CASE("compact conv layers train exactly like masked dense ones", "[compact]
 TEST_CASE("compact linear kernels give identical results in every layout and path", "[compact]") {
   const std::size_t batch = 13, in = 37, out = 29;
   const auto W = randn(out * in, 5), x = randn(batch * in, 6), dy = randn(batch * out, 7), bias = randn(out, 8);
-  for (const double density : {0.01, 0.05, 0.3, 1.0}) {  // few nonzeros gather directly, many transpose
+  bool paths[2] = {false, false};  // batch-major: transposed, direct
+  for (const double density : {0.001, 0.01, 0.05, 0.3, 1.0}) {  // very few nonzeros gather directly
     CAPTURE(density);
     east::BitMask mask(out * in);
     std::mt19937 rng(static_cast<unsigned>(density * 1000));
     for (std::size_t i = 0; i < mask.size(); ++i) mask.set(i, std::uniform_real_distribution<double>(0, 1)(rng) < density);
+    if (density < 0.005)  // 3 nonzeros: 3 · 16 < 29 + 37, the direct path
+      mask = east::BitMask(out * in), mask.set(5), mask.set(400), mask.set(1000);
     std::vector<float> Wm = W;
     mask.apply(Wm.data());
     const east::sparse::CsrWeight wt(W.data(), mask, out, in);
+    paths[east::sparse::detail::gather_directly(wt)] = true;
     std::vector<float> y_ref(batch * out), dx_ref(batch * in), gw_ref(out * in);
     dense_forward(Wm, x.data(), batch, in, out, y_ref.data());
     dense_grad_input(Wm, dy.data(), batch, in, out, dx_ref.data());
@@ -285,6 +289,8 @@ TEST_CASE("compact linear kernels give identical results in every layout and pat
         REQUIRE(yb[n * out + o] == acc);
       }
   }
+  CHECK(paths[0]);
+  CHECK(paths[1]);
 }
 
 TEST_CASE("a feature-major compact MLP equals the batch-major one", "[compact]") {

@@ -8,8 +8,9 @@
 //                  form PERF.md measured ~280× faster than the dense GEMM at 0.1%) with no
 //                  conversion. Choose it when the activations are yours to lay out.
 // Batch-major calls either transpose the activations into feature-major scratch (batch · (in +
-// out) floats per call) or, when the layer holds few nonzeros for its width, gather directly
-// (nnz · batch scalar multiply-adds, no transposes). Both orders of summation are the same, so
+// out) floats per call) or, when the layer holds very few nonzeros for its width (nnz < (in +
+// out) / 16, detail::gather_directly), gather directly (nnz · batch scalar multiply-adds, no
+// transposes). Both orders of summation are the same, so
 // every layout and path gives bit-identical results.
 //
 // Threads: forward over outputs (or images), input gradient over inputs (or images), weight
@@ -41,10 +42,11 @@ inline void check_linear(const CsrWeight& wt, std::size_t batch, const char* whe
 }
 
 /// Whether a batch-major call should gather directly instead of transposing: the transposes
-/// move batch · (in + out) floats, the direct path pays a gather per stored weight and image.
-/// A layer with fewer nonzeros than its width (fan-in + fan-out) gathers (docs/sparse.md has
-/// the measurement behind the factor).
-inline bool gather_directly(const CsrWeight& wt) { return wt.nnz() < wt.rows() + wt.cols(); }
+/// move batch · (in + out) floats, the direct path pays a strided gather per stored weight and
+/// image (about 4× a contiguous multiply-add) and loops over every input and output per image.
+/// Measured (east_bench_sparse_linear, batch 128, docs/sparse.md): direct wins only below about
+/// (in + out) / 16 nonzeros and is 1.7–3.8× slower at nnz = in + out, hence the 16.
+inline bool gather_directly(const CsrWeight& wt) { return wt.nnz() * 16 < wt.rows() + wt.cols(); }
 
 // Σ a[n] b[n] with 8 fixed partial sums (vectorizes without -ffast-math; fixed order). Strides
 // in elements; lane n % 8 takes element n, so strided and contiguous calls sum identically.

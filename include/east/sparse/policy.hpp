@@ -2,8 +2,8 @@
 // Per-layer choice between the sparse kernels and the dense (framework) ones. The sparse kernels
 // do density × the dense multiply-adds but at a lower rate than a tuned dense GEMM, so below a
 // crossover density they win. The defaults are the crossovers measured by
-// benchmarks/sparse/bench_sparse_conv.cpp on this project's 2-vCPU AVX-512 machine (docs/sparse.md);
-// measure again on other machines.
+// benchmarks/sparse/bench_sparse_conv.cpp and bench_sparse_linear.cpp on this project's 2-vCPU
+// AVX-512 machine (docs/sparse.md); measure again on other machines.
 #include "../core/error.hpp"
 
 namespace east::sparse {
@@ -17,9 +17,12 @@ struct Crossover {
   /// (batch 32, 2 threads, docs/sparse.md); 1.5% keeps them at or above break-even (the 1×1
   /// stride-2 layer with 4×4 outputs crosses at 0.8%).
   double conv = 0.015;
-  /// linear forward + backward: not measured here; PERF.md's CSR × dense anchor (29× at 1%)
-  /// suggests a higher crossover, so the conv value is a conservative stand-in.
-  double linear = 0.015;
+  /// linear forward + backward: measured by benchmarks/sparse/bench_sparse_linear.cpp against an
+  /// Eigen GEMM of the same layer (784×1024, 1024×1024, 1024×10, batch 128, 1 thread, CPU time,
+  /// docs/sparse.md): feature-major 9.2–18.9%, batch-major (transposed) 6.9–10.4% for the wide
+  /// layers; 7% keeps them at or above break-even. A narrow batch-major layer (1024×10) never
+  /// beats the GEMM: its transposes cost more than the whole dense product.
+  double linear = 0.07;
 
   /// Backend for a convolution of the given density (in [0, 1]).
   Backend for_conv(double density) const {

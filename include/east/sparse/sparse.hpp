@@ -6,7 +6,10 @@
 //   sgd_step                SGD with momentum over the compact values
 //   Crossover               per-layer sparse/dense switch at the measured crossover density
 //   batchnorm_forward/backward  BatchNorm (+ residual add) + ReLU fused, two passes per channel
+//   CompactLinear / CompactConv2d  layers on compact weights driven by the controller
+//                           (docs/compact-layers.md)
 #include "batchnorm.hpp"
+#include "compact_layer.hpp"
 #include "conv.hpp"
 #include "csr.hpp"
 #include "linear.hpp"

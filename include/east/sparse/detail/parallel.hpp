@@ -38,14 +38,17 @@ void parallel_for(std::size_t items, double work, Body&& body) {
 #endif
 }
 
-/// out[c * rows + r] = in[r * cols + c]: a plain blocked transpose (dense activations).
+/// out[c * rows + r] = in[r * cols + c]: a blocked transpose (dense activations). 8 × 8 blocks,
+/// writes innermost: with 32 × 32 blocks and reads innermost, a destination row stride of a
+/// multiple of 4 KiB (1024 floats: a 1024-wide layer's batch-major output) put every write of a
+/// block into one L1 set — 2.5 ms instead of 45 µs for 1024 × 128 (docs/sparse.md).
 inline void transpose(const float* in, std::size_t rows, std::size_t cols, float* out) {
-  constexpr std::size_t B = 32;
-  for (std::size_t r0 = 0; r0 < rows; r0 += B)
-    for (std::size_t c0 = 0; c0 < cols; c0 += B) {
+  constexpr std::size_t B = 8;
+  for (std::size_t c0 = 0; c0 < cols; c0 += B)
+    for (std::size_t r0 = 0; r0 < rows; r0 += B) {
       const std::size_t r1 = r0 + B < rows ? r0 + B : rows, c1 = c0 + B < cols ? c0 + B : cols;
-      for (std::size_t r = r0; r < r1; ++r)
-        for (std::size_t c = c0; c < c1; ++c) out[c * rows + r] = in[r * cols + c];
+      for (std::size_t c = c0; c < c1; ++c)
+        for (std::size_t r = r0; r < r1; ++r) out[c * rows + r] = in[r * cols + c];
     }
 }
 

@@ -1,0 +1,25 @@
+# Runs an example program for ctest: fails unless it exits 0 and prints at least one
+# "test accuracy X%" line, each with X >= MIN_ACCURACY. Prints "SKIP: ..." (ctest's
+# SKIP_REGULAR_EXPRESSION) when REQUIRE_PATH is missing.
+#   cmake -DEXE=<program> -DARGS="a;b;c" -DMIN_ACCURACY=40 [-DREQUIRE_PATH=<path>] -P run_example_test.cmake
+if(DEFINED REQUIRE_PATH AND NOT EXISTS "${REQUIRE_PATH}")
+  message("SKIP: ${REQUIRE_PATH} not found (Debian: dataset-fashion-mnist)")
+  return()
+endif()
+execute_process(COMMAND ${EXE} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message("${out}")
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${EXE} exited with ${rc}:\n${err}")
+endif()
+string(REGEX MATCHALL "test accuracy [0-9]+\\.[0-9]+%" lines "${out}")
+list(LENGTH lines n)
+if(n EQUAL 0)
+  message(FATAL_ERROR "no 'test accuracy' line in the output")
+endif()
+foreach(line IN LISTS lines)
+  string(REGEX MATCH "[0-9]+\\.[0-9]+" acc "${line}")
+  if(acc LESS MIN_ACCURACY)
+    message(FATAL_ERROR "${line} is below ${MIN_ACCURACY}%")
+  endif()
+endforeach()
+message("${n} accuracy line(s), all >= ${MIN_ACCURACY}%")
