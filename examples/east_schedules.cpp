@@ -18,15 +18,16 @@ int main(int argc, char** argv) try {
   east::EastConfig cfg;
   cfg.density = density;
   cfg.total_steps = total;
-  auto east_run = east::make_east(params, cfg);
+  auto ctl = east::make_east(params, cfg);
+  const auto phase = east::make_east_phase(cfg);
   std::printf("step,scheduled_density,mask_density,drop_fraction,beta,update\n");
   for (std::int64_t step = 0; step <= total; ++step) {
-    const bool update = east_run.controller.is_update_step(step);
-    if (update) east_run.controller.update(step);
+    const bool update = ctl.is_update_step(step);
+    if (update) ctl.update(step);
     if (update || step % std::max<std::int64_t>(1, total / 500) == 0)
       std::printf("%lld,%.8g,%.8g,%.6g,%.6g,%d\n", static_cast<long long>(step),
-                  east_run.controller.method().density.density(step), east_run.controller.density(),
-                  east_run.controller.method().drop.drop_fraction(step), east_run.beta(step), update ? 1 : 0);
+                  ctl.method().density.density(step), ctl.density(), ctl.method().drop.drop_fraction(step),
+                  phase.beta(step), update ? 1 : 0);
   }
   return 0;
 } catch (const std::exception& e) {

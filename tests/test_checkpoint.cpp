@@ -328,3 +328,15 @@ TEST_CASE("restore() rejects inconsistent state and changes nothing", "[checkpoi
   victim.restore(good);
   CHECK(same_state(victim.state(), good));
 }
+
+TEST_CASE("the portable CRC-32 equals zlib's", "[checkpoint]") {
+  std::string data;
+  for (int i = 0; i < 100000; ++i) data.push_back(static_cast<char>((i * 131 + 7) % 251));
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{63}, std::size_t{4096}, data.size()}) {
+    CAPTURE(n);
+#if defined(EAST_HAS_ZLIB) && EAST_HAS_ZLIB
+    CHECK(east::detail::crc32_portable(data.data(), n) == east::detail::crc32_of(data.data(), n));
+#endif
+  }
+  CHECK(east::detail::crc32_portable("123456789", 9) == 0xCBF43926u);  // the standard check value
+}

@@ -308,3 +308,34 @@ TEST_CASE("destroying the Sparsifier hands the model back dense", "[sparsifier]"
   CHECK(n->conv1->east_layer() == nullptr);
   CHECK((n->forward(x) - out_sparse).abs().max().item<double>() < 1e-5);
 }
+
+TEST_CASE("an MLP of east::nn::Linear layers trains like its masked dense twin", "[sparsifier]") {
+  auto make = [] {
+    torch::manual_seed(11);
+    return torch::nn::Sequential(east::nn::Linear(64, 48), torch::nn::ReLU(), east::nn::Linear(48, 32),
+                                 torch::nn::ReLU(), east::nn::Linear(32, 10));
+  };
+  auto dense = make(), compact = make();
+  torch::optim::SGD od(dense->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+  torch::optim::SGD oc(compact->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+  auto method = east::presets::rigl(0.1);
+  method.updates = 5;
+  ta::Sparsifier sd(*dense, od, method, 30, quiet(0.0)), sc(*compact, oc, method, 30, quiet(2.0));
+  REQUIRE(sc.compact_layers() == 3);
+  for (int step = 0; step < 30; ++step) {
+    torch::manual_seed(500 + step);
+    const auto x = torch::randn({16, 64});
+    const auto y = torch::randint(0, 10, {16});
+    for (auto* m : {&dense, &compact}) {
+      auto& opt = m == &dense ? od : oc;
+      opt.zero_grad();
+      torch::nn::functional::cross_entropy((*m)->forward(x), y).backward();
+      opt.step();
+      (m == &dense ? sd : sc).step();
+    }
+    REQUIRE(sd.controller().digest() == sc.controller().digest());
+  }
+  CHECK(sc.controller().updates() == 5);
+  sc.controller().sync_dense_views();
+  for (const char* n : {"0.weight", "2.weight", "4.weight", "4.bias"}) CHECK(max_diff(*dense, *compact, n) < 1e-4);
+}

@@ -6,12 +6,16 @@
 // cross-entropy, backward, optimizer.step(), sparsity.step(). Also: a mask-update step, the same
 // step with one weight per layer (the floor: everything but the nonzero work), and the memory of
 // weights + optimizer state. Same threads for all; `uptime` before and after.
-//   east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--depth=34] [--width=1] [--hw=32]
-//                          [--densities=0.01,0.001,0.0005,0.0001] [--no-dense] [--no-update]
+// --model=mnist-cnn times examples/custom_model's network (libtorch's MNIST CNN, no BatchNorm, on
+// 1×28×28) the same way instead.
+//   east_bench_sparse_step [--model=resnet|mnist-cnn] [--batch=64] [--threads=2] [--steps=3] [--depth=34]
+//                          [--width=1] [--hw=32] [--densities=0.01,0.001,0.0005,0.0001] [--no-dense] [--no-update]
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <east/adapters/torch.hpp>
@@ -19,11 +23,14 @@
 #include <string>
 #include <vector>
 
+#include "../../examples/custom_model/net.hpp"
+
 namespace {
 
 namespace ta = east::torch_adapter;
 
 struct Config {
+  std::string model = "resnet";
   long batch = 64, hw = 32;
   int threads = 2, steps = 3, depth = 34;
   double width = 1.0;
@@ -38,15 +45,27 @@ struct Run {
 
 // Builds the model and its Sparsifier, then times ordinary steps and (optionally) one update step.
 Run time_run(const Config& cfg, double density, bool compact_path) {
-  ta::ResNetOptions o;
-  o.depth = cfg.depth;
-  o.width = cfg.width;
-  o.in_channels = 3;
-  o.num_classes = 10;
   torch::manual_seed(0);
-  ta::ResNet model(o);
-  model->train();
-  torch::optim::SGD opt(model->parameters(),
+  const bool cnn = cfg.model == "mnist-cnn";
+  std::shared_ptr<torch::nn::Module> model_ptr;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+  if (cnn) {
+    custom_model::Net net;
+    model_ptr = net.ptr();
+    forward = [net](const torch::Tensor& x) mutable { return net->forward(x); };
+  } else {
+    ta::ResNetOptions o;
+    o.depth = cfg.depth;
+    o.width = cfg.width;
+    o.in_channels = 3;
+    o.num_classes = 10;
+    ta::ResNet net(o);
+    model_ptr = net.ptr();
+    forward = [net](const torch::Tensor& x) mutable { return net->forward(x); };
+  }
+  torch::nn::Module& model = *model_ptr;
+  model.train();
+  torch::optim::SGD opt(model.parameters(),
                         torch::optim::SGDOptions(0.01).momentum(0.9).nesterov(true).weight_decay(5e-4));
   auto method = east::presets::rigl(density);
   // One update after `steps` + 1 ordinary steps: ΔT = steps + 2, nothing else updates.
@@ -57,13 +76,13 @@ Run time_run(const Config& cfg, double density, bool compact_path) {
   so.init = east::InitScaling::none;
   if (!compact_path) so.crossover = {0.0, 0.0};
   const std::int64_t total = 4L * (cfg.steps + 2);
-  ta::Sparsifier sparsity(*model, opt, method, total, so);
-  const auto x = torch::randn({cfg.batch, 3, cfg.hw, cfg.hw});
+  ta::Sparsifier sparsity(model, opt, method, total, so);
+  const auto x = cnn ? torch::randn({cfg.batch, 1, 28, 28}) : torch::randn({cfg.batch, 3, cfg.hw, cfg.hw});
   const auto y = torch::randint(0, 10, {cfg.batch});
   auto one_step = [&] {
     const auto t0 = std::chrono::steady_clock::now();
     opt.zero_grad();
-    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
+    torch::nn::functional::cross_entropy(forward(x), y).backward();
     opt.step();
     sparsity.step();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -81,7 +100,7 @@ Run time_run(const Config& cfg, double density, bool compact_path) {
   r.compact = sparsity.compact_layers();
   r.layers = sparsity.layers();
   r.nonzeros = sparsity.nonzeros();
-  for (const auto& p : model->parameters()) r.state_bytes += static_cast<std::size_t>(p.numel()) * 4;
+  for (const auto& p : model.parameters()) r.state_bytes += static_cast<std::size_t>(p.numel()) * 4;
   for (const auto& kv : opt.state())
     for (torch::Tensor* s : ta::detail::state_tensors(*kv.second))
       r.state_bytes += static_cast<std::size_t>(s->numel()) * 4;
@@ -109,7 +128,8 @@ int main(int argc, char** argv) {
       const std::string f = std::string(flag) + "=";
       return a.compare(0, f.size(), f) == 0 ? a.c_str() + f.size() : nullptr;
     };
-    if (const char* v = val("--batch")) cfg.batch = std::atol(v);
+    if (const char* v = val("--model")) cfg.model = v;
+    else if (const char* v = val("--batch")) cfg.batch = std::atol(v);
     else if (const char* v = val("--threads")) cfg.threads = std::atoi(v);
     else if (const char* v = val("--steps")) cfg.steps = std::atoi(v);
     else if (const char* v = val("--depth")) cfg.depth = std::atoi(v);
@@ -128,6 +148,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (cfg.model != "resnet" && cfg.model != "mnist-cnn") {
+    std::fprintf(stderr, "east_bench_sparse_step: --model=%s (valid: resnet, mnist-cnn)\n", cfg.model.c_str());
+    return 2;
+  }
   if (cfg.steps < 1 || cfg.batch < 1 || cfg.threads < 1) {
     std::fprintf(stderr, "east_bench_sparse_step: --steps, --batch and --threads must be >= 1\n");
     return 2;
@@ -135,9 +159,15 @@ int main(int argc, char** argv) {
   torch::set_num_threads(cfg.threads);
   east::kernels::set_threads(cfg.threads);
   std::printf("uptime before: %s\n", uptime().c_str());
-  std::printf("public ResNet-%d width %g, batch %ld, 3x%ldx%ld, %d thread(s), RigL ERK masks, SGD (momentum, "
-              "Nesterov, weight decay); median of %d steps after one warm-up\n",
-              cfg.depth, cfg.width, cfg.batch, cfg.hw, cfg.hw, cfg.threads, cfg.steps);
+  if (cfg.model == "mnist-cnn")
+    std::printf("examples/custom_model's CNN (libtorch's MNIST network, no BatchNorm), batch %ld, 1x28x28, ",
+                cfg.batch);
+  else
+    std::printf("public ResNet-%d width %g, batch %ld, 3x%ldx%ld, ", cfg.depth, cfg.width, cfg.batch, cfg.hw,
+                cfg.hw);
+  std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of %d steps after one "
+              "warm-up\n",
+              cfg.threads, cfg.steps);
   // The floor: the same path with one weight per layer (everything but the nonzero work).
   const Run floor = time_run(cfg, 1e-9, true);
   std::printf("floor (one weight per layer, %zu nonzeros): step %.3f s\n", floor.nonzeros, floor.step);

@@ -15,3 +15,24 @@ run(${CMAKE_COMMAND} -S ${EAST_SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/consume
     -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
 run(${WORK_DIR}/consumer-build/consumer)
+if(EXISTS ${WORK_DIR}/consumer-build/consumer_full)
+  run(${WORK_DIR}/consumer-build/consumer_full)
+endif()
+
+# add_subdirectory: east's options default off when it is not the top-level project, so its
+# tests, examples, benchmarks, Torch and CUDA are neither configured nor built.
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${EAST_SOURCE_DIR}/tests/consumer/subdirectory -B ${WORK_DIR}/subdir-build
+                -DEAST_SOURCE_DIR=${EAST_SOURCE_DIR}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "add_subdirectory consumer: configure failed\n${out}\n${err}")
+endif()
+if(out MATCHES "Caffe2|Torch|CUDA compiler|libtorch")
+  message(FATAL_ERROR "add_subdirectory consumer: east looked for Torch or CUDA as a dependency:\n${out}")
+endif()
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/subdir-build)
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/subdir-build --target help OUTPUT_VARIABLE targets)
+if(targets MATCHES "test_controller|east-trainer|east_bench")
+  message(FATAL_ERROR "add_subdirectory consumer: east added its own targets:\n${targets}")
+endif()
+run(${WORK_DIR}/subdir-build/consumer)

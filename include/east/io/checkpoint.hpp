@@ -10,8 +10,11 @@
 //            ever-active words; u64 policies, per policy u64 bytes + its save_state() blob;
 //            u64 user bytes, user bytes (opaque data of the caller's, e.g. its optimizer step count)
 //   Nothing may follow the checksum. docs/checkpoints.md has the same layout, annotated.
+#if defined(EAST_HAS_ZLIB) && EAST_HAS_ZLIB
 #include <zlib.h>
+#endif
 
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <algorithm>
@@ -109,7 +112,27 @@ inline bool read_growing(std::istream& in, std::vector<char>& out, std::uint64_t
   return true;
 }
 
+/// CRC-32 (IEEE 802.3, zlib's) of n bytes without zlib: a byte-at-a-time table, for builds that
+/// do not link it (checkpoints are small next to a training step). The same values as zlib's.
+inline std::uint32_t crc32_portable(const char* p, std::size_t n) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  std::uint32_t c = 0xFFFFFFFFu;
+  for (std::size_t i = 0; i < n; ++i) c = table[(c ^ static_cast<unsigned char>(p[i])) & 0xFFu] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+/// CRC-32 of n bytes: zlib's (vectorised) when east::zlib is linked (EAST_HAS_ZLIB), else the
+/// portable table.
 inline std::uint32_t crc32_of(const char* p, std::size_t n) {
+#if defined(EAST_HAS_ZLIB) && EAST_HAS_ZLIB
   uLong c = crc32(0L, Z_NULL, 0);
   while (n > 0) {  // zlib takes uInt lengths
     const auto chunk = static_cast<uInt>(std::min<std::size_t>(n, 1u << 30));
@@ -118,6 +141,9 @@ inline std::uint32_t crc32_of(const char* p, std::size_t n) {
     n -= chunk;
   }
   return static_cast<std::uint32_t>(c);
+#else
+  return crc32_portable(p, n);
+#endif
 }
 }  // namespace detail
 

@@ -162,6 +162,24 @@ inline void check_views(torch::nn::Module& module, const ParameterSet& params) {
   }
 }
 
+/// Re-points every view of `params` at `module`'s tensors as they are now: weights, and gradients
+/// (null when a gradient is None, e.g. after zero_grad(set_to_none)). Call it each step before the
+/// controller's hooks when the loop may replace gradients (the Sparsifier does the equivalent
+/// itself). Optimizer buffers registered with add_state are not touched.
+inline void refresh_views(torch::nn::Module& module, ParameterSet& params) {
+  constexpr const char* where = "east::torch_adapter::refresh_views()";
+  const auto named = module.named_parameters(true);
+  for (auto& l : params) {
+    const auto* t = named.find(l.name);
+    east::detail::require(t != nullptr, where, "layer '", l.name, "' is no parameter of the module");
+    detail::require_cpu_float(*t, l.name, where);
+    l.weight = t->data_ptr<float>();
+    const auto& g = t->grad();
+    if (g.defined()) detail::require_cpu_float(g, l.name + ".grad", where);
+    l.grad = g.defined() ? g.data_ptr<float>() : nullptr;
+  }
+}
+
 /// Makes torch::optim::SGD's momentum buffers exist now (zeros, which gives the same first
 /// step as SGD's lazy clone) and registers them as optimizer state of the matching layers, so
 /// east zeroes momentum at grown and masked positions. Call before the first optimizer step.
