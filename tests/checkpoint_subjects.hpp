@@ -45,7 +45,7 @@ inline auto make_east_subject(east::ParameterSet p, std::uint64_t seed) {
   c.total_steps = 40;
   c.update_interval = 5;
   c.multiplier = 2;
-  return east::make_east(std::move(p), c, {seed}).controller;
+  return east::make_east(std::move(p), c, {seed});
 }
 
 }  // namespace east_test

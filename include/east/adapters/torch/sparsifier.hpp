@@ -206,7 +206,7 @@ class Sparsifier {
       const std::string fp = r.get_string("fingerprint");
       if (fp != fingerprint())
         throw InvalidArgument("east::torch_adapter::Sparsifier::load(): '" + path +
-                              "' was written by another configuration (" + fp + "; this one is " +
+                              "' was written with other settings (" + fp + "; this run: " +
                               fingerprint() + ")");
       const auto step = r.get<std::int64_t>("step");
       if (step < 0 || step > total_)
