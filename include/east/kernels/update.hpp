@@ -41,9 +41,9 @@ inline void clear_scan(ScanResult& r) {
   r.top_count = 0;
 }
 
-// Buffer size of the streaming top-k: room for 4k candidates (compactions are then rare and
-// cheap), at least 4096.
-inline std::size_t top_capacity(std::size_t k) { return std::max<std::size_t>(4 * k, 4096); }
+// Buffer size of the streaming top-k: 4k candidates. A compaction costs O(cap) and the buffer
+// refills ever more slowly as the threshold falls, so a small buffer does the least work.
+inline std::size_t top_capacity(std::size_t k) { return std::max<std::size_t>(4 * k, 256); }
 
 inline void scan_chunk(Isa isa, const float* w, const std::uint64_t* mask, const std::uint64_t* ever,
                        Range rg, const ScanPlan& p, ScanResult& r, std::vector<std::uint32_t>& tmp) {
