@@ -57,7 +57,9 @@ void fill(Buffers& b, const std::vector<BitMask>& masks, unsigned seed, int kind
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (std::size_t l = 0; l < b.w.size(); ++l) {
     const auto& mask = masks[l];
-    const bool zero_grad_layer = kind == 3 && l == 1;  // a disconnected layer: no gradient at all
+    // Disconnected layers: no gradient at all (a large one, and one small enough that the scan
+    // keeps all its candidates, so the grown set is seen to reach into the zeros).
+    const bool zero_grad_layer = kind == 3 && (l == 1 || b.w[l].size() < 1000);
     for (std::size_t i = 0; i < b.w[l].size(); ++i) {
       const bool active = mask.test(i);
       float w = nd(rng), g = nd(rng);
@@ -223,6 +225,27 @@ TEST_CASE("Fused update equals the multi-pass update: RigL / SET / SNFS / cyclic
       false);
 }
 
+TEST_CASE("Fused update equals the multi-pass update when growth reaches into zero gradients",
+          "[controller][update]") {
+  // Uniform density: the small layers are sparse too, so their all-zero gradients (fill kind 3)
+  // leave fewer nonzero candidates than positions to grow.
+  east_test::for_each_kernel_config(
+      [](kernels::Isa isa, int) {
+        INFO("isa " << kernels::isa_name(isa));
+        for (bool ties : {true, false})
+          compare(
+              [&](ParameterSet p) {
+                DstConfig c{0.05, 10, 100000};
+                return Controller(std::move(p),
+                                  Method{Uniform{}, detail::constant_of(c), detail::cosine_of(c),
+                                         detail::periodic_of(c), MagnitudePrune{ties}, GradientRegrow{ties}},
+                                  ControllerOptions{31});
+              },
+              0.05, 5, 31);
+      },
+      false);
+}
+
 TEST_CASE("Fused update equals the multi-pass update on two threads (chunked scans)",
           "[controller][update][parallel]") {
   // Two threads wake a team per kernel call: slow on a loaded machine, so fewer cases here.
@@ -307,84 +330,127 @@ TEST_CASE("Fused update: on_grown sees the grown positions and a restored ever-a
   }
 }
 
-TEST_CASE("update_scan: every ISA and thread count finds the same things as the scalar body",
-          "[kernels][update]") {
+TEST_CASE("update_scan: every ISA and thread count finds what brute force finds", "[kernels][update]") {
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   std::uniform_real_distribution<double> u(0, 1);
-  for (std::size_t n : {1u, 63u, 64u, 65u, 1000u, 4097u, 100003u})
-    for (double density : {0.0, 0.01, 0.3, 1.0})
+  kernels::ScanResult r;  // reused across calls, as the controller does
+  int case_no = 0;
+  for (std::size_t n : {1u, 63u, 64u, 65u, 1000u, 4097u, 100003u, 300007u})
+    for (double density : {0.0, 0.001, 0.01, 0.3, 1.0})
       for (auto kind :
            {kernels::RegrowKeys::none, kernels::RegrowKeys::magnitude, kernels::RegrowKeys::random}) {
+        if (n > 100003 && density > 0.01) continue;
+        const bool tied = ++case_no % 2 == 0;  // few distinct magnitudes, zeros, a NaN or Inf
         std::vector<float> w(n), x(n);
         BitMask mask(n), ever(n);
         for (std::size_t i = 0; i < n; ++i) {
           if (u(rng) < density) mask.set(i);
           if (u(rng) < 0.9 || mask.test(i)) ever.set(i);
           w[i] = mask.test(i) || u(rng) < 0.02 ? nd(rng) : 0.0f;
-          x[i] = u(rng) < 0.05 ? 0.0f : std::round(nd(rng) * 8) / 8;
-          if (u(rng) < 0.001) w[i] = INFINITY;
-          if (u(rng) < 0.001) x[i] = std::nanf("");
+          x[i] = tied ? (u(rng) < 0.05 ? 0.0f : std::round(nd(rng) * 8) / 8) : nd(rng);
+          if (tied && u(rng) < 0.001) w[i] = INFINITY;
+          if (tied && u(rng) < 0.001) x[i] = std::nanf("");
         }
         const std::size_t cands = n - mask.count();
-        kernels::ScanPlan plan;
-        if (kind != kernels::RegrowKeys::none && cands > 0) {
-          plan.regrow = kind;
-          plan.x = x.data();
-          plan.stream = make_stream(5).derive(n);
-          plan.k = 1 + cands / 50;
-        }
-        // Expected, by brute force.
-        std::size_t wbad = 0, wfirst = 0, xbad = 0, xfirst = 0;
-        bool zc = false, missing = false;
-        std::vector<std::uint32_t> act, dirty, keys_t;
-        for (std::size_t i = 0; i < n; ++i) {
-          if (!std::isfinite(w[i]) && wbad++ == 0) wfirst = i;
-          if (mask.test(i)) {
-            act.push_back(static_cast<std::uint32_t>(i));
-            missing |= !ever.test(i);
-          } else if (kernels::abs_key(w[i]) != 0 || std::signbit(w[i])) {
-            if (dirty.empty() || dirty.back() != i / 64) dirty.push_back(static_cast<std::uint32_t>(i / 64));
+        for (double kf : {0.0005, 0.02, 1.0 / 16, 1.0}) {
+          kernels::ScanPlan plan;
+          if (kind != kernels::RegrowKeys::none && cands > 0) {
+            plan.regrow = kind;
+            plan.x = x.data();
+            plan.stream = make_stream(5).derive(n);
+            plan.k = std::min(cands, 1 + static_cast<std::size_t>(kf * static_cast<double>(cands)));
           }
-          if (plan.regrow == kernels::RegrowKeys::magnitude) {
-            if (!std::isfinite(x[i]) && xbad++ == 0) xfirst = i;
-            if (!mask.test(i)) zc |= x[i] == 0.0f;
-          }
-        }
-        std::vector<std::uint32_t> best;  // the k best by brute force
-        if (plan.k > 0) {
-          std::vector<std::pair<std::uint32_t, std::uint32_t>> c;
-          for (std::size_t i = 0; i < n; ++i)
-            if (!mask.test(i)) {
-              const std::uint32_t key =
-                  kind == kernels::RegrowKeys::magnitude ? kernels::abs_key(x[i]) : plan.stream.bits32(i);
-              c.emplace_back(~key, static_cast<std::uint32_t>(i));
+          if (kf == 1.0) plan.active = mask.count();  // given instead of counted
+          // Expected, by brute force.
+          std::size_t wbad = 0, wfirst = 0, xbad = 0, xfirst = 0;
+          bool zc = false, missing = false;
+          std::vector<std::uint32_t> act, dirty;
+          for (std::size_t i = 0; i < n; ++i) {
+            if (!std::isfinite(w[i]) && wbad++ == 0) wfirst = i;
+            if (mask.test(i)) {
+              act.push_back(static_cast<std::uint32_t>(i));
+              missing |= !ever.test(i);
+            } else if (kernels::abs_key(w[i]) != 0 || std::signbit(w[i])) {
+              if (dirty.empty() || dirty.back() != i / 64)
+                dirty.push_back(static_cast<std::uint32_t>(i / 64));
             }
-          std::sort(c.begin(), c.end());
-          for (std::size_t j = 0; j < plan.k; ++j) best.push_back(c[j].second);
-          std::sort(best.begin(), best.end());
-        }
-        east_test::for_each_kernel_config([&](kernels::Isa isa, int threads) {
-          INFO("n " << n << " density " << density << " kind " << int(kind) << " isa "
-                    << kernels::isa_name(isa) << " threads " << threads);
-          kernels::ScanResult r;
-          kernels::update_scan(w.data(), mask.words(), ever.words(), n, plan, r);
-          CHECK(r.weight_bad.count == wbad);
-          if (wbad) CHECK(r.weight_bad.first == wfirst);
-          CHECK(r.x_bad.count == xbad);
-          if (xbad) CHECK(r.x_bad.first == xfirst);
-          CHECK(r.x_zero_candidate == zc);
-          CHECK(r.ever_missing == missing);
-          CHECK(r.active_index == act);
-          CHECK(r.dirty_words == dirty);
-          for (std::size_t j = 0; j < r.active_index.size(); ++j)
-            CHECK(r.active_bits[j] == kernels::abs_key(w[r.active_index[j]]) +
-                                          (std::signbit(w[r.active_index[j]]) ? 0x80000000u : 0u));
-          if (plan.k > 0 && !r.overflow && xbad == 0) {
-            std::vector<std::uint32_t> got;
-            kernels::select_smallest(r.top_index.data(), r.top_key.data(), r.top_count, plan.k, got);
-            CHECK(got == best);
+            if (plan.regrow == kernels::RegrowKeys::magnitude) {
+              if (!std::isfinite(x[i]) && xbad++ == 0) xfirst = i;
+              if (!mask.test(i)) zc |= x[i] == 0.0f;
+            }
           }
-        });
+          std::vector<std::uint32_t> best;  // the k best by brute force
+          if (plan.k > 0) {
+            std::vector<std::pair<std::uint32_t, std::uint32_t>> c;
+            for (std::size_t i = 0; i < n; ++i)
+              if (!mask.test(i)) {
+                const std::uint32_t key =
+                    kind == kernels::RegrowKeys::magnitude ? kernels::abs_key(x[i]) : plan.stream.bits32(i);
+                c.emplace_back(~key, static_cast<std::uint32_t>(i));
+              }
+            std::sort(c.begin(), c.end());
+            for (std::size_t j = 0; j < plan.k; ++j) best.push_back(c[j].second);
+            std::sort(best.begin(), best.end());
+          }
+          east_test::for_each_kernel_config(
+              [&](kernels::Isa isa, int threads) {
+                INFO("n " << n << " density " << density << " kind " << int(kind) << " k " << plan.k
+                          << " tied " << tied << " isa " << kernels::isa_name(isa) << " threads " << threads);
+                kernels::update_scan(w.data(), mask.words(), ever.words(), n, plan, r);
+                CHECK(r.weight_bad.count == wbad);
+                if (wbad) CHECK(r.weight_bad.first == wfirst);
+                CHECK(r.x_bad.count == xbad);
+                if (xbad) CHECK(r.x_bad.first == xfirst);
+                if (xbad) CHECK(r.x_zero_candidate == zc);
+                CHECK(r.ever_missing == missing);
+                CHECK(std::vector<std::uint32_t>(r.active_index.begin(), r.active_index.end()) == act);
+                CHECK(std::vector<std::uint32_t>(r.dirty_words.begin(), r.dirty_words.end()) == dirty);
+                for (std::size_t j = 0; j < r.active_index.size(); ++j) {
+                  std::uint32_t bits;
+                  std::memcpy(&bits, &w[r.active_index[j]], 4);
+                  CHECK(r.active_bits[j] == bits);
+                }
+                // Distinct keys never leave the list incomplete; ties may (then the caller selects
+                // otherwise).
+                if (plan.k > 0 && (!tied || kind == kernels::RegrowKeys::random)) REQUIRE(!r.incomplete);
+                if (plan.k > 0 && !r.incomplete && xbad == 0) {
+                  std::vector<std::uint32_t> got;
+                  kernels::select_smallest(r.top_index.data(), r.top_key.data(), r.top_count, plan.k, got);
+                  CHECK(got == best);
+                }
+              },
+              n < 100000);
+        }
       }
+}
+
+TEST_CASE("kth_key equals nth_element", "[kernels][update]") {
+  std::mt19937 rng(9);
+  std::vector<std::uint32_t> tmp;
+  for (std::size_t n : {1u, 2u, 1000u, 1025u, 5000u, 100000u})
+    for (int kind = 0; kind < 4; ++kind) {
+      std::vector<std::uint32_t> v(n);
+      for (auto& x : v) {
+        switch (kind) {
+          case 0:
+            x = static_cast<std::uint32_t>(rng());
+            break;  // distinct, full range
+          case 1:
+            x = 0x80000000u | (static_cast<std::uint32_t>(rng()) % 50);
+            break;  // heavy ties
+          case 2:
+            x = 7;
+            break;  // all equal
+          default:
+            x = ~(0x3F000000u + static_cast<std::uint32_t>(rng() % 4096) * 977u);  // clustered
+        }
+      }
+      for (std::size_t r : {std::size_t{0}, n / 3, n - 1}) {
+        auto s = v;
+        std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(r), s.end());
+        INFO("n " << n << " kind " << kind << " r " << r);
+        CHECK(kernels::detail::kth_key(v.data(), n, r, tmp) == s[r]);
+      }
+    }
 }

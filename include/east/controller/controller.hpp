@@ -49,7 +49,7 @@ namespace detail {
 /// One layer's decisions of an update, kept between deciding (Phase 1) and committing (Phase 2).
 struct LayerDecision {
   std::vector<std::uint32_t> drop, grow;  ///< positions, ascending
-  std::vector<std::uint32_t> dirty;       ///< mask words with nonzero weights at inactive positions
+  kernels::U32Buffer dirty;               ///< mask words with nonzero weights at inactive positions
   bool dirty_known = false;               ///< `dirty` is complete (the fused scan ran)
   bool ever_missing = false;              ///< the mask has bits ever_active lacks
   void clear() {
@@ -402,11 +402,13 @@ class Controller {
       plan.stream = grow_ctx.stream;
       plan.k = n_grow;
     }
+    plan.active = mask.count();
     if (fits) {
       kernels::update_scan(layer.weight, mask.words(), ever_active_[l].words(), n, plan, scan_);
     } else {  // > 2^32 weights in one tensor: the separate passes
-      kernels::detail::clear_scan(scan_);
+      scan_.weight_bad = {};
       scan_.weight_bad.count = kernels::count_nonfinite(layer.weight, n, &scan_.weight_bad.first);
+      scan_.dirty_words.clear();
     }
     const auto bad = scan_.weight_bad.count;
     const auto first = scan_.weight_bad.first;
@@ -460,7 +462,7 @@ class Controller {
                         " non-finite score(s), first at index ", xf, " = ", grow_plan.x[xf],
                         " (valid: finite weights and gradients)");
       }
-      if (collect && !scan_.overflow) {
+      if (collect && !scan_.incomplete) {
         const std::uint32_t thr = kernels::select_smallest(scan_.top_index.data(), scan_.top_key.data(),
                                                            scan_.top_count, n_grow, dec.grow);
         // Threshold at |x| = 0: zeros are grown, in the criterion's seeded order (below).
