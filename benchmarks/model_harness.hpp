@@ -114,18 +114,23 @@ double time_updates(ControllerT& ctl, int reps) {
   return t[t.size() / 2];
 }
 
-/// Median seconds of one streaming read of every weight: the floor for a magnitude update.
-inline double time_stream(const ModelBuffers& m, int reps) {
+/// Median seconds of one streaming read of every weight (and, with `grads`, every gradient too):
+/// the floor of a mask update by |w| (and by |w| and |g|: RigL, EAST's cyclic preset).
+inline double time_stream(const ModelBuffers& m, int reps, bool grads = false) {
   std::vector<double> t;
   std::uint32_t acc = 0;
-  for (int r = 0; r < reps; ++r) {
-    const auto a = std::chrono::steady_clock::now();
-    for (const auto& w : m.weights) {
+  auto sum = [&acc](const std::vector<std::vector<float>>& arrays) {
+    for (const auto& w : arrays) {
       std::uint32_t s = 0;
       const auto* u = reinterpret_cast<const std::uint32_t*>(w.data());
       for (std::size_t i = 0; i < w.size(); ++i) s += u[i];
       acc += s;
     }
+  };
+  for (int r = 0; r < reps; ++r) {
+    const auto a = std::chrono::steady_clock::now();
+    sum(m.weights);
+    if (grads) sum(m.grads);
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
   }
   volatile std::uint32_t sink = acc;

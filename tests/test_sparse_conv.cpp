@@ -123,6 +123,7 @@ void check_close(const std::vector<float>& got, const std::vector<double>& want,
 struct ThreadGuard {
   ~ThreadGuard() {
     east::kernels::set_threads(1);
+    east::kernels::reset_isa();
     east::sparse::detail::min_parallel_work() = 1 << 18;
   }
 };
@@ -136,70 +137,74 @@ TEST_CASE("sparse conv2d matches the masked dense reference", "[sparse][conv]") 
   std::uniform_int_distribution<std::size_t> dim(1, 9), ch(1, 12), bs(1, 4);
   const double densities[] = {0.5, 0.1, 0.01, 0.001, 0.0001};
   int cases = 0;
-  for (std::size_t k : {1u, 3u})
-    for (std::size_t stride : {1u, 2u})
-      for (std::size_t pad : {0u, 1u})
-        for (double d : densities) {
-          Conv2dGeometry g = Conv2dGeometry::square(bs(rng), ch(rng), std::max<std::size_t>(k, dim(rng)),
-                                                    ch(rng), k, stride, pad);
-          g.w = std::max<std::size_t>(k, dim(rng));  // non-square input
-          if (d <= 0.001) g.c_in = g.c_out = 48;     // enough weights for a few nonzeros
-          INFO("k " << k << " stride " << stride << " pad " << pad << " density " << d << " batch " << g.batch
-                    << " c_in " << g.c_in << " c_out " << g.c_out << " h " << g.h << " w " << g.w);
-          const std::size_t cols = g.c_in * k * k;
-          const BitMask mask =
-              random_mask(g.c_out, cols, k * k, d, rng, g.c_out > 1 ? 0 : 99, g.c_in > 1 ? 1 : 99);
-          auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng),
-               dy = randn(g.output_size(), rng);
-          mask.apply(w.data());
-          const CsrWeight wt = CsrWeight::from_shape(w.data(), mask,
-                                                     {static_cast<long>(g.c_out), static_cast<long>(g.c_in),
-                                                      static_cast<long>(k), static_cast<long>(k)});
-          REQUIRE(wt.nnz() == mask.count());
+  // Every ISA: the flat (stride-1 'same') kernels have AVX-512 bodies beside the portable loops.
+  for (const auto isa : east::kernels::available_isas())
+    for (std::size_t k : {1u, 3u})
+      for (std::size_t stride : {1u, 2u})
+        for (std::size_t pad : {0u, 1u})
+          for (double d : densities) {
+            east::kernels::set_isa(isa);
+            Conv2dGeometry g = Conv2dGeometry::square(bs(rng), ch(rng), std::max<std::size_t>(k, dim(rng)),
+                                                      ch(rng), k, stride, pad);
+            g.w = std::max<std::size_t>(k, dim(rng));  // non-square input
+            if (d <= 0.001) g.c_in = g.c_out = 48;     // enough weights for a few nonzeros
+            INFO("isa " << east::kernels::isa_name(isa) << " k " << k << " stride " << stride << " pad "
+                        << pad << " density " << d << " batch " << g.batch << " c_in " << g.c_in << " c_out "
+                        << g.c_out << " h " << g.h << " w " << g.w);
+            const std::size_t cols = g.c_in * k * k;
+            const BitMask mask =
+                random_mask(g.c_out, cols, k * k, d, rng, g.c_out > 1 ? 0 : 99, g.c_in > 1 ? 1 : 99);
+            auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng),
+                 dy = randn(g.output_size(), rng);
+            mask.apply(w.data());
+            const CsrWeight wt = CsrWeight::from_shape(w.data(), mask,
+                                                       {static_cast<long>(g.c_out), static_cast<long>(g.c_in),
+                                                        static_cast<long>(k), static_cast<long>(k)});
+            REQUIRE(wt.nnz() == mask.count());
 
-          std::vector<double> ref, mag;
-          std::vector<float> y(g.output_size()), y2(g.output_size(), 7.0f);
-          Dense::forward(g, x.data(), w.data(), ref, mag);
-          east::kernels::set_threads(1);
-          east::sparse::conv2d_forward(g, x.data(), wt, y.data());
-          check_close(y, ref, mag);
-          east::kernels::set_threads(2);
-          east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
-          CHECK(y == y2);
+            std::vector<double> ref, mag;
+            std::vector<float> y(g.output_size()), y2(g.output_size(), 7.0f);
+            Dense::forward(g, x.data(), w.data(), ref, mag);
+            east::kernels::set_threads(1);
+            east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+            check_close(y, ref, mag);
+            east::kernels::set_threads(2);
+            east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
+            CHECK(y == y2);
 
-          std::vector<float> dx(g.input_size(), 3.0f), dx2(g.input_size());
-          Dense::grad_input(g, dy.data(), w.data(), ref, mag);
-          east::kernels::set_threads(1);
-          east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
-          check_close(dx, ref, mag);
-          east::kernels::set_threads(2);
-          east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
-          CHECK(dx == dx2);
+            std::vector<float> dx(g.input_size(), 3.0f), dx2(g.input_size());
+            Dense::grad_input(g, dy.data(), w.data(), ref, mag);
+            east::kernels::set_threads(1);
+            east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+            check_close(dx, ref, mag);
+            east::kernels::set_threads(2);
+            east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+            CHECK(dx == dx2);
 
-          Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
-          std::vector<float> gw(wt.nnz(), 5.0f), gw2(wt.nnz());
-          east::kernels::set_threads(1);
-          east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
-          east::kernels::set_threads(2);
-          east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
-          CHECK(gw == gw2);
-          std::vector<double> ref_c(wt.nnz()), mag_c(wt.nnz());
-          for (std::size_t j = 0; j < wt.nnz(); ++j) {
-            ref_c[j] = ref[wt.position(j)];
-            mag_c[j] = mag[wt.position(j)];
+            Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+            std::vector<float> gw(wt.nnz(), 5.0f), gw2(wt.nnz());
+            east::kernels::set_threads(1);
+            east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+            east::kernels::set_threads(2);
+            east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
+            CHECK(gw == gw2);
+            std::vector<double> ref_c(wt.nnz()), mag_c(wt.nnz());
+            for (std::size_t j = 0; j < wt.nnz(); ++j) {
+              ref_c[j] = ref[wt.position(j)];
+              mag_c[j] = mag[wt.position(j)];
+            }
+            check_close(gw, ref_c, mag_c);
+
+            // Dense gradient rows (for regrowth) over every position, in two uneven blocks.
+            std::vector<float> rows(g.weight_size());
+            const std::size_t split = g.c_out / 3;
+            east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), 0, split, rows.data());
+            east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), split, g.c_out,
+                                                  rows.data() + split * cols);
+            check_close(rows, ref, mag);
+            ++cases;
           }
-          check_close(gw, ref_c, mag_c);
-
-          // Dense gradient rows (for regrowth) over every position, in two uneven blocks.
-          std::vector<float> rows(g.weight_size());
-          const std::size_t split = g.c_out / 3;
-          east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), 0, split, rows.data());
-          east::sparse::conv2d_grad_weight_rows(g, x.data(), dy.data(), split, g.c_out,
-                                                rows.data() + split * cols);
-          check_close(rows, ref, mag);
-          ++cases;
-        }
-  CHECK(cases == 40);
+  CHECK(cases == 40 * static_cast<int>(east::kernels::available_isas().size()));
 }
 
 TEST_CASE("sparse conv2d: a ResNet-shaped layer at 0.01% and an empty weight", "[sparse][conv]") {
@@ -377,48 +382,58 @@ TEST_CASE("sparse conv2d: one-run path of stride-1 'same' convs on small planes"
   ThreadGuard guard;
   east::sparse::detail::min_parallel_work() = 0;
   std::mt19937 rng(21);
-  for (auto [h, w, k] : {std::array<std::size_t, 3>{4, 4, 3},
-                         {8, 8, 3},
-                         {4, 7, 3},
-                         {1, 5, 3},
-                         {5, 1, 3},
-                         {1, 1, 3},
-                         {2, 2, 3},
-                         {4, 4, 1},
-                         {3, 6, 1}}) {
-    Conv2dGeometry g{3, 20, h, w, 18, k, k, 1, 1, k / 2, k / 2};
-    INFO("h " << h << " w " << w << " k " << k);
-    const std::size_t cols = g.c_in * k * k;
-    const BitMask mask = random_mask(g.c_out, cols, k * k, 0.2, rng, 0, 1);
-    auto wv = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
-    mask.apply(wv.data());
-    const CsrWeight wt(wv.data(), mask, g.c_out, cols, k * k);
-    std::vector<double> ref, mag;
-    std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size()), dx2(g.input_size());
-    std::vector<float> gw(wt.nnz()), gw2(wt.nnz());
-    east::kernels::set_threads(1);
-    east::sparse::conv2d_forward(g, x.data(), wt, y.data());
-    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
-    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
-    east::kernels::set_threads(2);
-    east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
-    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
-    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
-    CHECK(y == y2);
-    CHECK(dx == dx2);
-    CHECK(gw == gw2);
-    Dense::forward(g, x.data(), wv.data(), ref, mag);
-    check_close(y, ref, mag);
-    Dense::grad_input(g, dy.data(), wv.data(), ref, mag);
-    check_close(dx, ref, mag);
-    Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
-    std::vector<double> rc(wt.nnz()), mc(wt.nnz());
-    for (std::size_t j = 0; j < wt.nnz(); ++j) {
-      rc[j] = ref[wt.position(j)];
-      mc[j] = mag[wt.position(j)];
-    }
-    check_close(gw, rc, mc);
-  }
+  // Batch 3 and 21: image groups of the AVX-512 small-plane kernels (4, 8 or 16 images) with a
+  // remainder, and groups that touch the first and last image (edge loads).
+  for (const auto isa : east::kernels::available_isas())
+    for (std::size_t batch : {3u, 21u})
+      for (auto [h, w, k] : {std::array<std::size_t, 3>{4, 4, 3},
+                             {8, 8, 3},
+                             {7, 7, 3},
+                             {4, 7, 3},
+                             {6, 5, 3},
+                             {16, 16, 3},
+                             {1, 5, 3},
+                             {5, 1, 3},
+                             {1, 1, 3},
+                             {2, 2, 3},
+                             {4, 4, 1},
+                             {3, 6, 1}}) {
+        east::kernels::set_isa(isa);
+        Conv2dGeometry g{batch, 20, h, w, 18, k, k, 1, 1, k / 2, k / 2};
+        INFO("isa " << east::kernels::isa_name(isa) << " batch " << batch << " h " << h << " w " << w << " k "
+                    << k);
+        const std::size_t cols = g.c_in * k * k;
+        const BitMask mask = random_mask(g.c_out, cols, k * k, 0.2, rng, 0, 1);
+        auto wv = randn(g.weight_size(), rng), x = randn(g.input_size(), rng),
+             dy = randn(g.output_size(), rng);
+        mask.apply(wv.data());
+        const CsrWeight wt(wv.data(), mask, g.c_out, cols, k * k);
+        std::vector<double> ref, mag;
+        std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size()), dx2(g.input_size());
+        std::vector<float> gw(wt.nnz()), gw2(wt.nnz());
+        east::kernels::set_threads(1);
+        east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+        east::kernels::set_threads(2);
+        east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
+        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
+        CHECK(y == y2);
+        CHECK(dx == dx2);
+        CHECK(gw == gw2);
+        Dense::forward(g, x.data(), wv.data(), ref, mag);
+        check_close(y, ref, mag);
+        Dense::grad_input(g, dy.data(), wv.data(), ref, mag);
+        check_close(dx, ref, mag);
+        Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+        std::vector<double> rc(wt.nnz()), mc(wt.nnz());
+        for (std::size_t j = 0; j < wt.nnz(); ++j) {
+          rc[j] = ref[wt.position(j)];
+          mc[j] = mag[wt.position(j)];
+        }
+        check_close(gw, rc, mc);
+      }
 }
 
 TEST_CASE("sparse conv2d: the one-run path does not leak wrapped-edge values", "[sparse][conv]") {
@@ -443,4 +458,58 @@ TEST_CASE("sparse conv2d: the one-run path does not leak wrapped-edge values", "
   std::vector<float> dy(16, 1.0f), gw(1);
   east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
   CHECK(gw[0] == 12.0f);  // Σ over 4 rows × 3 valid columns of x(r, c − 1) = 1
+}
+
+TEST_CASE("sparse conv2d: shifted windows never pick up neighbouring planes", "[sparse][conv]") {
+  // The AVX-512 small-plane kernels load a tap's whole shifted window, which reaches into the
+  // neighbouring channel's (or image's) plane; those lanes must be masked out. Every plane but
+  // channel 1 holds NaN and every stored weight connects channel 1 to channel 1, so any leak
+  // shows up as NaN. Batches 1, 5 and 17 put channel 1 next to the ends of the arrays too.
+  ThreadGuard guard;
+  for (const auto isa : east::kernels::available_isas())
+    for (std::size_t batch : {1u, 5u, 17u})
+      for (std::size_t hw : {4u, 7u, 8u}) {
+        east::kernels::set_isa(isa);
+        INFO("isa " << east::kernels::isa_name(isa) << " batch " << batch << " hw " << hw);
+        const Conv2dGeometry g = Conv2dGeometry::square(batch, 3, hw, 3, 3, 1, 1);
+        std::vector<float> wv(g.weight_size(), 0.0f);
+        BitMask mask(g.weight_size());
+        for (std::size_t t = 0; t < 9; ++t) {  // all nine taps of (co 1, ci 1)
+          const std::size_t i = (1 * 3 + 1) * 9 + t;
+          mask.set(i);
+          wv[i] = 0.5f + static_cast<float>(t);
+        }
+        const CsrWeight wt(wv.data(), mask, 3, 27, 9);
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> x(g.input_size(), nan), dy(g.output_size(), nan);
+        const std::size_t p = hw * hw;
+        for (std::size_t n = 0; n < batch; ++n)
+          for (std::size_t i = 0; i < p; ++i) {
+            x[(n * 3 + 1) * p + i] = 1.0f;
+            dy[(n * 3 + 1) * p + i] = 1.0f;
+          }
+        std::vector<float> y(g.output_size()), dx(g.input_size()), gw(wt.nnz());
+        east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+        std::vector<double> ref, mag;
+        std::vector<float> x1(g.input_size(), 0.0f), dy1(g.output_size(), 0.0f);
+        for (std::size_t n = 0; n < batch; ++n)
+          for (std::size_t i = 0; i < p; ++i) x1[(n * 3 + 1) * p + i] = dy1[(n * 3 + 1) * p + i] = 1.0f;
+        Dense::forward(g, x1.data(), wv.data(), ref, mag);
+        for (std::size_t n = 0; n < batch; ++n)
+          for (std::size_t i = 0; i < p; ++i) {
+            const std::size_t yi = (n * 3 + 1) * p + i;
+            CHECK(y[yi] == static_cast<float>(ref[yi]));  // small integers: exact
+          }
+        Dense::grad_input(g, dy1.data(), wv.data(), ref, mag);
+        for (std::size_t n = 0; n < batch; ++n)
+          for (std::size_t c = 0; c < 3; ++c)
+            for (std::size_t i = 0; i < p; ++i) {
+              const std::size_t xi = (n * 3 + c) * p + i;
+              CHECK(dx[xi] == static_cast<float>(ref[xi]));  // channels 0 and 2: exactly 0
+            }
+        Dense::grad_weight(g, x1.data(), dy1.data(), ref, mag);
+        for (std::size_t j = 0; j < wt.nnz(); ++j) CHECK(gw[j] == static_cast<float>(ref[wt.position(j)]));
+      }
 }

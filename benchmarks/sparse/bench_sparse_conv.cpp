@@ -111,6 +111,47 @@ void register_all() {
         }
       });
     }
+    // The two halves of sparse_bwd alone, and the floor of the forward and input gradient: one
+    // write of their output (the kernels overwrite y / dx), timed in the same binary.
+    for (double d : kDensities) {
+      const std::string D = dname(d);
+      add("sparse_dx/" + L + "/" + D, [l, g, d](benchmark::State& s) {
+        east::kernels::set_threads(g_threads);
+        const auto wt = make_weight(l, d);
+        const auto dy = randn(g.output_size(), 3);
+        std::vector<float> dx(g.input_size());
+        for (auto _ : s) {
+          east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+          benchmark::DoNotOptimize(dx.data());
+        }
+      });
+      add("sparse_dw/" + L + "/" + D, [l, g, d](benchmark::State& s) {
+        east::kernels::set_threads(g_threads);
+        const auto wt = make_weight(l, d);
+        const auto x = randn(g.input_size(), 2), dy = randn(g.output_size(), 3);
+        std::vector<float> gw(wt.nnz());
+        for (auto _ : s) {
+          east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+          benchmark::DoNotOptimize(gw.data());
+        }
+      });
+    }
+    add("floor_write_y/" + L, [g](benchmark::State& s) {
+      std::vector<float> y(g.output_size(), 1.0f);
+      for (auto _ : s) {
+        std::fill(y.begin(), y.end(), 0.0f);
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+      }
+    });
+    add("floor_write_dx/" + L, [g](benchmark::State& s) {
+      std::vector<float> dx(g.input_size(), 1.0f);
+      for (auto _ : s) {
+        std::fill(dx.begin(), dx.end(), 0.0f);
+        benchmark::DoNotOptimize(dx.data());
+        benchmark::ClobberMemory();
+      }
+    });
     // Regrowth scores at a mask update (0.1% density, grow 30% of nnz): dense weight gradient of
     // the layer block by block + exact top-k over inactive positions. Compare with dense_bwd.
     add("regrow/" + L + "/0.1%", [l, g](benchmark::State& s) {

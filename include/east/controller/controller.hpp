@@ -10,7 +10,9 @@
 // Layers with a LayerStorage (compact layers) are driven through its hooks by these same calls.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -18,6 +20,7 @@
 #include "../core/random.hpp"
 #include "../init/fan_in.hpp"
 #include "../kernels/select.hpp"
+#include "../kernels/update.hpp"
 #include "../masks/bit_mask.hpp"
 #include "callbacks.hpp"
 #include "method.hpp"
@@ -47,6 +50,22 @@ struct ControllerState {
   std::vector<std::string> policy_states;  ///< one per policy of the Method, in declaration order
   std::vector<std::vector<std::uint64_t>> masks, ever_active;
 };
+
+namespace detail {
+/// One layer's decisions of an update, kept between deciding (Phase 1) and committing (Phase 2).
+struct LayerDecision {
+  std::vector<std::uint32_t> drop, grow;  ///< positions, ascending
+  kernels::U32Buffer dirty;               ///< mask words with nonzero weights at inactive positions
+  bool dirty_known = false;               ///< `dirty` is complete (the fused scan ran)
+  bool ever_missing = false;              ///< the mask has bits ever_active lacks
+  void clear() {
+    drop.clear();
+    grow.clear();
+    dirty.clear();
+    dirty_known = ever_missing = false;
+  }
+};
+}  // namespace detail
 
 template <class MethodT>
 class Controller {
@@ -165,7 +184,7 @@ class Controller {
 
     // Phase 1: decide every layer's drop and grow sets without touching any state.
     const std::size_t L = params_.size();
-    std::vector<BitMask> dropped(L), grown(L);
+    decisions_.resize(L);
     UpdateReport report;
     report.step = step;
     report.density = d;
@@ -174,72 +193,44 @@ class Controller {
       const auto& layer = params_[l];
       const auto& mask = masks_[l];
       const std::size_t n = layer.size(), c = mask.count(), t = counts[l];
-      dropped[l] = BitMask(n);
-      grown[l] = BitMask(n);
+      auto& dec = decisions_[l];
+      dec.clear();
       if (layer.role == LayerRole::sparse) {
-        std::size_t first = 0;
-        const auto bad = kernels::count_nonfinite(layer.weight, n, &first);
-        detail::require(bad == 0, where, "layer '", layer.name, "' has ", bad,
-                        " non-finite weight(s), first at index ", first, " = ", layer.weight[first],
-                        " (valid: finite values)");
         // k swaps on top of the move to t; grow candidates are positions inactive before
         // this update, so a just-dropped weight is not regrown in the same update.
         std::size_t k = static_cast<std::size_t>(std::ceil(f * static_cast<double>(std::min(c, t)) - 1e-9));
         k = std::min(k, n - std::max(c, t));
         const std::size_t n_drop = (c > t ? c - t : 0) + k, n_grow = (t > c ? t - c : 0) + k;
-        LayerContext prune_ctx{layer, l, mask, stream.derive(l).derive(1), scratch_};
-        if (n_drop > 0)
-          select_into(method_.prune.prune_scores(prune_ctx), layer, mask, n_drop, kernels::Extreme::smallest,
-                      kernels::Among::active, dropped[l]);
-        if (n_grow > 0) {
-          // A detached layer's dense gradient exists only now, one layer at a time.
-          LayerView view = layer;
-          if (layer.storage && layer.storage->detached() && detail::regrow_reads_gradient<RegrowT>::value) {
-            grad_scratch_.resize(n);
-            view.grad = layer.storage->dense_gradient(grad_scratch_.data());
-          }
-          LayerContext grow_ctx{view, l, mask, stream.derive(l).derive(2), scratch_};
-          select_into(method_.regrow.regrow_scores(grow_ctx), view, mask, n_grow, kernels::Extreme::largest,
-                      kernels::Among::inactive, grown[l]);
-        }
+        decide_layer(l, n_drop, n_grow, stream.derive(l), dec);
       }
-      report.layers.push_back(
-          LayerReport{layer.name, n, layer.uses, t, dropped[l].count(), grown[l].count(), 0});
+      report.layers.push_back(LayerReport{layer.name, n, layer.uses, t, dec.drop.size(), dec.grow.size(), 0});
     }
 
-    // Phase 2: commit.
+    // Phase 2: commit (sparse layers touch only changed mask words and the weights the scan
+    // found nonzero at inactive positions; other layers are re-masked as apply_masks() does).
     for (std::size_t l = 0; l < L; ++l) {
-      if (params_[l].role != LayerRole::sparse) continue;
-      auto& m = masks_[l];
-      auto* w = m.mutable_words();
-      const auto* dw = dropped[l].words();
-      const auto* gw = grown[l].words();
-      auto* ew = ever_active_[l].mutable_words();
-      for (std::size_t i = 0; i < m.word_count(); ++i) {
-        w[i] = (w[i] & ~dw[i]) | gw[i];
-        ew[i] |= w[i];
-      }
-      m.recount();
-      ever_active_[l].recount();
-      const auto& layer = params_[l];
-      if (grown[l].count() > 0) {
-        method_.grow_init.initialize(layer, gw);
-        for (float* s : layer.state) kernels::fill_where(s, gw, layer.size(), 0.0f);
-      }
+      if (params_[l].role == LayerRole::sparse) commit_layer(l, decisions_[l]);
     }
     for (std::size_t l = 0; l < L; ++l) {
       report.layers[l].nnz = masks_[l].count();
       report.layers[l].ever_active_fraction = ever_active_[l].density();
     }
-    apply_masks();
+    for (std::size_t l = 0; l < L; ++l)
+      if (params_[l].role == LayerRole::dense) apply_mask(l);
     sync_storage();
     grad_scratch_ = std::vector<float>();
     const double before = density_;
     density_ = d;
     last_update_step_ = step;
     ++updates_;
-    for (std::size_t l = 0; l < L; ++l)
-      if (grown[l].count() > 0) detail::notify_grown(params_[l], grown[l], callbacks...);
+    if constexpr ((detail::has_on_grown<std::remove_reference_t<Callbacks>>::value || ...)) {
+      for (std::size_t l = 0; l < L; ++l) {
+        if (decisions_[l].grow.empty()) continue;
+        BitMask grown(params_[l].size());
+        for (const auto i : decisions_[l].grow) grown.set(i);
+        detail::notify_grown(params_[l], grown, callbacks...);
+      }
+    }
     if (before != d) detail::notify_density_change(step, before, d, callbacks...);
     detail::notify_update(report, callbacks...);
     last_report_ = report;
@@ -528,6 +519,169 @@ class Controller {
     out.recount();
   }
 
+  // Phase 1 for one sparse layer: one fused scan (kernels::update_scan) checks the weights, lists
+  // the active positions (the prune candidates) and the mask words that need re-masking, and
+  // keeps the best regrow candidates; built-in criteria decide from that, others from their
+  // Scores as before. Same decisions, same errors in the same order as select_into on Scores.
+  void decide_layer(std::size_t l, std::size_t n_drop, std::size_t n_grow, const RandomStream& layer_stream,
+                    detail::LayerDecision& dec) {
+    constexpr const char* where = "east::Controller::update()";
+    const auto& layer = params_[l];
+    const auto& mask = masks_[l];
+    const std::size_t n = layer.size();
+    const LayerContext prune_ctx{layer, l, mask, layer_stream.derive(1), scratch_};
+    // A detached layer's dense gradient exists only now, one layer at a time.
+    LayerView grow_view = layer;
+    if (n_grow > 0 && layer.storage && layer.storage->detached() && detail::regrow_reads_gradient<RegrowT>::value) {
+      grad_scratch_.resize(n);
+      grow_view.grad = layer.storage->dense_gradient(grad_scratch_.data());
+    }
+    const LayerContext grow_ctx{grow_view, l, mask, layer_stream.derive(2), scratch_};
+    const bool fits = n < (std::size_t{1} << 32);
+    const detail::ScorePlan grow_plan =
+        n_grow > 0 ? detail::regrow_plan(method_.regrow, grow_ctx) : detail::ScorePlan{};
+    // A streaming top-k pays when k is a small share of the candidates (always at high sparsity).
+    const bool collect =
+        fits && grow_plan.kind != detail::ScorePlan::general && n_grow * 16 <= n - mask.count();
+    kernels::ScanPlan plan;
+    if (collect) {
+      plan.regrow = grow_plan.kind == detail::ScorePlan::magnitude ? kernels::RegrowKeys::magnitude
+                                                                   : kernels::RegrowKeys::random;
+      plan.x = grow_plan.x;
+      plan.stream = grow_ctx.stream;
+      plan.k = n_grow;
+    }
+    plan.active = mask.count();
+    if (fits) {
+      kernels::update_scan(layer.weight, mask.words(), ever_active_[l].words(), n, plan, scan_);
+    } else {  // > 2^32 weights in one tensor: the separate passes
+      scan_.weight_bad = {};
+      scan_.weight_bad.count = kernels::count_nonfinite(layer.weight, n, &scan_.weight_bad.first);
+      scan_.dirty_words.clear();
+    }
+    const auto bad = scan_.weight_bad.count;
+    const auto first = scan_.weight_bad.first;
+    detail::require(bad == 0, where, "layer '", layer.name, "' has ", bad,
+                    " non-finite weight(s), first at index ", first, " = ", layer.weight[first],
+                    " (valid: finite values)");
+    dec.ever_missing = !fits || scan_.ever_missing;
+    dec.dirty_known = fits;
+    dec.dirty.swap(scan_.dirty_words);
+
+    if (n_drop > 0) {
+      const detail::ScorePlan drop_plan = detail::prune_plan(method_.prune, prune_ctx);
+      if (fits && (drop_plan.kind == detail::ScorePlan::random ||
+                   (drop_plan.kind == detail::ScorePlan::magnitude && drop_plan.x == layer.weight))) {
+        // The keys prune_scores would give, at the active positions only (the candidates).
+        const auto& idx = scan_.active_index;
+        const auto& bits = scan_.active_bits;
+        keys_.resize(idx.size());
+        const RandomStream& s = prune_ctx.stream;
+        if (drop_plan.kind == detail::ScorePlan::random) {
+          for (std::size_t j = 0; j < idx.size(); ++j) keys_[j] = s.bits32(idx[j]);
+        } else if (drop_plan.random_zero_ties) {
+          // As magnitudes_random_zero_ties: nonzero |w| above every zero, zeros in seeded order.
+          // Without an active zero this orders exactly as |w| does, so one rule serves both cases.
+          for (std::size_t j = 0; j < idx.size(); ++j) {
+            const std::uint32_t a = bits[j] & 0x7FFFFFFFu;
+            keys_[j] = a != 0 ? (0x80000000u | a) : (s.bits32(idx[j]) >> 1);
+          }
+        } else {
+          for (std::size_t j = 0; j < idx.size(); ++j) keys_[j] = bits[j] & 0x7FFFFFFFu;
+        }
+        kernels::select_smallest(idx.data(), keys_.data(), idx.size(), n_drop, dec.drop);
+      } else {
+        BitMask out(n);
+        select_into(method_.prune.prune_scores(prune_ctx), layer, mask, n_drop, kernels::Extreme::smallest,
+                    kernels::Among::active, out);
+        out.for_each_active([&](std::size_t i) { dec.drop.push_back(static_cast<std::uint32_t>(i)); });
+      }
+    }
+
+    if (n_grow > 0) {
+      bool done = false;
+      if (collect && plan.regrow == kernels::RegrowKeys::magnitude && scan_.x_bad.count > 0) {
+        // The error the criterion's Scores would raise: from its zero-tie keys when an inactive
+        // zero made it build them, else from select_into's check of the magnitudes.
+        const auto xf = scan_.x_bad.first;
+        if (grow_plan.random_zero_ties && scan_.x_zero_candidate)
+          detail::require(false, grow_plan.who, "layer '", layer.name, "' has a non-finite score at index ",
+                          xf, " = ", grow_plan.x[xf], " (valid: finite weights and gradients)");
+        detail::require(false, where, "layer '", layer.name, "' has ", scan_.x_bad.count,
+                        " non-finite score(s), first at index ", xf, " = ", grow_plan.x[xf],
+                        " (valid: finite weights and gradients)");
+      }
+      if (collect && !scan_.incomplete) {
+        const std::uint32_t thr = kernels::select_smallest(scan_.top_index.data(), scan_.top_key.data(),
+                                                           scan_.top_count, n_grow, dec.grow);
+        // Threshold at |x| = 0: zeros are grown, in the criterion's seeded order (below).
+        done = !(plan.regrow == kernels::RegrowKeys::magnitude && grow_plan.random_zero_ties && thr == ~0u);
+        if (!done) dec.grow.clear();
+      }
+      if (!done) {
+        BitMask out(n);
+        select_into(method_.regrow.regrow_scores(grow_ctx), grow_view, mask, n_grow, kernels::Extreme::largest,
+                    kernels::Among::inactive, out);
+        out.for_each_active([&](std::size_t i) { dec.grow.push_back(static_cast<std::uint32_t>(i)); });
+      }
+    }
+  }
+
+  // Phase 2 for one sparse layer: flips the changed mask bits, initialises grown weights, zeroes
+  // their optimizer state, and re-masks: with a built-in GrowInit only dropped positions and the
+  // words the scan found holding nonzero inactive weights are touched (the result equals
+  // apply_mask over the whole layer); other GrowInits may write anywhere, so the whole layer.
+  void commit_layer(std::size_t l, const detail::LayerDecision& dec) {
+    auto& m = masks_[l];
+    auto& e = ever_active_[l];
+    const auto& layer = params_[l];
+    const std::size_t n = layer.size();
+    for (const auto i : dec.drop) m.reset(i);
+    for (const auto i : dec.grow) {
+      m.set(i);
+      e.set(i);
+    }
+    if (dec.ever_missing) {  // only after restoring a state whose masks are not inside ever_active
+      auto* ew = e.mutable_words();
+      const auto* mw = m.words();
+      for (std::size_t i = 0; i < m.word_count(); ++i) ew[i] |= mw[i];
+      e.recount();
+    }
+    float* w = layer.weight;
+    constexpr bool constant_init = detail::is_constant_grow_init<decltype(method_.grow_init)>::value;
+    if (!dec.grow.empty()) {
+      if constexpr (constant_init) {
+        const float v = detail::grow_value(method_.grow_init);
+        std::uint32_t vb;
+        std::memcpy(&vb, &v, 4);
+        for (const auto i : dec.grow)
+          if (kernels::detail::load_bits(w, i) != vb) w[i] = v;
+      } else {
+        BitMask grown(n);
+        for (const auto i : dec.grow) grown.set(i);
+        method_.grow_init.initialize(layer, grown.words());
+      }
+      for (float* s : layer.state)
+        for (const auto i : dec.grow)
+          if (kernels::detail::load_bits(s, i) != 0) s[i] = 0.0f;
+    }
+    if (constant_init && dec.dirty_known) {
+      for (const auto i : dec.drop)
+        if (kernels::detail::load_bits(w, i) != 0) w[i] = 0.0f;
+      const auto* mw = m.words();
+      for (const auto wi : dec.dirty) {
+        const std::size_t b = static_cast<std::size_t>(wi) * 64;
+        for (std::uint64_t off = ~mw[wi] & kernels::detail::valid_word(b, n); off; off &= off - 1) {
+          const std::size_t i = b + static_cast<std::size_t>(__builtin_ctzll(off));
+          if (kernels::detail::load_bits(w, i) != 0) w[i] = 0.0f;
+        }
+      }
+    } else {
+      m.apply(w);
+    }
+    for (float* s : layer.state) m.apply(s);
+  }
+
   ParameterSet params_;
   MethodT method_;
   ControllerOptions options_;
@@ -535,6 +689,9 @@ class Controller {
   std::vector<BitMask> masks_, ever_active_;
   std::vector<std::uint32_t> scratch_;
   std::vector<float> grad_scratch_;  // a detached layer's dense gradient during an update
+  std::vector<detail::LayerDecision> decisions_;  // update(): per layer, between Phase 1 and 2
+  kernels::ScanResult scan_;                      // update(): one layer's scan (buffers reused)
+  std::vector<std::uint32_t> keys_;               // update(): prune keys of the active positions
   double density_ = 1.0;
   std::int64_t last_update_step_ = -1;
   std::uint64_t updates_ = 0;

@@ -7,6 +7,7 @@
 //   GrowInit:        void initialize(const LayerView&, const std::uint64_t* grown_bits) const;
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "scores.hpp"
@@ -114,6 +115,41 @@ struct MomentumRegrow {
   }
 };
 
+namespace detail {
+/// How the controller's fused update (kernels/update.hpp) can reach a built-in criterion's exact
+/// decisions without materialising its Scores: rank |x| (with or without the seeded random order
+/// of exact zeros) or the criterion's random keys. Any other criterion, including one derived
+/// from a built-in, gets `general`: its Scores are used as they are.
+struct ScorePlan {
+  enum Kind { general, magnitude, random } kind = general;
+  const float* x = nullptr;
+  bool random_zero_ties = true;
+  const char* who = "";
+};
+template <class Criterion>
+ScorePlan prune_plan(const Criterion&, const LayerContext&) {
+  return {};
+}
+inline ScorePlan prune_plan(const MagnitudePrune& c, const LayerContext& ctx) {
+  return {ScorePlan::magnitude, ctx.layer.weight, c.random_zero_ties, "east::MagnitudePrune"};
+}
+inline ScorePlan prune_plan(const RandomPrune&, const LayerContext&) { return {ScorePlan::random}; }
+template <class Criterion>
+ScorePlan regrow_plan(const Criterion&, const LayerContext&) {
+  return {};
+}
+// A missing buffer gives `general`, so the criterion itself raises its error at the usual point.
+inline ScorePlan regrow_plan(const GradientRegrow& c, const LayerContext& ctx) {
+  if (ctx.layer.grad == nullptr) return {};
+  return {ScorePlan::magnitude, ctx.layer.grad, c.random_zero_ties, "east::GradientRegrow"};
+}
+inline ScorePlan regrow_plan(const MomentumRegrow& c, const LayerContext& ctx) {
+  if (ctx.index >= c.momentum.size() || c.momentum[ctx.index].size() != ctx.layer.size()) return {};
+  return {ScorePlan::magnitude, c.momentum[ctx.index].data(), true, "east::MomentumRegrow"};
+}
+inline ScorePlan regrow_plan(const RandomRegrow&, const LayerContext&) { return {ScorePlan::random}; }
+}  // namespace detail
+
 /// Grown weights start at zero (RigL, SET, EAST).
 struct ZeroInit {
   void initialize(const LayerView& layer, const std::uint64_t* grown) const {
@@ -129,5 +165,18 @@ struct ConstantInit {
     kernels::fill_where(layer.weight, grown, layer.size(), value);
   }
 };
+
+namespace detail {
+/// Built-in GrowInits write one value at the grown positions: the fused commit writes it there
+/// directly. Any other GrowInit's initialize() is called with the grown bits, as documented.
+template <class Init>
+struct is_constant_grow_init : std::false_type {};
+template <>
+struct is_constant_grow_init<ZeroInit> : std::true_type {};
+template <>
+struct is_constant_grow_init<ConstantInit> : std::true_type {};
+inline float grow_value(const ZeroInit&) { return 0.0f; }
+inline float grow_value(const ConstantInit& c) { return c.value; }
+}  // namespace detail
 
 }  // namespace east

@@ -17,6 +17,7 @@
 #include "../config.hpp"
 #include "../core/error.hpp"
 #include "csr.hpp"
+#include "detail/conv_simd.hpp"
 #include "detail/parallel.hpp"
 
 namespace east::sparse {
@@ -63,6 +64,10 @@ namespace detail {
 
 /// Channels per work item of the forward and input-gradient passes.
 inline constexpr std::size_t kChannelBlock = 16;
+/// Images per work item of the small-plane (≤ 64 outputs) forward and input-gradient passes: one
+/// register group (16 / windows per plane). Items walk the channel blocks of one group before
+/// the next group, so the group's inputs (C_in planes per image) stay in L2 across blocks.
+inline std::size_t small_images(int nw) { return nw == 1 ? 16 : (nw == 2 ? 8 : 4); }
 
 /// Output positions o in [lo, hi) whose input position o·stride − pad + k lies in [0, in).
 struct Span {
@@ -149,8 +154,10 @@ inline float tap_dot(const Conv2dGeometry& g, const ConvSpans& sp, const float* 
 /// or right edge) are masked out by a select, not a multiply, so non-finite inputs there cannot leak.
 struct FlatRuns {
   bool ok = false;
-  std::vector<float> masks;  // kw masks of out_h·out_w: 1 where the column is valid for tap column s
-  explicit FlatRuns(const Conv2dGeometry& g, const ConvSpans& sp) {
+  // kw masks of out_h·out_w: 1 where the column is valid for tap column s. Kept per thread and
+  // reused across calls (a fresh allocation per call cost as much as a small layer's work).
+  std::vector<float>& masks;
+  explicit FlatRuns(const Conv2dGeometry& g, const ConvSpans& sp) : masks(buffer()) {
     ok = g.stride_h == 1 && g.stride_w == 1 && g.out_w() == g.w;
     if (!ok) return;
     const std::size_t wo = g.out_w(), hwo = g.out_h() * wo;
@@ -167,6 +174,10 @@ struct FlatRuns {
     std::size_t o0, n, in0;
     const float* mask;  // nullptr: every column valid
   };
+  static std::vector<float>& buffer() {
+    thread_local std::vector<float> m;
+    return m;
+  }
   Run run(const Conv2dGeometry& g, const ConvSpans& sp, std::size_t r, std::size_t s) const {
     const Span sh = sp.rows[r], sw = sp.cols[s];
     const std::size_t wo = g.out_w(), o0 = sh.lo * wo + sw.lo, o1 = (sh.hi - 1) * wo + sw.hi;
@@ -183,9 +194,12 @@ struct FlatTap {
   std::size_t o0, n;  // first output position of the run and its length (0: the tap is never valid)
   const float* mask;  // column mask or nullptr
 };
-inline std::vector<FlatTap> flat_taps(const Conv2dGeometry& g, const ConvSpans& sp, const FlatRuns& fr,
-                                      const CsrWeight& wt) {
-  std::vector<FlatTap> taps(wt.nnz());
+inline const std::vector<FlatTap>& flat_taps(const Conv2dGeometry& g, const ConvSpans& sp, const FlatRuns& fr,
+                                             const CsrWeight& wt) {
+  thread_local std::vector<FlatTap> taps;  // reused across calls, like FlatRuns::masks
+  taps.clear();
+  if (!fr.ok) return taps;
+  taps.resize(wt.nnz());
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w;
   const std::uint32_t* col = wt.col();
   for (std::size_t j = 0; j < taps.size(); ++j) {
@@ -199,6 +213,142 @@ inline std::vector<FlatTap> flat_taps(const Conv2dGeometry& g, const ConvSpans& 
   }
   return taps;
 }
+
+/// Flat layers whose output plane has at most 64 positions (8×8, 4×4, 7×7): per kernel tap (r, s)
+/// the 64-bit set of output positions it reaches (mo) and of the input positions it reads (mi),
+/// its constant input shift, and per stored weight the shift including its input channel. The
+/// AVX-512 kernels then keep a whole plane in registers (detail/conv_simd.hpp).
+struct FlatSmall {
+  bool ok = false;
+  int nw = 0;  // 16-float windows per plane
+  std::vector<std::uint64_t>& mo;
+  std::vector<std::uint64_t>& mi;
+  std::vector<std::ptrdiff_t>& d;      // per (r, s)
+  std::vector<std::ptrdiff_t>& shift;  // per stored weight: ci·H·W + d
+  std::vector<std::uint16_t>& rs;      // per stored weight
+  FlatSmall(const Conv2dGeometry& g, const ConvSpans& sp, const FlatRuns& fr, const CsrWeight& wt, bool simd)
+      : mo(buf<std::uint64_t, 0>()),
+        mi(buf<std::uint64_t, 1>()),
+        d(buf<std::ptrdiff_t, 2>()),
+        shift(buf<std::ptrdiff_t, 3>()),
+        rs(buf<std::uint16_t, 4>()) {
+    const std::size_t wo = g.out_w(), hwo = g.out_h() * wo, khw = g.kh * g.kw, hw = g.h * g.w;
+    ok = simd && fr.ok && hwo <= 64 && khw <= 65535;
+    if (!ok) return;
+    nw = static_cast<int>((hwo + 15) / 16);
+    mo.assign(khw, 0);
+    mi.assign(khw, 0);
+    d.assign(khw, 0);
+    for (std::size_t r = 0; r < g.kh; ++r)
+      for (std::size_t s = 0; s < g.kw; ++s) {
+        const std::size_t t = r * g.kw + s;
+        d[t] = (static_cast<std::ptrdiff_t>(r) - static_cast<std::ptrdiff_t>(g.pad_h)) *
+                   static_cast<std::ptrdiff_t>(g.w) +
+               (static_cast<std::ptrdiff_t>(s) - static_cast<std::ptrdiff_t>(g.pad_w));
+        for (std::size_t p = 0; p < hwo; ++p) {
+          const std::size_t oh = p / wo, ow = p - oh * wo;
+          if (oh < sp.rows[r].lo || oh >= sp.rows[r].hi || ow < sp.cols[s].lo || ow >= sp.cols[s].hi)
+            continue;
+          mo[t] |= std::uint64_t{1} << p;
+          mi[t] |= std::uint64_t{1} << static_cast<std::size_t>(static_cast<std::ptrdiff_t>(p) + d[t]);
+        }
+      }
+    const std::size_t nnz = wt.nnz();
+    shift.resize(nnz);
+    rs.resize(nnz);
+    const std::uint32_t* col = wt.col();
+    for (std::size_t j = 0; j < nnz; ++j) {
+      const std::size_t c = col[j], ci = c / khw, t = c - ci * khw;
+      rs[j] = static_cast<std::uint16_t>(t);
+      shift[j] = static_cast<std::ptrdiff_t>(ci * hw) + d[t];
+    }
+  }
+  template <class T, int Id>
+  static std::vector<T>& buf() {
+    thread_local std::vector<T> v;  // reused across calls
+    return v;
+  }
+};
+
+/// Whether the flat kernels take their AVX-512 bodies (detail/conv_simd.hpp).
+inline bool flat_avx512() {
+#if defined(EAST_KERNELS_X86)
+  return ::east::kernels::active_isa() == ::east::kernels::Isa::avx512;
+#else
+  return false;
+#endif
+}
+
+#if defined(EAST_KERNELS_X86)
+// The small-plane kernels over images [n0, n1) of one channel: groups of small_group<NW>()
+// images, then single images; groups touching image 0 or batch − 1 load only needed lanes.
+template <int NW>
+void small_forward_images(std::size_t n0, std::size_t n1, std::size_t batch, const float* x, std::size_t xs,
+                          const float* val, const std::ptrdiff_t* shift, const std::uint16_t* rs,
+                          const std::uint64_t* mo, std::uint32_t jb, std::uint32_t je, float b, float* y,
+                          std::size_t ys, std::size_t hwo) {
+  constexpr int G = avx512::small_group<NW>();
+  std::size_t n = n0;
+  for (; n + G <= n1; n += G) {
+    const bool edge = n == 0 || n + G == batch;
+    if (edge)
+      avx512::small_forward<NW, G, true>(x + n * xs, xs, val, shift, rs, mo, jb, je, b, y + n * ys, ys, hwo);
+    else
+      avx512::small_forward<NW, G, false>(x + n * xs, xs, val, shift, rs, mo, jb, je, b, y + n * ys, ys, hwo);
+  }
+  for (; n < n1; ++n)
+    avx512::small_forward<NW, 1, true>(x + n * xs, xs, val, shift, rs, mo, jb, je, b, y + n * ys, ys, hwo);
+}
+template <int NW>
+void small_grad_input_images(std::size_t n0, std::size_t n1, std::size_t batch, const float* dy,
+                             std::size_t dys, std::size_t hwo, const std::uint32_t* tpos,
+                             const std::uint32_t* trow, const float* val, const std::uint16_t* rs,
+                             const std::ptrdiff_t* d, const std::uint64_t* mi, std::uint32_t tb,
+                             std::uint32_t te, float* dx, std::size_t dxs, std::size_t hw) {
+  constexpr int G = avx512::small_group<NW>();
+  std::size_t n = n0;
+  for (; n + G <= n1; n += G) {
+    const bool edge = n == 0 || n + G == batch;
+    if (edge)
+      avx512::small_grad_input<NW, G, true>(dy + n * dys, dys, hwo, tpos, trow, val, rs, d, mi, tb, te,
+                                            dx + n * dxs, dxs, hw);
+    else
+      avx512::small_grad_input<NW, G, false>(dy + n * dys, dys, hwo, tpos, trow, val, rs, d, mi, tb, te,
+                                             dx + n * dxs, dxs, hw);
+  }
+  for (; n < n1; ++n)
+    avx512::small_grad_input<NW, 1, true>(dy + n * dys, dys, hwo, tpos, trow, val, rs, d, mi, tb, te,
+                                          dx + n * dxs, dxs, hw);
+}
+#define EAST_SMALL_NW(nw, CALL) \
+  switch (nw) {                 \
+    case 1:                     \
+      CALL(1);                  \
+      break;                    \
+    case 2:                     \
+      CALL(2);                  \
+      break;                    \
+    case 3:                     \
+      CALL(3);                  \
+      break;                    \
+    default:                    \
+      CALL(4);                  \
+      break;                    \
+  }
+inline float small_dot_runs_any(int nw, const float* d, std::size_t d_stride, const float* x,
+                                std::size_t x_stride, std::size_t batch, std::uint64_t mo) {
+  switch (nw) {
+    case 1:
+      return avx512::small_dot_runs<1>(d, d_stride, x, x_stride, batch, mo);
+    case 2:
+      return avx512::small_dot_runs<2>(d, d_stride, x, x_stride, batch, mo);
+    case 3:
+      return avx512::small_dot_runs<3>(d, d_stride, x, x_stride, batch, mo);
+    default:
+      return avx512::small_dot_runs<4>(d, d_stride, x, x_stride, batch, mo);
+  }
+}
+#endif
 
 // dst[i] += v · src[i] where mask[i] is set (every i when mask is null).
 EAST_ALWAYS_INLINE void axpy_run(float v, const float* EAST_RESTRICT src, const float* EAST_RESTRICT mask,
@@ -241,8 +391,9 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
   g.check_weight(wt, "east::sparse::conv2d_forward()");
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
-  const std::vector<detail::FlatTap> taps =
-      fr.ok ? detail::flat_taps(g, sp, fr, wt) : std::vector<detail::FlatTap>{};
+  const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
+  const bool simd = fr.ok && detail::flat_avx512();
+  const detail::FlatSmall small(g, sp, fr, wt, simd);
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, ho = g.out_h(), wo = g.out_w(), hwo = ho * wo;
   const std::uint32_t* rp = wt.row_ptr();
   const std::uint32_t* col = wt.col();
@@ -251,6 +402,24 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
   // One item = one image × a block of output channels: enough items for threads at batch 1,
   // and per-item overhead (index arithmetic, scheduling) paid once per block, not per plane.
   const std::size_t blocks = (g.c_out + detail::kChannelBlock - 1) / detail::kChannelBlock;
+#if defined(EAST_KERNELS_X86)
+  if (small.ok) {  // planes in registers; an item is one group of images (one decode per tap)
+    const std::size_t nb = detail::small_images(small.nw), chunks = (g.batch + nb - 1) / nb;
+    detail::parallel_for(chunks * blocks, work, [&](std::size_t item) {
+      const std::size_t n0 = (item / blocks) * nb, c0 = (item % blocks) * detail::kChannelBlock;
+      const std::size_t n1 = std::min(g.batch, n0 + nb), c1 = std::min(g.c_out, c0 + detail::kChannelBlock);
+      for (std::size_t co = c0; co < c1; ++co) {
+#define EAST_CALL(NW)                                                                        \
+  detail::small_forward_images<NW>(n0, n1, g.batch, x, g.c_in * hw, val, small.shift.data(), \
+                                   small.rs.data(), small.mo.data(), rp[co], rp[co + 1],     \
+                                   bias ? bias[co] : 0.0f, y + co * hwo, g.c_out * hwo, hwo)
+        EAST_SMALL_NW(small.nw, EAST_CALL)
+#undef EAST_CALL
+      }
+    });
+    return;
+  }
+#endif
   detail::parallel_for(g.batch * blocks, work, [&](std::size_t item) {
     const std::size_t n = item / blocks, c0 = (item % blocks) * detail::kChannelBlock;
     const std::size_t c1 = std::min(g.c_out, c0 + detail::kChannelBlock);
@@ -286,8 +455,9 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
   g.check_weight(wt, "east::sparse::conv2d_grad_input()");
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
-  const std::vector<detail::FlatTap> taps =
-      fr.ok ? detail::flat_taps(g, sp, fr, wt) : std::vector<detail::FlatTap>{};
+  const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
+  const bool simd = fr.ok && detail::flat_avx512();
+  const detail::FlatSmall small(g, sp, fr, wt, simd);
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, wo = g.out_w(), hwo = g.out_h() * wo;
   const std::uint32_t* gp = wt.group_ptr();
   const std::uint32_t* trow = wt.t_row();
@@ -296,6 +466,24 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
   const float* val = wt.values();
   const double work = static_cast<double>(wt.nnz()) * g.batch * hwo + static_cast<double>(g.input_size());
   const std::size_t blocks = (g.c_in + detail::kChannelBlock - 1) / detail::kChannelBlock;
+#if defined(EAST_KERNELS_X86)
+  if (small.ok) {  // as the forward: planes in registers, an item is one group of images
+    const std::size_t nb = detail::small_images(small.nw), chunks = (g.batch + nb - 1) / nb;
+    detail::parallel_for(chunks * blocks, work, [&](std::size_t item) {
+      const std::size_t n0 = (item / blocks) * nb, c0 = (item % blocks) * detail::kChannelBlock;
+      const std::size_t n1 = std::min(g.batch, n0 + nb), c1 = std::min(g.c_in, c0 + detail::kChannelBlock);
+      for (std::size_t ci = c0; ci < c1; ++ci) {
+#define EAST_CALL(NW)                                                                                       \
+  detail::small_grad_input_images<NW>(n0, n1, g.batch, dy, g.c_out * hwo, hwo, tpos, trow, val,             \
+                                      small.rs.data(), small.d.data(), small.mi.data(), gp[ci], gp[ci + 1], \
+                                      dx + ci * hw, g.c_in * hw, hw)
+        EAST_SMALL_NW(small.nw, EAST_CALL)
+#undef EAST_CALL
+      }
+    });
+    return;
+  }
+#endif
   detail::parallel_for(g.batch * blocks, work, [&](std::size_t item) {
     const std::size_t n = item / blocks, c0 = (item % blocks) * detail::kChannelBlock;
     const std::size_t c1 = std::min(g.c_in, c0 + detail::kChannelBlock);
@@ -334,14 +522,46 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
   g.check_weight(wt, "east::sparse::conv2d_grad_weight()");
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
-  const std::vector<detail::FlatTap> taps =
-      fr.ok ? detail::flat_taps(g, sp, fr, wt) : std::vector<detail::FlatTap>{};
+  const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
+  const bool simd = fr.ok && detail::flat_avx512();
+  const detail::FlatSmall small(g, sp, fr, wt, simd);
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, hwo = g.out_h() * g.out_w();
   const std::uint32_t* rp = wt.row_ptr();
   const std::uint32_t* col = wt.col();
   const double work = static_cast<double>(wt.nnz()) * g.batch * hwo;
   detail::parallel_for(g.c_out, work, [&](std::size_t co) {
     const std::uint32_t b = rp[co], e = rp[co + 1];
+#if defined(EAST_KERNELS_X86)
+    if (simd) {
+      // Images innermost: one sum per stored weight over the whole batch. A row with several
+      // weights first copies its output-gradient planes together: read in place they lie
+      // C_out·H·W floats apart, a power of two that maps them all to a few cache sets.
+      if (b == e) return;
+      const float* d = dy + co * hwo;
+      std::size_t d_stride = g.c_out * hwo;
+      if (e - b >= 2 && g.batch > 1) {
+        thread_local std::vector<float> local;
+        local.resize(g.batch * hwo + 16);  // + 16: windows past the last plane's end are read
+        for (std::size_t n = 0; n < g.batch; ++n)
+          std::copy_n(dy + (n * g.c_out + co) * hwo, hwo, local.data() + n * hwo);
+        d = local.data();
+        d_stride = hwo;
+      }
+      if (small.ok) {
+        for (std::uint32_t j = b; j < e; ++j)
+          gw[j] = detail::small_dot_runs_any(small.nw, d, d_stride, x + small.shift[j], g.c_in * hw, g.batch,
+                                             small.mo[small.rs[j]]);
+        return;
+      }
+      for (std::uint32_t j = b; j < e; ++j) {
+        const detail::FlatTap& t = taps[j];
+        gw[j] =
+            t.n ? detail::avx512::dot_runs(d + t.o0, d_stride, x + t.x_off, g.c_in * hw, g.batch, t.mask, t.n)
+                : 0.0f;
+      }
+      return;
+    }
+#endif
     std::fill(gw + b, gw + e, 0.0f);
     for (std::size_t n = 0; n < g.batch; ++n) {
       const float* dyp = dy + (n * g.c_out + co) * hwo;

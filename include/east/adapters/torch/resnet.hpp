@@ -185,7 +185,7 @@ class ResNetImpl : public torch::nn::Module {
       }
       stages.push_back(register_module("layer" + std::to_string(s + 1), stage));
     }
-    fc = register_module("fc", torch::nn::Linear(torch::nn::LinearOptions(in, o.num_classes).bias(false)));
+    fc = register_module("fc", Linear(torch::nn::LinearOptions(in, o.num_classes).bias(false)));
   }
 
   torch::Tensor forward(torch::Tensor x) {
@@ -202,7 +202,7 @@ class ResNetImpl : public torch::nn::Module {
   BatchNormReLU2d stem_bn{nullptr};
   DyReLUB stem_act{nullptr};
   std::vector<torch::nn::Sequential> stages;
-  torch::nn::Linear fc{nullptr};
+  Linear fc{nullptr};
 
  private:
   ResNetOptions options_;
