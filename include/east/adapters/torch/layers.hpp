@@ -86,6 +86,7 @@ class TorchLayer : public sparse::CompactLayer {
         if (!dense_capture_.defined()) dense_capture_ = torch::zeros_like(weight_t_);
         dense_capture_.add_(g);
       }
+      if (mask_.count() == mask_.size()) return g;  // a dense layer: nothing to mask
       auto masked = g.contiguous().clone();
       mask_.apply(masked.data_ptr<float>());
       return masked;
