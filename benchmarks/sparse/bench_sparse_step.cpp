@@ -10,6 +10,7 @@
 // 1×28×28) the same way instead.
 //   east_bench_sparse_step [--model=resnet|mnist-cnn] [--batch=64] [--threads=2] [--steps=3] [--depth=34]
 //                          [--width=1] [--hw=32] [--densities=0.01,0.001,0.0005,0.0001] [--no-dense] [--no-update]
+//                          [--default-malloc]   (without east::keep_freed_memory_for_reuse(), which the trainer calls)
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <east/adapters/torch.hpp>
+#include <east/platform.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -36,6 +38,7 @@ struct Config {
   double width = 1.0;
   std::vector<double> densities{0.01, 0.001, 0.0005, 0.0001};
   bool dense = true, update = true;
+  bool tune_malloc = true;  // east::keep_freed_memory_for_reuse(), as the trainer does
 };
 
 struct Run {
@@ -67,9 +70,14 @@ Run time_run(const Config& cfg, double density, bool compact_path) {
   model.train();
   torch::optim::SGD opt(model.parameters(),
                         torch::optim::SGDOptions(0.01).momentum(0.9).nesterov(true).weight_decay(5e-4));
+  if (density <= 0) {  // the floor: one weight per layer (the minimum the allocation allows)
+    std::size_t n = 0, layers = 0;
+    for (const auto& r : ta::prunable_parameters(model)) n += static_cast<std::size_t>(r.weight.numel()), ++layers;
+    density = static_cast<double>(layers) / static_cast<double>(n);
+  }
   auto method = east::presets::rigl(density);
-  // One update after `steps` + 1 ordinary steps: ΔT = steps + 2, nothing else updates.
-  method.update_interval = cfg.steps + 2;
+  // The warm-up step and `steps` timed steps are ordinary; the next one (step steps + 1) updates.
+  method.update_interval = cfg.steps + 1;
   method.update_end = 1.0;
   ta::SparsifierOptions so;
   so.log = nullptr;
@@ -140,11 +148,12 @@ int main(int argc, char** argv) {
       std::stringstream ss(v);
       for (std::string d; std::getline(ss, d, ',');) cfg.densities.push_back(std::stod(d));
     } else if (a == "--no-dense") cfg.dense = false;
+    else if (a == "--default-malloc") cfg.tune_malloc = false;
     else if (a == "--no-update") cfg.update = false;
     else {
       std::fprintf(stderr,
                    "usage: east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--depth=34] [--width=1] "
-                   "[--hw=32] [--densities=0.01,0.001,...] [--no-dense] [--no-update]\n");
+                   "[--hw=32] [--densities=0.01,0.001,...] [--no-dense] [--no-update] [--default-malloc]\n");
       return 2;
     }
   }
@@ -158,6 +167,7 @@ int main(int argc, char** argv) {
   }
   torch::set_num_threads(cfg.threads);
   east::kernels::set_threads(cfg.threads);
+  if (cfg.tune_malloc) east::keep_freed_memory_for_reuse();
   std::printf("uptime before: %s\n", uptime().c_str());
   if (cfg.model == "mnist-cnn")
     std::printf("examples/custom_model's CNN (libtorch's MNIST network, no BatchNorm), batch %ld, 1x28x28, ",
@@ -166,23 +176,31 @@ int main(int argc, char** argv) {
     std::printf("public ResNet-%d width %g, batch %ld, 3x%ldx%ld, ", cfg.depth, cfg.width, cfg.batch, cfg.hw,
                 cfg.hw);
   std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of %d steps after one "
-              "warm-up\n",
-              cfg.threads, cfg.steps);
+              "warm-up; %s\n",
+              cfg.threads, cfg.steps, cfg.tune_malloc ? "freed memory kept for reuse" : "glibc's default malloc");
   // The floor: the same path with one weight per layer (everything but the nonzero work).
-  const Run floor = time_run(cfg, 1e-9, true);
-  std::printf("floor (one weight per layer, %zu nonzeros): step %.3f s\n", floor.nonzeros, floor.step);
-  std::printf("\n| density | masked dense s | east s | dense ÷ east | east ÷ floor | update step: dense s | east s "
+  const Run floor = time_run(cfg, 0.0, true);
+  std::printf("floor (one weight per layer, %zu nonzeros): step %.2f ms\n", floor.nonzeros, 1e3 * floor.step);
+  std::printf("\n| density | masked dense ms | east ms | dense ÷ east | east ÷ floor | update step: dense ms | east ms "
               "| compact layers | weights+state MB dense / east |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const double d : cfg.densities) {
     const Run e = time_run(cfg, d, true);
     Run m;
     if (cfg.dense) m = time_run(cfg, d, false);
-    std::printf("| %g | %s | %.3f | %s | %.1f | %s | %s | %zu of %zu | %s / %.1f |\n", d,
-                cfg.dense ? std::to_string(m.step).substr(0, 5).c_str() : "-", e.step,
-                cfg.dense ? (std::to_string(m.step / e.step).substr(0, 4) + "x").c_str() : "-", e.step / floor.step,
-                cfg.update && cfg.dense ? std::to_string(m.update_step).substr(0, 5).c_str() : "-",
-                cfg.update ? std::to_string(e.update_step).substr(0, 5).c_str() : "-", e.compact, e.layers,
-                cfg.dense ? std::to_string(m.state_bytes / 1e6).substr(0, 5).c_str() : "-", e.state_bytes / 1e6);
+    auto ms = [](double s) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%.2f", 1e3 * s);
+      return std::string(b);
+    };
+    char ratio[32] = "-", mb[32] = "-";
+    if (cfg.dense) {
+      std::snprintf(ratio, sizeof ratio, "%.2fx", m.step / e.step);
+      std::snprintf(mb, sizeof mb, "%.2f", m.state_bytes / 1e6);
+    }
+    std::printf("| %g | %s | %s | %s | %.2f | %s | %s | %zu of %zu | %s / %.2f |\n", d,
+                cfg.dense ? ms(m.step).c_str() : "-", ms(e.step).c_str(), ratio, e.step / floor.step,
+                cfg.update && cfg.dense ? ms(m.update_step).c_str() : "-", cfg.update ? ms(e.update_step).c_str() : "-",
+                e.compact, e.layers, mb, e.state_bytes / 1e6);
     std::fflush(stdout);
   }
   std::printf("\nuptime after: %s\n", uptime().c_str());

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <east/activations/phase_schedule.hpp>
 #include <east/adapters/torch.hpp>
+#include <east/platform.hpp>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -402,6 +403,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   const auto t0 = std::chrono::steady_clock::now();
   torch::set_num_threads(c.threads);
   east::kernels::set_threads(c.threads);
+  east::keep_freed_memory_for_reuse();  // no page faults on every step's fresh activations
   torch::manual_seed(c.seed);
   const Dataset data = load_dataset(c.dataset, c.data_dir);
   const Prepared p = prepare(data, c);
