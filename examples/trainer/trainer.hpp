@@ -4,6 +4,7 @@
 // a fraction of training (EAST-SPEC §6). Used by main.cpp and by tests/test_torch_trainer.cpp.
 #include <torch/torch.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -373,12 +374,14 @@ namespace ed = east::distributed;
 /// Every setting ranks must share, by flag name (start-up check; not --rank, --threads, paths
 /// or logging). The data itself is compared separately, by digest.
 inline ed::Settings dist_settings(const Config& c) {
-  std::ostringstream o;
-  o.precision(17);
-  auto str = [&](const auto& v) {
-    o.str("");
-    o << v;
-    return o.str();
+  auto str = [](const auto& v) -> std::string {
+    if constexpr (std::is_same_v<std::decay_t<decltype(v)>, bool>) {
+      return v ? "yes" : "no";
+    } else {
+      char b[64];
+      const auto e = std::to_chars(b, b + sizeof b, v);  // shortest text that reads back the same
+      return std::string(b, e.ptr);
+    }
   };
   return {{"--dataset", c.dataset},
           {"--method", c.method},
@@ -859,7 +862,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       loss_sum += lv;
       ++loss_n;
       last_loss = lv;
-      if (!c.quiet && ((b + 1) % log_every == 0 || b + 1 == spe)) {
+      if (talk && ((b + 1) % log_every == 0 || b + 1 == spe)) {
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_t0).count();
         const double rate = static_cast<double>((b + 1) * c.batch) / std::max(secs, 1e-9);
