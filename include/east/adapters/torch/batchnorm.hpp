@@ -270,13 +270,12 @@ inline std::size_t running_statistics_size(torch::nn::Module& module) {
 /// (running_statistics_size() floats per batch). Every module must have recorded `batches`.
 inline std::vector<float> take_running_statistics(torch::nn::Module& module, std::size_t batches) {
   const auto bns = batchnorms_with_running_stats(module);
-  std::vector<std::vector<float>> per(bns.size());
-  for (std::size_t i = 0; i < bns.size(); ++i) {
+  for (std::size_t i = 0; i < bns.size(); ++i)  // checked before anything is taken
     ::east::detail::require(bns[i]->recorded_batches() == batches, "east::torch_adapter::take_running_statistics()",
                             "BatchNorm ", i, " recorded ", bns[i]->recorded_batches(), " batches (valid: ", batches,
                             ", one per training forward; is deferral on and every module used once per forward?)");
-    bns[i]->take_recorded_statistics(per[i]);
-  }
+  std::vector<std::vector<float>> per(bns.size());
+  for (std::size_t i = 0; i < bns.size(); ++i) bns[i]->take_recorded_statistics(per[i]);
   std::vector<float> out;
   out.reserve(batches * running_statistics_size(module));
   for (std::size_t k = 0; k < batches; ++k)
