@@ -68,7 +68,7 @@ TEST_CASE("compact Conv2d forward and gradients equal torch's conv2d with the ma
     y2.backward(dy);
     CHECK(rel_diff(x1.grad(), x2.grad()) < 1e-5);
     // The compact gradient is the dense one at the active positions.
-    const auto& v = conv->named_parameters(false)["compact_values"];
+    const auto v = conv->named_parameters(false)["compact_values"];  // a copy: the dict is a temporary
     auto gd = torch::zeros({wm.numel()});
     auto gv = v.grad().contiguous();
     mask.for_each_active([&, j = 0L](std::size_t i) mutable { gd[static_cast<long>(i)] = gv[j++]; });

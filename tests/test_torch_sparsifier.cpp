@@ -98,7 +98,7 @@ TEST_CASE("compact layers train like masked dense ones with the user's SGD", "[s
   CHECK(counted_nonzeros(*dense) == sd.nonzeros());
   CHECK(counted_nonzeros(*compact) == sc.nonzeros());
   // Optimizer state lives on the nnz compact values: momentum equals the dense one there.
-  const auto& cv = compact->fc1->named_parameters(false)["compact_values"];
+  const auto cv = compact->fc1->named_parameters(false)["compact_values"];
   REQUIRE(cv.numel() == static_cast<long>(sc.controller().mask("fc1.weight").count()));
   auto& st = static_cast<torch::optim::SGDParamState&>(*oc.state().at(ta::detail::state_key(cv)));
   auto& dst = static_cast<torch::optim::SGDParamState&>(
@@ -135,7 +135,7 @@ TEST_CASE("Adam's state is carried through mask updates on compact weights", "[s
   for (const char* n : {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"})
     CHECK(max_diff(*dense, *compact, n) < 1e-4);
   // exp_avg at the active positions, scattered back, equals the dense layer's.
-  const auto& cv = compact->conv2->named_parameters(false)["compact_values"];
+  const auto cv = compact->conv2->named_parameters(false)["compact_values"];
   auto& cs = static_cast<torch::optim::AdamParamState&>(*oc.state().at(ta::detail::state_key(cv)));
   auto& ds = static_cast<torch::optim::AdamParamState&>(*od.state().at(ta::detail::state_key(dense->conv2->weight)));
   CHECK(cs.step() == ds.step());

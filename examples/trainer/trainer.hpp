@@ -714,7 +714,14 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   double elapsed_before = 0;
   const std::string ckpt = c.out_dir.empty() ? "" : c.out_dir + "/checkpoint.east";
   if (c.resume && file_exists(ckpt)) {
-    const std::string blob = sparsity.load(ckpt);
+    std::string blob;
+    try {
+      blob = sparsity.load(ckpt);
+    } catch (const east::InvalidArgument& e) {  // the Sparsifier's own fingerprint (method, length, seed, …)
+      throw east::InvalidArgument("east-trainer: --resume: the checkpoint '" + ckpt +
+                                  "' was written by a run with other settings (" + e.what() +
+                                  "); use another --out or drop --resume");
+    }
     ta::StateReader rd(blob);
     const auto fp = rd.get_string("fingerprint");
     if (fp != fingerprint(c))
