@@ -83,20 +83,24 @@ TEST_CASE("deferred BatchNorm statistics: same output, buffers untouched until a
   avg->apply_running_statistics(s2.data() + 6);
   for (int c = 0; c < 3; ++c) {
     const double m1 = static_cast<float>(s2[c]);  // 1/1: the first batch's
-    CHECK(avg->running_mean[c].item<float>() == static_cast<float>(0.5 * m1 + 0.5 * static_cast<double>(s2[6 + c])));
+    CHECK(avg->running_mean[c].item<float>() ==
+          static_cast<float>(0.5 * m1 + 0.5 * static_cast<double>(s2[6 + c])));
   }
 }
 
 namespace {
 struct TwoBnImpl : torch::nn::Module {
-  TwoBnImpl() : a(register_module("a", ta::BatchNormReLU2d(3, false))), b(register_module("b", ta::BatchNormReLU2d(3))) {}
+  TwoBnImpl()
+      : a(register_module("a", ta::BatchNormReLU2d(3, false))),
+        b(register_module("b", ta::BatchNormReLU2d(3))) {}
   torch::Tensor forward(const torch::Tensor& x) { return b(a(x)); }
   ta::BatchNormReLU2d a, b;
 };
 TORCH_MODULE(TwoBn);
 }  // namespace
 
-TEST_CASE("deferred statistics of a model: batch-major layout, order matters, bad use refused", "[batchnorm]") {
+TEST_CASE("deferred statistics of a model: batch-major layout, order matters, bad use refused",
+          "[batchnorm]") {
   TwoBn model;
   model->train();
   CHECK(ta::batchnorms_with_running_stats(*model).size() == 2);
@@ -105,8 +109,9 @@ TEST_CASE("deferred statistics of a model: batch-major layout, order matters, ba
   const auto x1 = images(3), x2 = images(4);
   model->forward(x1), model->forward(x2);
   // One batch too many asked for: refused, nothing taken.
-  CHECK_THROWS_WITH(ta::take_running_statistics(*model, 3),
-                    Catch::Contains("take_running_statistics()") && Catch::Contains("recorded 2 batches (valid: 3"));
+  CHECK_THROWS_WITH(
+      ta::take_running_statistics(*model, 3),
+      Catch::Contains("take_running_statistics()") && Catch::Contains("recorded 2 batches (valid: 3"));
   const auto stats = ta::take_running_statistics(*model, 2);
   REQUIRE(stats.size() == 24);
   // Batch 0: module 0 (mean, var of x1), module 1; then batch 1.
@@ -128,7 +133,8 @@ TEST_CASE("deferred statistics of a model: batch-major layout, order matters, ba
   }
 
   ta::BatchNormReLU2d untracked(torch::nn::BatchNorm2dOptions(3).track_running_stats(false));
-  CHECK_THROWS_WITH(untracked->set_defer_running_stats(true), Catch::Contains("track_running_stats is false"));
+  CHECK_THROWS_WITH(untracked->set_defer_running_stats(true),
+                    Catch::Contains("track_running_stats is false"));
   CHECK_FALSE(untracked->defers_running_stats());
 }
 
@@ -139,7 +145,8 @@ namespace {
 // two captures per backward pass.
 struct TwiceImpl : torch::nn::Module {
   TwiceImpl()
-      : conv(register_module("conv", east::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1).bias(false)))),
+      : conv(register_module("conv",
+                             east::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1).bias(false)))),
         again(register_module("again", ta::SharedConv2d(conv, 0.7))),
         head(register_module("head", torch::nn::Linear(4 * 6 * 6, 3))) {}
   torch::Tensor forward(const torch::Tensor& x) {

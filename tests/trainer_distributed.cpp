@@ -47,7 +47,9 @@ std::string absolute(const std::string& p) {
   REQUIRE(::getcwd(buf, sizeof buf) != nullptr);
   return std::string(buf) + "/" + p;
 }
-void fresh_dir(const std::string& d) { REQUIRE(std::system(("rm -rf " + d + " && mkdir -p " + d).c_str()) == 0); }
+void fresh_dir(const std::string& d) {
+  REQUIRE(std::system(("rm -rf " + d + " && mkdir -p " + d).c_str()) == 0);
+}
 
 // The tiny problem: generated 12x12 images, ResNet-18 (or 34: weight sharing) at width 0.125, 3
 // epochs of 12 steps, EAST at 90% (DyReLU, cyclic density). --kernels auto keeps every layer in
@@ -55,9 +57,31 @@ void fresh_dir(const std::string& d) { REQUIRE(std::system(("rm -rf " + d + " &&
 // convolutions on compact weights (east's kernels); the classifier is dense-form either way.
 Args trainer_args(const std::string& data, const std::string& out, int depth = 18,
                   const std::string& kernels = "auto") {
-  return {EAST_TRAINER, "--method", "east",  "--sparsity", "0.9",  "--data-dir",  data,   "--depth",
-          std::to_string(depth), "--width", "0.125", "--epochs", "3", "--batch", "24", "--threads", "1",
-          "--updates", "4", "--kernels", kernels, "--log-every", "1000", "--out", out};
+  return {EAST_TRAINER,
+          "--method",
+          "east",
+          "--sparsity",
+          "0.9",
+          "--data-dir",
+          data,
+          "--depth",
+          std::to_string(depth),
+          "--width",
+          "0.125",
+          "--epochs",
+          "3",
+          "--batch",
+          "24",
+          "--threads",
+          "1",
+          "--updates",
+          "4",
+          "--kernels",
+          kernels,
+          "--log-every",
+          "1000",
+          "--out",
+          out};
 }
 Args operator+(Args a, const Args& b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -69,7 +93,8 @@ pid_t start(const Args& a, const std::string& log) {
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    for (const char* v : {"WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "EAST_DIST_INIT"}) ::unsetenv(v);
+    for (const char* v : {"WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "EAST_DIST_INIT"})
+      ::unsetenv(v);
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
     std::vector<char*> argv;
@@ -98,7 +123,9 @@ int wait_for(pid_t pid, double seconds) {
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
 // Runs `a` to the end (at most `seconds`); returns its exit code, its output in `log`.
-int run(const Args& a, const std::string& log, double seconds = 120) { return exit_code(wait_for(start(a, log), seconds)); }
+int run(const Args& a, const std::string& log, double seconds = 120) {
+  return exit_code(wait_for(start(a, log), seconds));
+}
 
 // N ranks started with --world-size/--rank/--dist-init (a fresh file store in `dir`); each rank's
 // output in dir/rank<r>.log. `extra(r)` adds rank-specific arguments.
@@ -108,8 +135,10 @@ std::vector<pid_t> start_ranks(int n, const Args& a, const std::string& dir, Ext
   ::unlink(store.c_str());
   std::vector<pid_t> pids;
   for (int r = 0; r < n; ++r)
-    pids.push_back(start(a + Args{"--world-size", std::to_string(n), "--rank", std::to_string(r), "--dist-init",
-                                  "file://" + store} + extra(r),
+    pids.push_back(start(a +
+                             Args{"--world-size", std::to_string(n), "--rank", std::to_string(r),
+                                  "--dist-init", "file://" + store} +
+                             extra(r),
                          dir + "/rank" + std::to_string(r) + ".log"));
   return pids;
 }
@@ -118,7 +147,8 @@ std::vector<pid_t> start_ranks(int n, const Args& a, const std::string& dir) {
 }
 
 // Lines containing `what`; with `prefix`, only lines starting with it, without it.
-std::vector<std::string> lines_with(const std::string& text, const std::string& what, const std::string& prefix = "") {
+std::vector<std::string> lines_with(const std::string& text, const std::string& what,
+                                    const std::string& prefix = "") {
   std::istringstream in(text);
   std::vector<std::string> out;
   for (std::string line; std::getline(in, line);) {
@@ -252,19 +282,22 @@ TEST_CASE("a rank killed or stopped mid-run: the others fail fast, --resume fini
   make_data(data);
   for (const char* d : {"/reference", "/killed", "/stopped"}) fresh_dir(root + d);
   // The uninterrupted result (one process accumulating the 2 ranks' micro-batches).
-  REQUIRE(run(trainer_args(data, root + "/reference") + Args{"--accumulate", "2"}, root + "/reference/log") == 0);
+  REQUIRE(run(trainer_args(data, root + "/reference") + Args{"--accumulate", "2"}, root + "/reference/log") ==
+          0);
   const auto reference = comparable_result(read_file(root + "/reference/result.json"));
   REQUIRE_FALSE(reference.empty());
 
   // Waits until `dir`'s first checkpoint exists (or a rank ended), then hurts rank 1 with `sig`;
   // rank 0 must stop with a CommunicationError (exit status 4) within `limit` seconds.
   const auto interrupt = [&](const std::string& dir, int sig, double timeout, double limit) {
-    const auto pids = start_ranks(2, trainer_args(data, dir) + Args{"--dist-timeout", std::to_string(timeout)}, dir);
+    const auto pids =
+        start_ranks(2, trainer_args(data, dir) + Args{"--dist-timeout", std::to_string(timeout)}, dir);
     const auto t0 = Clock::now();
     while (!exists(dir + "/checkpoint.east")) {
       for (pid_t p : pids) {
         int st = 0;
-        if (::waitpid(p, &st, WNOHANG) == p) FAIL("a rank ended before the first checkpoint: " << read_file(dir + "/rank0.log"));
+        if (::waitpid(p, &st, WNOHANG) == p)
+          FAIL("a rank ended before the first checkpoint: " << read_file(dir + "/rank0.log"));
       }
       if (std::chrono::duration<double>(Clock::now() - t0).count() > 120) {
         for (pid_t p : pids) ::kill(p, SIGKILL), ::waitpid(p, nullptr, 0);
@@ -327,7 +360,8 @@ TEST_CASE("ranks with different settings or data are refused at start-up", "[set
   {  // one pixel of every image differs
     auto b = read_file(other + "/train-images-idx3-ubyte");
     for (std::size_t i = 0; i < 320; ++i) b[16 + i * 144 + 7] ^= 1;
-    std::ofstream(other + "/train-images-idx3-ubyte", std::ios::binary).write(b.data(), static_cast<std::streamsize>(b.size()));
+    std::ofstream(other + "/train-images-idx3-ubyte", std::ios::binary)
+        .write(b.data(), static_cast<std::streamsize>(b.size()));
   }
   struct Case {
     Args rank1;
@@ -337,7 +371,8 @@ TEST_CASE("ranks with different settings or data are refused at start-up", "[set
   const std::vector<Case> cases = {
       {{"--sparsity", "0.8"},
        2,
-       "check_settings_agree(): ranks were started with different settings: '--sparsity' is rank 0 '0.9', rank 1 "
+       "check_settings_agree(): ranks were started with different settings: '--sparsity' is rank 0 '0.9', "
+       "rank 1 "
        "'0.8' (valid: the same value on every rank)"},
       {{"--accumulate", "2", "--batch", "48"}, 2, "'--batch' is rank 0 '24', rank 1 '48'"},
       {{"--data-dir", other},
@@ -350,7 +385,8 @@ TEST_CASE("ranks with different settings or data are refused at start-up", "[set
     fresh_dir(dir);
     const auto& cs = cases[k];
     const auto t0 = Clock::now();
-    const auto pids = start_ranks(2, trainer_args(data, dir), dir, [&](int r) { return r == 1 ? cs.rank1 : Args{}; });
+    const auto pids =
+        start_ranks(2, trainer_args(data, dir), dir, [&](int r) { return r == 1 ? cs.rank1 : Args{}; });
     for (int r = 0; r < 2; ++r) {
       const int rc = exit_code(wait_for(pids[static_cast<std::size_t>(r)], 60));
       const auto log = read_file(dir + "/rank" + std::to_string(r) + ".log");

@@ -76,12 +76,12 @@ struct Config {
 
   // Data parallelism (docs/distributed.md). `batch` stays the global batch: data order, step
   // counts and every schedule are the same for any world size and accumulation.
-  int world_size = -1;      ///< ranks; -1: $WORLD_SIZE, else 1
-  int rank = -1;            ///< this process; -1: $RANK, else 0
-  std::string dist_init;    ///< tcp://HOST:PORT | file:///PATH; empty: $EAST_DIST_INIT, else torchrun's MASTER_*
+  int world_size = -1;  ///< ranks; -1: $WORLD_SIZE, else 1
+  int rank = -1;        ///< this process; -1: $RANK, else 0
+  std::string dist_init;  ///< tcp://HOST:PORT | file:///PATH; empty: $EAST_DIST_INIT, MASTER_*
   double dist_timeout = 300;  ///< seconds a rank waits for its peers (joining and every collective)
-  int accumulate = 1;        ///< micro-batches per optimizer step on each rank
-  std::string dist_reduce = "ring";  ///< ring (Gloo's all-reduce) | rank-order (exact vs one process for any N)
+  int accumulate = 1;         ///< micro-batches per optimizer step on each rank
+  std::string dist_reduce = "ring";  ///< ring (Gloo's) | rank-order (exact vs one process)
 
   bool sparse() const { return method != "dense"; }
   bool dyrelu() const {
@@ -135,8 +135,8 @@ inline void validate(Config& c) {
   require(c.kernels == "auto" || c.kernels == "sparse" || c.kernels == "dense", w, "--kernels ", c.kernels,
           " (valid: auto, sparse, dense)");
   require(!c.resume || !c.out_dir.empty(), w, "--resume needs --out DIR (where the checkpoint is)");
-  require(c.world_size == -1 || (c.world_size >= 1 && c.world_size <= 65536), w, "--world-size ", c.world_size,
-          " (valid: 1..65536)");
+  require(c.world_size == -1 || (c.world_size >= 1 && c.world_size <= 65536), w, "--world-size ",
+          c.world_size, " (valid: 1..65536)");
   require(c.rank == -1 || (c.rank >= 0 && (c.world_size < 0 || c.rank < c.world_size)), w, "--rank ", c.rank,
           " (valid: [0, world size))");
   require(c.dist_timeout > 0 && c.dist_timeout <= 86400 * 7, w, "--dist-timeout ", c.dist_timeout,
@@ -177,15 +177,15 @@ struct Result {
   // Data parallelism: how the run was split and what one rank sent (payload bytes, counted by
   // the communicator; the same on every rank).
   int world_size = 1, accumulate = 1;
-  std::int64_t micro_batch = 0;          ///< images per micro-batch
-  std::int64_t dp_steps = 0;             ///< steps run in this process with a communicator
-  std::uint64_t gradient_bytes = 0;      ///< the packed gradient all-reduces (one per step)
+  std::int64_t micro_batch = 0;           ///< images per micro-batch
+  std::int64_t dp_steps = 0;              ///< steps run in this process with a communicator
+  std::uint64_t gradient_bytes = 0;       ///< the packed gradient all-reduces (one per step)
   std::uint64_t last_gradient_bytes = 0;  ///< … of the last step
-  std::uint64_t update_bytes = 0;        ///< dense gradients reduced at mask updates
-  std::int64_t dp_updates = 0;           ///< mask updates run in this process
-  std::uint64_t statistics_bytes = 0;    ///< BatchNorm statistics all-gathers (one per step)
-  std::uint64_t check_bytes = 0;         ///< agreement checks, evaluation results
-  std::uint64_t wire_bytes = 0;          ///< estimate of all bytes this rank sent (docs/distributed.md)
+  std::uint64_t update_bytes = 0;         ///< dense gradients reduced at mask updates
+  std::int64_t dp_updates = 0;            ///< mask updates run in this process
+  std::uint64_t statistics_bytes = 0;     ///< BatchNorm statistics all-gathers (one per step)
+  std::uint64_t check_bytes = 0;          ///< agreement checks, evaluation results
+  std::uint64_t wire_bytes = 0;           ///< estimate of all bytes this rank sent (docs/distributed.md)
 };
 
 // ---------------------------------------------------------------- the method
@@ -330,7 +330,8 @@ inline std::pair<double, double> evaluate(ta::ResNet& model, const torch::Tensor
   int64_t correct = 0;
   double loss = 0;
   for (int64_t c = 0; c < chunks; ++c) {
-    const std::size_t at = static_cast<std::size_t>(c % N) * mine.size() + 2 * static_cast<std::size_t>(c / N);
+    const std::size_t at =
+        static_cast<std::size_t>(c % N) * mine.size() + 2 * static_cast<std::size_t>(c / N);
     double l;
     std::memcpy(&l, &all[at], sizeof l);
     loss += l;
@@ -458,7 +459,8 @@ class GradientPack {
       Entry e{p.value(), -1, nullptr};
       const auto l = ctl.params().find(p.key());
       if (l != east::ParameterSet::npos) e.mask = static_cast<long>(l);
-      if (const auto it = hyper.find(p.value().unsafeGetTensorImpl()); it != hyper.end()) e.dyrelu = it->second;
+      if (const auto it = hyper.find(p.value().unsafeGetTensorImpl()); it != hyper.end())
+        e.dyrelu = it->second;
       entries_.push_back(std::move(e));
     }
     scratch_.resize(entries_.size());
@@ -466,7 +468,8 @@ class GradientPack {
 
   /// Sums the gradients (and `loss`, one float) over all ranks in one collective; every rank ends
   /// with the same bytes. Returns the payload bytes.
-  std::size_t all_reduce(ed::Communicator& comm, ed::Reduction how, const east::AnyController& ctl, float* loss) {
+  std::size_t all_reduce(ed::Communicator& comm, ed::Reduction how, const east::AnyController& ctl,
+                         float* loss) {
     ed::FloatPack pack;
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       auto& e = entries_[i];
@@ -478,8 +481,8 @@ class GradientPack {
       float* gp = g.data_ptr<float>();
       if (e.mask >= 0) {
         const east::BitMask& m = ctl.masks()[static_cast<std::size_t>(e.mask)];
-        east::detail::require(m.size() == static_cast<std::size_t>(g.numel()), "east-trainer", "mask ", e.mask,
-                              " has ", m.size(), " entries for a gradient of ", g.numel());
+        east::detail::require(m.size() == static_cast<std::size_t>(g.numel()), "east-trainer", "mask ",
+                              e.mask, " has ", m.size(), " entries for a gradient of ", g.numel());
         auto& v = scratch_[i];
         v.clear();
         m.for_each_active([&](std::size_t j) { v.push_back(gp[j]); });
@@ -497,7 +500,8 @@ class GradientPack {
       if (!g.defined() || g.numel() == 0) continue;
       float* gp = g.data_ptr<float>();
       std::size_t k = 0;
-      ctl.masks()[static_cast<std::size_t>(e.mask)].for_each_active([&](std::size_t j) { gp[j] = scratch_[i][k++]; });
+      ctl.masks()[static_cast<std::size_t>(e.mask)].for_each_active(
+          [&](std::size_t j) { gp[j] = scratch_[i][k++]; });
       scratch_[i].clear();
     }
     return pack.bytes();
@@ -506,8 +510,8 @@ class GradientPack {
  private:
   struct Entry {
     torch::Tensor param;
-    long mask;                  // prunable weight: its layer in the controller; -1 otherwise
-    ta::DyReLUBImpl* dyrelu;    // a DyReLU hyper-network parameter: its module
+    long mask;                // prunable weight: its layer in the controller; -1 otherwise
+    ta::DyReLUBImpl* dyrelu;  // a DyReLU hyper-network parameter: its module
   };
   std::vector<Entry> entries_;
   std::vector<std::vector<float>> scratch_;
@@ -570,10 +574,11 @@ inline void write_results(const Result& r, const std::string& dir) {
       << ",\n  \"density\": " << r.density << ",\n  \"stored_density\": " << r.stored_density
       << ",\n  \"nonzeros\": " << r.nonzeros << ",\n  \"logical_size\": " << r.logical_size
       << ",\n  \"stored_size\": " << r.stored_size << ",\n  \"steps\": " << r.steps
-      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"mask_digest\": \"" << hex_digest(r.mask_digest) << "\",\n  \"weights_digest\": \""
-      << hex_digest(r.weights_digest) << "\"" << ",\n  \"kernels\": \"" << c.kernels
-      << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers << ",\n  \"seconds\": " << r.seconds
-      << ",\n  \"command\": \"" << json_escape(c.command_line) << "\",\n  \"val_history\": [";
+      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"mask_digest\": \""
+      << hex_digest(r.mask_digest) << "\",\n  \"weights_digest\": \"" << hex_digest(r.weights_digest) << "\""
+      << ",\n  \"kernels\": \"" << c.kernels << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers
+      << ",\n  \"seconds\": " << r.seconds << ",\n  \"command\": \"" << json_escape(c.command_line)
+      << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
     j << "],\n  \"empty_layers\": [";
     for (std::size_t i = 0; i < r.empty_layers.size(); ++i)
@@ -636,7 +641,8 @@ inline void print_summary(const Result& r, std::ostream& os) {
   std::uint64_t losses = 0;
   for (double l : r.loss_history) losses = east::mix64(losses ^ ed::digest_bytes(&l, sizeof l));
   os << "mask digest " << hex_digest(r.mask_digest) << ", weights digest " << hex_digest(r.weights_digest)
-     << ", loss digest " << hex_digest(losses) << " (" << r.loss_history.size() << " steps in this process)\n";
+     << ", loss digest " << hex_digest(losses) << " (" << r.loss_history.size()
+     << " steps in this process)\n";
 }
 
 // ---------------------------------------------------------------- the run
@@ -669,7 +675,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
                                                             {"train labels", p.train_y},
                                                             {"test images", p.test_x},
                                                             {"test labels", p.test_y}};
-    if (p.val_x.defined()) d.push_back({"validation images", p.val_x}), d.push_back({"validation labels", p.val_y});
+    if (p.val_x.defined())
+      d.push_back({"validation images", p.val_x}), d.push_back({"validation labels", p.val_y});
     ed::check_digests_agree(*comm, 0, "the data (same files and --data-dir contents on every rank?)",
                             tensor_digests(d));
   }

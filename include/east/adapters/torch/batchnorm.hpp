@@ -225,9 +225,10 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
       scalar_t* rm = running_mean.data_ptr<scalar_t>();
       scalar_t* rv = running_var.data_ptr<scalar_t>();
       for (long i = 0; i < c; ++i) {
-        rm[i] = static_cast<scalar_t>((1.0 - mo) * static_cast<double>(rm[i]) + mo * static_cast<double>(stats[i]));
-        rv[i] =
-            static_cast<scalar_t>((1.0 - mo) * static_cast<double>(rv[i]) + mo * static_cast<double>(stats[c + i]));
+        rm[i] = static_cast<scalar_t>((1.0 - mo) * static_cast<double>(rm[i]) +
+                                      mo * static_cast<double>(stats[i]));
+        rv[i] = static_cast<scalar_t>((1.0 - mo) * static_cast<double>(rv[i]) +
+                                      mo * static_cast<double>(stats[c + i]));
       }
     });
   }
@@ -261,7 +262,8 @@ inline void set_defer_running_stats(torch::nn::Module& module, bool on) {
 /// Floats one batch's statistics take over every BatchNormReLU2d inside `module` (2·channels summed).
 inline std::size_t running_statistics_size(torch::nn::Module& module) {
   std::size_t n = 0;
-  for (auto* b : batchnorms_with_running_stats(module)) n += 2 * static_cast<std::size_t>(b->options.num_features());
+  for (auto* b : batchnorms_with_running_stats(module))
+    n += 2 * static_cast<std::size_t>(b->options.num_features());
   return n;
 }
 
@@ -271,9 +273,10 @@ inline std::size_t running_statistics_size(torch::nn::Module& module) {
 inline std::vector<float> take_running_statistics(torch::nn::Module& module, std::size_t batches) {
   const auto bns = batchnorms_with_running_stats(module);
   for (std::size_t i = 0; i < bns.size(); ++i)  // checked before anything is taken
-    ::east::detail::require(bns[i]->recorded_batches() == batches, "east::torch_adapter::take_running_statistics()",
-                            "BatchNorm ", i, " recorded ", bns[i]->recorded_batches(), " batches (valid: ", batches,
-                            ", one per training forward; is deferral on and every module used once per forward?)");
+    ::east::detail::require(
+        bns[i]->recorded_batches() == batches, "east::torch_adapter::take_running_statistics()", "BatchNorm ",
+        i, " recorded ", bns[i]->recorded_batches(), " batches (valid: ", batches,
+        ", one per training forward; is deferral on and every module used once per forward?)");
   std::vector<std::vector<float>> per(bns.size());
   for (std::size_t i = 0; i < bns.size(); ++i) bns[i]->take_recorded_statistics(per[i]);
   std::vector<float> out;
@@ -281,7 +284,8 @@ inline std::vector<float> take_running_statistics(torch::nn::Module& module, std
   for (std::size_t k = 0; k < batches; ++k)
     for (std::size_t i = 0; i < bns.size(); ++i) {
       const std::size_t n = 2 * static_cast<std::size_t>(bns[i]->options.num_features());
-      out.insert(out.end(), per[i].begin() + static_cast<long>(k * n), per[i].begin() + static_cast<long>((k + 1) * n));
+      out.insert(out.end(), per[i].begin() + static_cast<long>(k * n),
+                 per[i].begin() + static_cast<long>((k + 1) * n));
     }
   return out;
 }
