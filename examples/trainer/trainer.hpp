@@ -76,9 +76,9 @@ struct Config {
 
   // Data parallelism (docs/distributed.md). `batch` stays the global batch: data order, step
   // counts and every schedule are the same for any world size and accumulation.
-  int world_size = -1;  ///< ranks; -1: $WORLD_SIZE, else 1
-  int rank = -1;        ///< this process; -1: $RANK, else 0
-  std::string dist_init;  ///< tcp://HOST:PORT | file:///PATH; empty: $EAST_DIST_INIT, MASTER_*
+  int world_size = -1;        ///< ranks; -1: $WORLD_SIZE, else 1
+  int rank = -1;              ///< this process; -1: $RANK, else 0
+  std::string dist_init;      ///< tcp://HOST:PORT | file:///PATH; empty: $EAST_DIST_INIT, MASTER_*
   double dist_timeout = 300;  ///< seconds a rank waits for its peers (joining and every collective)
   int accumulate = 1;         ///< micro-batches per optimizer step on each rank
   std::string dist_reduce = "ring";  ///< ring (Gloo's) | rank-order (exact vs one process)
