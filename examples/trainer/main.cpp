@@ -41,6 +41,14 @@ const char* usage = R"(usage: east-trainer [options]
   --resume              continue from DIR/checkpoint.east when it exists (same settings required)
   --stop-after-epochs N stop after N epochs of this process (to test resuming)
   --log-every N         steps between progress lines (0 = ~10 per epoch)   --quiet
+data parallelism (docs/distributed.md; --batch stays the global batch):
+  --world-size N        ranks                                                           [$WORLD_SIZE, else 1]
+  --rank R              this process, in [0, N)                                         [$RANK, else 0]
+  --dist-init URL       tcp://HOST:PORT (rank 0 serves the store) | file:///PATH
+                        [$EAST_DIST_INIT, else tcp://$MASTER_ADDR:$MASTER_PORT]
+  --dist-timeout S      seconds a rank waits for its peers before failing                  [300]
+  --dist-reduce R       ring (Gloo's all-reduce) | rank-order (bit-equal to one process for any N)  [ring]
+  --accumulate K        micro-batches per optimizer step on each rank                        [1]
   --bench-dyrelu        time DyReLU-B forward+backward, torch ops vs kernels, and exit
   --help
 )";
@@ -169,6 +177,13 @@ int main(int argc, char** argv) {
         {"--stop-after-epochs",
          [&](const std::string& v) { c.stop_after_epochs = parse_number<int>("--stop-after-epochs", v); }},
         {"--log-every", [&](const std::string& v) { c.log_every = parse_number<int64_t>("--log-every", v); }},
+        {"--world-size", [&](const std::string& v) { c.world_size = parse_number<int>("--world-size", v); }},
+        {"--rank", [&](const std::string& v) { c.rank = parse_number<int>("--rank", v); }},
+        {"--dist-init", [&](const std::string& v) { c.dist_init = v; }},
+        {"--dist-timeout",
+         [&](const std::string& v) { c.dist_timeout = parse_number<double>("--dist-timeout", v); }},
+        {"--dist-reduce", [&](const std::string& v) { c.dist_reduce = v; }},
+        {"--accumulate", [&](const std::string& v) { c.accumulate = parse_number<int>("--accumulate", v); }},
     };
     std::map<std::string, std::function<void()>> flags = {
         {"--no-nesterov", [&] { c.nesterov = false; }},
@@ -211,7 +226,11 @@ int main(int argc, char** argv) {
                 << "; continue with --resume\n";
       return 3;
     }
-    east_trainer::print_summary(r, std::cout);
+    if (r.config.rank == 0)
+      east_trainer::print_summary(r, std::cout);
+    else
+      std::cout << "east-trainer rank " << r.config.rank << " of " << r.world_size << " done: mask digest "
+                << east_trainer::hex_digest(r.mask_digest) << "\n";
     return 0;
   } catch (const east_trainer::DataError& e) {
     std::cerr << "east-trainer: data error: " << e.what() << "\n";
@@ -219,6 +238,12 @@ int main(int argc, char** argv) {
   } catch (const east::InvalidArgument& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;
+  } catch (const east::distributed::CommunicationError& e) {
+    std::cerr << "east-trainer: " << e.what() << "\n";
+    return 4;
+  } catch (const east::distributed::RankDisagreement& e) {
+    std::cerr << "east-trainer: " << e.what() << "\n";
+    return 5;
   } catch (const east::CorruptCheckpoint& e) {
     std::cerr << "east-trainer: corrupt checkpoint: " << e.what() << "\n";
     return 2;

@@ -4,15 +4,22 @@
 // a fraction of training (EAST-SPEC §6). Used by main.cpp and by tests/test_torch_trainer.cpp.
 #include <torch/torch.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <east/activations/phase_schedule.hpp>
 #include <east/adapters/torch.hpp>
 #include <east/platform.hpp>
+#include <east/adapters/torch/distributed.hpp>
+#include <east/distributed.hpp>
+#if defined(EAST_HAS_GLOO)
+#include <east/adapters/torch/gloo.hpp>
+#endif
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -68,6 +75,15 @@ struct Config {
   bool quiet = false;
   std::string command_line;  ///< recorded in the results
 
+  // Data parallelism (docs/distributed.md). `batch` stays the global batch: data order, step
+  // counts and every schedule are the same for any world size and accumulation.
+  int world_size = -1;        ///< ranks; -1: $WORLD_SIZE, else 1
+  int rank = -1;              ///< this process; -1: $RANK, else 0
+  std::string dist_init;      ///< tcp://HOST:PORT | file:///PATH; empty: $EAST_DIST_INIT, MASTER_*
+  double dist_timeout = 300;  ///< seconds a rank waits for its peers (joining and every collective)
+  int accumulate = 1;         ///< micro-batches per optimizer step on each rank
+  std::string dist_reduce = "ring";  ///< ring (Gloo's) | rank-order (exact vs one process)
+
   bool sparse() const { return method != "dense"; }
   bool dyrelu() const {
     return method == "east" || method == "east-no-sharing" || method == "east-no-cyclic";
@@ -120,6 +136,15 @@ inline void validate(Config& c) {
   require(c.kernels == "auto" || c.kernels == "sparse" || c.kernels == "dense", w, "--kernels ", c.kernels,
           " (valid: auto, sparse, dense)");
   require(!c.resume || !c.out_dir.empty(), w, "--resume needs --out DIR (where the checkpoint is)");
+  require(c.world_size == -1 || (c.world_size >= 1 && c.world_size <= 65536), w, "--world-size ",
+          c.world_size, " (valid: 1..65536)");
+  require(c.rank == -1 || (c.rank >= 0 && (c.world_size < 0 || c.rank < c.world_size)), w, "--rank ", c.rank,
+          " (valid: [0, world size))");
+  require(c.dist_timeout > 0 && c.dist_timeout <= 86400 * 7, w, "--dist-timeout ", c.dist_timeout,
+          " (valid: (0, 604800] seconds)");
+  require(c.accumulate >= 1 && c.accumulate <= 65536, w, "--accumulate ", c.accumulate, " (valid: 1..65536)");
+  require(c.dist_reduce == "ring" || c.dist_reduce == "rank-order", w, "--dist-reduce ", c.dist_reduce,
+          " (valid: ring, rank-order)");
   if (c.data_dir.empty()) {
     if (c.dataset == "fashion-mnist")
       c.data_dir = "/usr/share/datasets/fashion-mnist";
@@ -148,6 +173,20 @@ struct Result {
   std::vector<LayerSummary> layers;
   std::vector<double> val_history;
   std::vector<std::string> empty_layers;
+  std::uint64_t mask_digest = 0;     ///< the controller's digest of every mask at the end
+  std::uint64_t weights_digest = 0;  ///< digest of every model parameter and buffer at the end
+  // Data parallelism: how the run was split and what one rank sent (payload bytes, counted by
+  // the communicator; the same on every rank).
+  int world_size = 1, accumulate = 1;
+  std::int64_t micro_batch = 0;           ///< images per micro-batch
+  std::int64_t dp_steps = 0;              ///< steps run in this process with a communicator
+  std::uint64_t gradient_bytes = 0;       ///< the packed gradient all-reduces (one per step)
+  std::uint64_t last_gradient_bytes = 0;  ///< … of the last step
+  std::uint64_t update_bytes = 0;         ///< dense gradients reduced at mask updates
+  std::int64_t dp_updates = 0;            ///< mask updates run in this process
+  std::uint64_t statistics_bytes = 0;     ///< BatchNorm statistics all-gathers (one per step)
+  std::uint64_t check_bytes = 0;          ///< agreement checks, evaluation results
+  std::uint64_t wire_bytes = 0;           ///< estimate of all bytes this rank sent (docs/distributed.md)
 };
 
 // ---------------------------------------------------------------- the method
@@ -265,21 +304,39 @@ inline std::pair<torch::Tensor, torch::Tensor> make_batch(const Prepared& p,
   return {x, y};
 }
 
-/// Accuracy and mean loss of `model` on (x, y), in eval mode, in batches.
-inline std::pair<double, double> evaluate(ta::ResNet& model, const torch::Tensor& x, const torch::Tensor& y) {
+/// Accuracy and mean loss of `model` on (x, y), in eval mode, in chunks of 500 images. With a
+/// communicator of N ranks, rank r evaluates chunks r, r + N, …; the per-chunk results are
+/// all-gathered and added in chunk order, so every rank gets the bits one process gets.
+inline std::pair<double, double> evaluate(ta::ResNet& model, const torch::Tensor& x, const torch::Tensor& y,
+                                          east::distributed::Communicator* comm = nullptr) {
   if (!x.defined() || x.size(0) == 0) return {0.0, 0.0};
   torch::NoGradGuard guard;
   model->eval();
+  const int64_t chunk = 500, chunks = (x.size(0) + chunk - 1) / chunk;
+  const int N = comm ? comm->world_size() : 1, me = comm ? comm->rank() : 0;
+  // Per chunk: (loss as the bits of a double, correct), for the chunks this rank evaluates.
+  std::vector<std::uint64_t> mine(2 * static_cast<std::size_t>((chunks + N - 1) / N), 0);
+  for (int64_t c = me, k = 0; c < chunks; c += N, ++k) {
+    const int64_t i = c * chunk, n = std::min<int64_t>(chunk, x.size(0) - i);
+    auto out = model->forward(x.slice(0, i, i + n));
+    const double loss = torch::nn::functional::cross_entropy(
+                            out, y.slice(0, i, i + n),
+                            torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                            .item<double>();
+    const int64_t correct = out.argmax(1).eq(y.slice(0, i, i + n)).sum().item<int64_t>();
+    std::memcpy(&mine[2 * static_cast<std::size_t>(k)], &loss, sizeof loss);
+    mine[2 * static_cast<std::size_t>(k) + 1] = static_cast<std::uint64_t>(correct);
+  }
+  const auto all = N > 1 ? comm->all_gather(mine.data(), mine.size()) : mine;
   int64_t correct = 0;
   double loss = 0;
-  for (int64_t i = 0; i < x.size(0); i += 500) {
-    const auto n = std::min<int64_t>(500, x.size(0) - i);
-    auto out = model->forward(x.slice(0, i, i + n));
-    loss += torch::nn::functional::cross_entropy(
-                out, y.slice(0, i, i + n),
-                torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                .item<double>();
-    correct += out.argmax(1).eq(y.slice(0, i, i + n)).sum().item<int64_t>();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const std::size_t at =
+        static_cast<std::size_t>(c % N) * mine.size() + 2 * static_cast<std::size_t>(c / N);
+    double l;
+    std::memcpy(&l, &all[at], sizeof l);
+    loss += l;
+    correct += static_cast<int64_t>(all[at + 1]);
   }
   model->train();
   return {static_cast<double>(correct) / static_cast<double>(x.size(0)),
@@ -312,6 +369,174 @@ inline std::string fingerprint(const Config& c) {
   return o.str();
 }
 
+// ---------------------------------------------------------------- data parallelism
+
+namespace ed = east::distributed;
+
+/// Every setting ranks must share, by flag name (start-up check; not --rank, --threads, paths
+/// or logging). The data itself is compared separately, by digest.
+inline ed::Settings dist_settings(const Config& c) {
+  auto str = [](const auto& v) -> std::string {
+    if constexpr (std::is_same_v<std::decay_t<decltype(v)>, bool>) {
+      return v ? "yes" : "no";
+    } else {
+      char b[64];
+      const auto e = std::to_chars(b, b + sizeof b, v);  // shortest text that reads back the same
+      return std::string(b, e.ptr);
+    }
+  };
+  return {{"--dataset", c.dataset},
+          {"--method", c.method},
+          {"--sparsity", str(c.sparsity)},
+          {"--depth", str(c.depth)},
+          {"--width", str(c.width)},
+          {"--epochs", str(c.epochs)},
+          {"--batch", str(c.batch)},
+          {"--lr", str(c.lr)},
+          {"--momentum", str(c.momentum)},
+          {"--weight-decay", str(c.weight_decay)},
+          {"--no-nesterov", str(!c.nesterov)},
+          {"--clip", str(c.clip)},
+          {"--train-subset", str(c.train_subset)},
+          {"--test-subset", str(c.test_subset)},
+          {"--val-fraction", str(c.val_fraction)},
+          {"--no-augment", str(!c.augment)},
+          {"--seed", str(c.seed)},
+          {"--data-seed", str(c.data_seed)},
+          {"--updates", str(c.updates)},
+          {"--update-end", str(c.update_end)},
+          {"--drop-fraction", str(c.drop_fraction)},
+          {"--drop-floor", str(c.drop_floor)},
+          {"--cyclic-fraction", str(c.cyclic_fraction)},
+          {"--cycles", str(c.cycles)},
+          {"--cyclic-multiplier", str(c.cyclic_multiplier)},
+          {"--dyrelu-start", str(c.dyrelu_start)},
+          {"--dyrelu-end", str(c.dyrelu_end)},
+          {"--freeze-hypernet", str(c.freeze_hypernet)},
+          {"--dyrelu-impl", c.dyrelu_impl},
+          {"--kernels", c.kernels},
+          {"--resume", str(c.resume)},
+          {"--stop-after-epochs", str(c.stop_after_epochs)},
+          {"--world-size", str(c.world_size)},
+          {"--accumulate", str(c.accumulate)},
+          {"--dist-reduce", c.dist_reduce}};
+}
+
+/// Digests of named tensors (every rank must hold the same bytes).
+inline ed::Digests tensor_digests(const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  ed::Digests d;
+  std::uint64_t all = 0;
+  for (const auto& [name, t] : tensors) {
+    const auto c = t.contiguous();
+    const auto h = ed::digest_bytes(c.data_ptr(), static_cast<std::size_t>(c.numel()) * c.element_size());
+    d.names.push_back(name);
+    d.items.push_back(h);
+    all = east::mix64(all ^ h);
+  }
+  d.overall = all;
+  return d;
+}
+
+/// Every parameter and buffer of the model, by name.
+inline std::vector<std::pair<std::string, torch::Tensor>> model_state(torch::nn::Module& m) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : m.named_parameters()) out.emplace_back(p.key(), p.value());
+  for (const auto& b : m.named_buffers()) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+/// The packed gradient of one data-parallel step: every parameter gradient that exists, as
+/// views; the dense-form prunable weights (masked during backward) by their active entries only,
+/// so traffic follows the nonzeros whichever kernels a layer runs on; DyReLU hyper-networks only
+/// while β > 0 and not frozen (their gradient is zero on every rank otherwise).
+class GradientPack {
+ public:
+  GradientPack(torch::nn::Module& model, const east::AnyController& ctl) {
+    std::map<const void*, ta::DyReLUBImpl*> hyper;
+    for (const auto& m : model.modules())
+      if (auto* d = m->as<ta::DyReLUBImpl>())
+        for (const auto& p : d->parameters()) hyper[p.unsafeGetTensorImpl()] = d;
+    for (const auto& p : model.named_parameters()) {
+      Entry e{p.value(), -1, nullptr};
+      const auto l = ctl.params().find(p.key());
+      if (l != east::ParameterSet::npos) e.mask = static_cast<long>(l);
+      if (const auto it = hyper.find(p.value().unsafeGetTensorImpl()); it != hyper.end())
+        e.dyrelu = it->second;
+      entries_.push_back(std::move(e));
+    }
+    scratch_.resize(entries_.size());
+  }
+
+  /// Sums the gradients (and `loss`, one float) over all ranks in one collective; every rank ends
+  /// with the same bytes. Returns the payload bytes.
+  std::size_t all_reduce(ed::Communicator& comm, ed::Reduction how, const east::AnyController& ctl,
+                         float* loss) {
+    ed::FloatPack pack;
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      auto& e = entries_[i];
+      const auto& g = e.param.grad();
+      if (!g.defined() || g.numel() == 0) continue;
+      if (e.dyrelu && (e.dyrelu->beta() == 0.0 || e.dyrelu->frozen())) continue;
+      east::detail::require(g.is_contiguous() && g.scalar_type() == torch::kFloat && g.device().is_cpu(),
+                            "east-trainer", "gradient ", i, " is not a contiguous float32 CPU tensor");
+      float* gp = g.data_ptr<float>();
+      if (e.mask >= 0) {
+        const east::BitMask& m = ctl.masks()[static_cast<std::size_t>(e.mask)];
+        east::detail::require(m.size() == static_cast<std::size_t>(g.numel()), "east-trainer", "mask ",
+                              e.mask, " has ", m.size(), " entries for a gradient of ", g.numel());
+        auto& v = scratch_[i];
+        v.clear();
+        m.for_each_active([&](std::size_t j) { v.push_back(gp[j]); });
+        pack.add(v);
+      } else {
+        pack.add(gp, static_cast<std::size_t>(g.numel()));
+      }
+    }
+    pack.add(loss, 1);
+    pack.all_reduce_sum(comm, how);
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      auto& e = entries_[i];
+      if (e.mask < 0 || scratch_[i].empty()) continue;
+      const auto& g = e.param.grad();
+      if (!g.defined() || g.numel() == 0) continue;
+      float* gp = g.data_ptr<float>();
+      std::size_t k = 0;
+      ctl.masks()[static_cast<std::size_t>(e.mask)].for_each_active(
+          [&](std::size_t j) { gp[j] = scratch_[i][k++]; });
+      scratch_[i].clear();
+    }
+    return pack.bytes();
+  }
+
+ private:
+  struct Entry {
+    torch::Tensor param;
+    long mask;                // prunable weight: its layer in the controller; -1 otherwise
+    ta::DyReLUBImpl* dyrelu;  // a DyReLU hyper-network parameter: its module
+  };
+  std::vector<Entry> entries_;
+  std::vector<std::vector<float>> scratch_;
+};
+
+/// Joins the group a run's flags (or the environment) name. One process without Gloo is fine.
+inline std::unique_ptr<ed::Communicator> join_group(const Config& c) {
+  ed::InitOptions o;
+  o.world_size = c.world_size;
+  o.rank = c.rank;
+  o.init = c.dist_init;
+  o.timeout = std::chrono::milliseconds(static_cast<long long>(std::llround(c.dist_timeout * 1000.0)));
+  o = ed::resolve_init_options(o);
+  if (o.world_size == 1) return std::make_unique<ed::SingleProcess>();
+#if defined(EAST_HAS_GLOO)
+  return std::make_unique<ta::GlooCommunicator>(o);
+#else
+  throw east::InvalidArgument(east::detail::concat(
+      "east-trainer: --world-size ", o.world_size,
+      " needs the Gloo engine, and this east-trainer was built without it (valid: 1; install libgloo-dev "
+      "and rebuild)"));
+#endif
+}
+
 // ---------------------------------------------------------------- results
 
 inline std::string json_escape(const std::string& s) {
@@ -329,6 +554,12 @@ inline std::string json_escape(const std::string& s) {
   return o;
 }
 
+inline std::string hex_digest(std::uint64_t d) {
+  char hex[20];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(d));
+  return hex;
+}
+
 inline void write_results(const Result& r, const std::string& dir) {
   const auto& c = r.config;
   {
@@ -344,9 +575,11 @@ inline void write_results(const Result& r, const std::string& dir) {
       << ",\n  \"density\": " << r.density << ",\n  \"stored_density\": " << r.stored_density
       << ",\n  \"nonzeros\": " << r.nonzeros << ",\n  \"logical_size\": " << r.logical_size
       << ",\n  \"stored_size\": " << r.stored_size << ",\n  \"steps\": " << r.steps
-      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"kernels\": \"" << c.kernels
-      << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers << ",\n  \"seconds\": " << r.seconds
-      << ",\n  \"command\": \"" << json_escape(c.command_line) << "\",\n  \"val_history\": [";
+      << ",\n  \"mask_updates\": " << r.mask_updates << ",\n  \"mask_digest\": \""
+      << hex_digest(r.mask_digest) << "\",\n  \"weights_digest\": \"" << hex_digest(r.weights_digest) << "\""
+      << ",\n  \"kernels\": \"" << c.kernels << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers
+      << ",\n  \"seconds\": " << r.seconds << ",\n  \"command\": \"" << json_escape(c.command_line)
+      << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
     j << "],\n  \"empty_layers\": [";
     for (std::size_t i = 0; i < r.empty_layers.size(); ++i)
@@ -393,7 +626,24 @@ inline void print_summary(const Result& r, std::ostream& os) {
     for (const auto& n : r.empty_layers) os << n << ' ';
     os << "\n";
   }
+  if (r.world_size > 1 || r.accumulate > 1) {
+    const double steps = static_cast<double>(std::max<std::int64_t>(1, r.dp_steps));
+    os << "data parallel: " << r.world_size << " rank(s) x " << r.accumulate << " micro-batch(es) of "
+       << r.micro_batch << " images; payload per rank, counted by the communicator over " << r.dp_steps
+       << " steps:\n";
+    os << std::setprecision(0) << "  gradients " << static_cast<double>(r.gradient_bytes) / steps
+       << " bytes per step (last step " << r.last_gradient_bytes << "), dense gradients at mask updates "
+       << static_cast<double>(r.update_bytes) / static_cast<double>(std::max<std::int64_t>(1, r.dp_updates))
+       << " bytes per update (" << r.dp_updates << " updates), BatchNorm statistics "
+       << static_cast<double>(r.statistics_bytes) / steps << " bytes per step, checks " << r.check_bytes
+       << " bytes; wire estimate " << r.wire_bytes << " bytes in all\n";
+  }
   os.unsetf(std::ios::fixed);
+  std::uint64_t losses = 0;
+  for (double l : r.loss_history) losses = east::mix64(losses ^ ed::digest_bytes(&l, sizeof l));
+  os << "mask digest " << hex_digest(r.mask_digest) << ", weights digest " << hex_digest(r.weights_digest)
+     << ", loss digest " << hex_digest(losses) << " (" << r.loss_history.size()
+     << " steps in this process)\n";
 }
 
 // ---------------------------------------------------------------- the run
@@ -405,8 +655,33 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   east::kernels::set_threads(c.threads);
   east::keep_freed_memory_for_reuse();  // no page faults on every step's fresh activations
   torch::manual_seed(c.seed);
+  // Data parallelism: join the group first (one process: SingleProcess) and refuse ranks started
+  // with other settings before anything slow happens.
+  const std::unique_ptr<ed::Communicator> comm = join_group(c);
+  const int N = comm->world_size(), rank = comm->rank(), K = c.accumulate;
+  c.world_size = N;
+  c.rank = rank;
+  if (N > 1) ed::check_settings_agree(*comm, dist_settings(c));
+  // N = 1, K = 1 is the plain loop; otherwise every step is K micro-batches per rank.
+  const bool dp = N > 1 || K > 1;
+  const bool talk = !c.quiet && rank == 0;
+  east::detail::require(c.batch % (static_cast<int64_t>(N) * K) == 0, "east-trainer", "--batch ", c.batch,
+                        " does not split into world size ", N, " x --accumulate ", K, " = ",
+                        static_cast<int64_t>(N) * K, " equal micro-batches (valid: a multiple of ",
+                        static_cast<int64_t>(N) * K, ")");
+  const int64_t micro = c.batch / (static_cast<int64_t>(N) * K);
   const Dataset data = load_dataset(c.dataset, c.data_dir);
   const Prepared p = prepare(data, c);
+  if (N > 1) {
+    std::vector<std::pair<std::string, torch::Tensor>> d = {{"train images", p.train_x},
+                                                            {"train labels", p.train_y},
+                                                            {"test images", p.test_x},
+                                                            {"test labels", p.test_y}};
+    if (p.val_x.defined())
+      d.push_back({"validation images", p.val_x}), d.push_back({"validation labels", p.val_y});
+    ed::check_digests_agree(*comm, 0, "the data (same files and --data-dir contents on every rank?)",
+                            tensor_digests(d));
+  }
 
   ta::ResNetOptions mo;
   mo.depth = c.depth;
@@ -419,6 +694,9 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   mo.seed = c.seed;
   ta::ResNet model(mo);
   model->train();
+  if (N > 1) ta::broadcast_module_state(*comm, *model);  // rank 0's initial weights everywhere
+  // BatchNorm running statistics are applied after each step, in global micro-batch order.
+  if (dp) ta::set_defer_running_stats(*model, true);
 
   // The user's side of a libtorch loop: torch::optim::SGD; east's side: one Sparsifier.
   torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(c.lr)
@@ -445,7 +723,14 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   double elapsed_before = 0;
   const std::string ckpt = c.out_dir.empty() ? "" : c.out_dir + "/checkpoint.east";
   if (c.resume && file_exists(ckpt)) {
-    const std::string blob = sparsity.load(ckpt);
+    std::string blob;
+    try {
+      blob = sparsity.load(ckpt);
+    } catch (const east::InvalidArgument& e) {  // the Sparsifier's own fingerprint (method, length, seed, …)
+      throw east::InvalidArgument("east-trainer: --resume: the checkpoint '" + ckpt +
+                                  "' was written by a run with other settings (" + e.what() +
+                                  "); use another --out or drop --resume");
+    }
     ta::StateReader rd(blob);
     const auto fp = rd.get_string("fingerprint");
     if (fp != fingerprint(c))
@@ -456,10 +741,33 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     elapsed_before = rd.get<double>("elapsed");
     const auto nh = rd.get<std::uint64_t>("history length");
     for (std::uint64_t i = 0; i < nh; ++i) r.val_history.push_back(rd.get<double>("history"));
-    if (!c.quiet) log << "resumed from " << ckpt << " at epoch " << start_epoch << "\n";
+    if (talk) log << "resumed from " << ckpt << " at epoch " << start_epoch << "\n";
   }
+  const ed::Reduction how = c.dist_reduce == "rank-order" ? ed::Reduction::rank_order : ed::Reduction::engine;
+  std::unique_ptr<GradientPack> grads;
+  if (dp) {
+    // Mask updates read every prunable layer's dense gradient: the global one (the loss is
+    // scaled per micro-batch, so the sum is the global mean).
+    ed::Communicator* cm = comm.get();
+    if (how == ed::Reduction::engine)
+      sparsity.set_gradient_reducer([cm](float* d, std::size_t n) { cm->all_reduce_sum(d, n); });
+    else
+      sparsity.set_gradient_reducer([cm](float* d, std::size_t n) {
+        ed::FloatPack one;
+        one.add(d, n);
+        one.all_reduce_sum(*cm, ed::Reduction::rank_order);
+      });
+    grads = std::make_unique<GradientPack>(*model, sparsity.controller());
+    // Masks come from the seed and are never sent: check that every rank has the same, and the
+    // same weights (broadcast, or loaded from the same checkpoint).
+    ed::check_masks_agree(*comm, sparsity.steps(), sparsity.controller());
+    ed::check_digests_agree(*comm, sparsity.steps(), "model tensors", tensor_digests(model_state(*model)));
+  }
+  r.world_size = N;
+  r.accumulate = K;
+  r.micro_batch = micro;
 
-  if (!c.quiet) {
+  if (talk) {
     log << "east-trainer: " << c.method << " ResNet-" << c.depth << " width " << c.width << " on "
         << c.dataset << " (" << n_train << " train, " << (p.val_x.defined() ? p.val_x.size(0) : 0) << " val, "
         << p.test_x.size(0) << " test), sparsity " << c.sparsity << ", " << c.epochs << " epochs x " << spe
@@ -481,10 +789,57 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     }
     log << "\n  layers on east's sparse kernels: " << sparsity.compact_layers() << " of " << sparsity.layers()
         << " (" << c.kernels << ", crossover density " << so.crossover.conv << ")\n";
+    if (dp)
+      log << "  data parallel: " << N << " rank(s) x " << K << " micro-batch(es) of " << micro
+          << " images per step (global batch " << c.batch << "), " << comm->backend()
+          << (N > 1 ? std::string(" reduce ") + c.dist_reduce : std::string()) << "\n";
   }
 
   const int64_t log_every = c.log_every > 0 ? c.log_every : std::max<int64_t>(1, spe / 10);
   const auto data_stream = east::make_stream(c.seed).derive(0xBA7C);
+  std::vector<int64_t> order;
+  east::RandomStream epoch_stream = data_stream;
+  // One data-parallel step of global batch b: micro-batch j = rank·K + k of the global batch is
+  // this rank's k-th, its loss scaled by 1/(N·K) so the summed gradient is the global mean; one
+  // packed all-reduce, BatchNorm statistics in global micro-batch order, clipping by the global
+  // norm, the optimizer, the Sparsifier (whose mask updates read all-reduced dense gradients)
+  // and the mask agreement check after every update. Returns the global loss.
+  const float scale = 1.0f / static_cast<float>(static_cast<int64_t>(N) * K);
+  auto data_parallel_step = [&](int64_t b) -> double {
+    sgd.zero_grad();
+    float loss = 0.0f;  // summed in micro-batch order, then over ranks
+    for (int k = 0; k < K; ++k) {
+      const int64_t j = static_cast<int64_t>(rank) * K + k;
+      auto [x, y] = make_batch(p, order, b * c.batch + j * micro, micro, c.augment, epoch_stream.derive(2));
+      auto l = torch::nn::functional::cross_entropy(model->forward(x), y) * scale;
+      l.backward();
+      loss += l.item<float>();
+    }
+    const auto g = grads->all_reduce(*comm, how, sparsity.controller(), &loss);
+    r.gradient_bytes += g;
+    r.last_gradient_bytes = g;
+    const auto stats = ta::take_running_statistics(*model, static_cast<std::size_t>(K));
+    const auto all = comm->all_gather_bytes(stats.data(), stats.size() * sizeof(float));
+    r.statistics_bytes += stats.size() * sizeof(float);
+    std::vector<float> ordered(all.size() / sizeof(float));  // rank-major = global micro-batch order
+    if (!all.empty()) std::memcpy(ordered.data(), all.data(), all.size());
+    ta::apply_running_statistics(*model, ordered.data(), static_cast<std::size_t>(N) * K);
+    if (c.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip);
+    sgd.step();
+    const bool update = sparsity.is_update_step();
+    const auto before = comm->traffic();
+    sparsity.step();
+    if (update) {
+      r.update_bytes += comm->traffic().since(before).total().payload_bytes;
+      ++r.dp_updates;
+      ed::check_masks_agree(*comm, sparsity.steps(), sparsity.controller());
+      if (talk)
+        log << "step " << sparsity.steps() << ": mask update; masks agree on " << N << " rank(s), digest "
+            << hex_digest(sparsity.controller().digest()) << "\n";
+    }
+    ++r.dp_steps;
+    return static_cast<double>(loss);
+  };
   double last_loss = 0;
   int epochs_run = 0;
   for (int epoch = start_epoch; epoch < c.epochs; ++epoch) {
@@ -495,7 +850,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       return r;
     }
     const auto es = data_stream.derive(static_cast<std::uint64_t>(epoch));
-    const auto order = permutation(n_train, es.derive(1));
+    order = permutation(n_train, es.derive(1));
+    epoch_stream = es;
     const auto epoch_t0 = std::chrono::steady_clock::now();
     double loss_sum = 0;
     int64_t loss_n = 0;
@@ -503,21 +859,26 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       const int64_t step = static_cast<int64_t>(epoch) * spe + b;
       const double lr = c.lr * (step >= T / 2 ? 0.1 : 1.0) * (step >= (3 * T) / 4 ? 0.1 : 1.0);
       for (auto& g : sgd.param_groups()) static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
-      auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
-      sgd.zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
-      loss.backward();
-      if (c.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip);
-      sgd.step();
-      sparsity.step();  // masks, mask updates, compact weights, EAST's DyReLU phase
-      const double lv = loss.item<double>();
+      double lv;
+      if (!dp) {
+        auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
+        sgd.zero_grad();
+        auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+        loss.backward();
+        if (c.clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), c.clip);
+        sgd.step();
+        sparsity.step();  // masks, mask updates, compact weights, EAST's DyReLU phase
+        lv = loss.item<double>();
+      } else {
+        lv = data_parallel_step(b);
+      }
       r.loss_history.push_back(lv);
       east::detail::require(std::isfinite(lv), "east-trainer", "loss became ", lv, " at step ", step,
                             " (lower --lr?)");
       loss_sum += lv;
       ++loss_n;
       last_loss = lv;
-      if (!c.quiet && ((b + 1) % log_every == 0 || b + 1 == spe)) {
+      if (talk && ((b + 1) % log_every == 0 || b + 1 == spe)) {
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_t0).count();
         const double rate = static_cast<double>((b + 1) * c.batch) / std::max(secs, 1e-9);
@@ -530,15 +891,16 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       }
     }
     r.train_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, loss_n));
-    const auto [va, vl] = evaluate(model, p.val_x, p.val_y);
+    const auto [va, vl] = evaluate(model, p.val_x, p.val_y, dp ? comm.get() : nullptr);
     r.val_history.push_back(va);
-    if (!c.quiet)
+    if (talk)
       log << "epoch " << epoch + 1 << " done: train loss " << std::fixed << std::setprecision(4)
           << r.train_loss << ", val acc " << std::setprecision(2) << 100 * va << "% (loss "
           << std::setprecision(4) << vl << ")\n";
     log.unsetf(std::ios::fixed);
     ++epochs_run;
-    if (!ckpt.empty()) {
+    if (!ckpt.empty() && dp) sparsity.controller().sync_dense_views();  // every rank, as rank 0's save() does
+    if (!ckpt.empty() && rank == 0) {
       ta::StateWriter w;
       w.put_string(fingerprint(c));
       w.put(static_cast<int32_t>(epoch + 1));
@@ -549,7 +911,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     }
   }
   (void)last_loss;
-  const auto [ta_, tl] = evaluate(model, p.test_x, p.test_y);
+  const auto [ta_, tl] = evaluate(model, p.test_x, p.test_y, dp ? comm.get() : nullptr);
   r.test_accuracy = ta_;
   r.test_loss = tl;
   r.val_accuracy = r.val_history.empty() ? 0 : r.val_history.back();
@@ -567,9 +929,21 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     const auto& v = params[l];
     r.layers.push_back({v.name, v.size(), v.uses, ctl.masks()[l].count()});
   }
+  r.mask_digest = ctl.digest();
+  ctl.sync_dense_views();  // the dense views of compact layers, as a checkpoint holds them
+  const auto tensors = tensor_digests(model_state(*model));
+  r.weights_digest = tensors.overall;
+  if (dp) {
+    // Every rank ends with the same masks, weights and buffers.
+    ed::check_masks_agree(*comm, sparsity.steps(), ctl);
+    ed::check_digests_agree(*comm, sparsity.steps(), "model tensors", tensors);
+    const auto& t = comm->traffic();
+    r.check_bytes = t.total().payload_bytes - r.gradient_bytes - r.update_bytes - r.statistics_bytes;
+    r.wire_bytes = t.total().wire_bytes;
+  }
   r.seconds = elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.finished = true;
-  if (!c.out_dir.empty()) write_results(r, c.out_dir);
+  if (!c.out_dir.empty() && rank == 0) write_results(r, c.out_dir);
   return r;
 }
 

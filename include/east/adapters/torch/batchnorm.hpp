@@ -10,6 +10,8 @@
 // depend on the thread count (east::kernels::set_threads). CPU, float32 or float64, NCHW.
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "../../core/error.hpp"
 #include "../../sparse/batchnorm.hpp"
 
@@ -159,6 +161,16 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
                             " dimensions (valid: 4, NCHW)");
     double momentum = options.momentum().value_or(0.0);
     const bool update = is_training() && options.track_running_stats();
+    if (update && defer_) {
+      // Momentum 1 over zeroed buffers: the kernel writes this batch's mean and unbiased variance
+      // (the values it would blend into the running statistics); the output is unchanged.
+      auto mean = torch::zeros({options.num_features()}, x.options());
+      auto var = torch::zeros({options.num_features()}, x.options());
+      auto y = batchnorm_relu(x, weight, bias, residual, mean, var, true, 1.0, options.eps(), relu_);
+      recorded_.push_back(std::move(mean));
+      recorded_.push_back(std::move(var));
+      return y;
+    }
     if (update) {
       torch::NoGradGuard ng;
       num_batches_tracked.add_(1);
@@ -170,13 +182,124 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
                           is_training() || !options.track_running_stats(), momentum, options.eps(), relu_);
   }
 
+  /// Deferred running statistics (gradient accumulation, data parallelism): while on, a training
+  /// forward normalises with its batch's statistics as always but, instead of updating
+  /// running_mean / running_var / num_batches_tracked, records the batch's per-channel mean and
+  /// unbiased variance; apply_running_statistics() later applies recorded batches in a chosen
+  /// order (e.g. the global micro-batch order over every rank), so that K micro-batches in one
+  /// process and K ranks update the buffers with the same arithmetic. Needs
+  /// track_running_stats; turning it off drops what was not taken.
+  void set_defer_running_stats(bool on) {
+    ::east::detail::require(!on || options.track_running_stats(),
+                            "east::torch_adapter::BatchNormReLU2d::set_defer_running_stats()",
+                            "the module has no running statistics (track_running_stats is false)");
+    defer_ = on;
+    if (!on) recorded_.clear();
+  }
+  bool defers_running_stats() const { return defer_; }
+  /// Training forwards recorded since the last take_recorded_statistics().
+  std::size_t recorded_batches() const { return recorded_.size() / 2; }
+  /// Appends the recorded statistics to `out` as floats, batch by batch (C means, then C unbiased
+  /// variances per batch), and forgets them.
+  void take_recorded_statistics(std::vector<float>& out) {
+    for (const auto& t : recorded_) {
+      const auto f = t.to(torch::kFloat).contiguous();
+      out.insert(out.end(), f.data_ptr<float>(), f.data_ptr<float>() + f.numel());
+    }
+    recorded_.clear();
+  }
+  /// Updates the running statistics with one batch's recorded (mean, unbiased variance) — 2·C
+  /// floats as take_recorded_statistics() writes them — as that batch's training forward would
+  /// have without deferral: num_batches_tracked + 1, running = (1 − momentum)·running +
+  /// momentum·statistic in double (momentum None: 1 / batches tracked).
+  void apply_running_statistics(const float* stats) {
+    ::east::detail::require(options.track_running_stats(),
+                            "east::torch_adapter::BatchNormReLU2d::apply_running_statistics()",
+                            "the module has no running statistics (track_running_stats is false)");
+    torch::NoGradGuard ng;
+    num_batches_tracked.add_(1);
+    const double mo = options.momentum() ? *options.momentum()
+                                         : 1.0 / static_cast<double>(num_batches_tracked.item<long>());
+    const long c = options.num_features();
+    AT_DISPATCH_FLOATING_TYPES(running_mean.scalar_type(), "east_batchnorm_apply_stats", [&] {
+      scalar_t* rm = running_mean.data_ptr<scalar_t>();
+      scalar_t* rv = running_var.data_ptr<scalar_t>();
+      for (long i = 0; i < c; ++i) {
+        rm[i] = static_cast<scalar_t>((1.0 - mo) * static_cast<double>(rm[i]) +
+                                      mo * static_cast<double>(stats[i]));
+        rv[i] = static_cast<scalar_t>((1.0 - mo) * static_cast<double>(rv[i]) +
+                                      mo * static_cast<double>(stats[c + i]));
+      }
+    });
+  }
+
   torch::nn::BatchNorm2dOptions options;
   at::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 
  private:
   bool relu_;
+  bool defer_ = false;
+  std::vector<at::Tensor> recorded_;  // mean, var of each deferred training forward
 };
 TORCH_MODULE(BatchNormReLU2d);
+
+/// Every BatchNormReLU2d with running statistics inside `module`, in registration order.
+inline std::vector<BatchNormReLU2dImpl*> batchnorms_with_running_stats(torch::nn::Module& module) {
+  std::vector<BatchNormReLU2dImpl*> out;
+  if (auto* self = module.as<BatchNormReLU2dImpl>())
+    if (self->options.track_running_stats()) out.push_back(self);
+  for (const auto& m : module.modules(/*include_self=*/false))
+    if (auto* b = m->as<BatchNormReLU2dImpl>())
+      if (b->options.track_running_stats()) out.push_back(b);
+  return out;
+}
+
+/// BatchNormReLU2dImpl::set_defer_running_stats() on every one inside `module`.
+inline void set_defer_running_stats(torch::nn::Module& module, bool on) {
+  for (auto* b : batchnorms_with_running_stats(module)) b->set_defer_running_stats(on);
+}
+
+/// Floats one batch's statistics take over every BatchNormReLU2d inside `module` (2·channels summed).
+inline std::size_t running_statistics_size(torch::nn::Module& module) {
+  std::size_t n = 0;
+  for (auto* b : batchnorms_with_running_stats(module))
+    n += 2 * static_cast<std::size_t>(b->options.num_features());
+  return n;
+}
+
+/// The statistics every BatchNormReLU2d inside `module` recorded, batch-major: for each of the
+/// `batches` recorded forwards, each module's means and variances in registration order
+/// (running_statistics_size() floats per batch). Every module must have recorded `batches`.
+inline std::vector<float> take_running_statistics(torch::nn::Module& module, std::size_t batches) {
+  const auto bns = batchnorms_with_running_stats(module);
+  for (std::size_t i = 0; i < bns.size(); ++i)  // checked before anything is taken
+    ::east::detail::require(
+        bns[i]->recorded_batches() == batches, "east::torch_adapter::take_running_statistics()", "BatchNorm ",
+        i, " recorded ", bns[i]->recorded_batches(), " batches (valid: ", batches,
+        ", one per training forward; is deferral on and every module used once per forward?)");
+  std::vector<std::vector<float>> per(bns.size());
+  for (std::size_t i = 0; i < bns.size(); ++i) bns[i]->take_recorded_statistics(per[i]);
+  std::vector<float> out;
+  out.reserve(batches * running_statistics_size(module));
+  for (std::size_t k = 0; k < batches; ++k)
+    for (std::size_t i = 0; i < bns.size(); ++i) {
+      const std::size_t n = 2 * static_cast<std::size_t>(bns[i]->options.num_features());
+      out.insert(out.end(), per[i].begin() + static_cast<long>(k * n),
+                 per[i].begin() + static_cast<long>((k + 1) * n));
+    }
+  return out;
+}
+
+/// Applies `batches` batches of statistics laid out as take_running_statistics() returns them (for
+/// data parallelism: every rank's, all-gathered in global micro-batch order), one batch after the other.
+inline void apply_running_statistics(torch::nn::Module& module, const float* stats, std::size_t batches) {
+  const auto bns = batchnorms_with_running_stats(module);
+  for (std::size_t k = 0; k < batches; ++k)
+    for (auto* b : bns) {
+      b->apply_running_statistics(stats);
+      stats += 2 * static_cast<std::size_t>(b->options.num_features());
+    }
+}
 
 }  // namespace east::torch_adapter
 

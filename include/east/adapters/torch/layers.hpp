@@ -76,6 +76,11 @@ class TorchLayer : public sparse::CompactLayer {
           }
       if (auto s = detail::initial_state(opt_kind_, values_, optimizer))
         optimizer.state()[state_key(values_)] = std::move(s);
+      // A leaf's hook runs once per backward, after every use of the layer in that pass has
+      // delivered its gradient: it marks where one backward's captures end (dense_gradient()).
+      values_hook_ = values_.register_hook([this](const torch::Tensor&) {
+        if (capture_) pass_ends_.push_back(captures_t_.size());
+      });
     }
     // Masks the dense gradient (an inactive weight is not a parameter) after keeping it raw on
     // update steps: regrowth reads it there.
@@ -108,6 +113,7 @@ class TorchLayer : public sparse::CompactLayer {
       leave_compact();
     }
     weight_t_.remove_hook(hook_);
+    if (values_.defined() && kind_ != Kind::other) values_.remove_hook(values_hook_);
   }
 
   // ---------------------------------------------------------------- LayerStorage
@@ -125,7 +131,29 @@ class TorchLayer : public sparse::CompactLayer {
     torch::NoGradGuard ng;
     auto out = torch::from_blob(scratch, weight_t_.sizes(), torch::kFloat);
     out.zero_();
-    for (const auto& [x, dy] : captures_t_) out.add_(dense_weight_gradient(x, dy));
+    if (pass_ends_.size() <= 1) {
+      for (const auto& [x, dy] : captures_t_) out.add_(dense_weight_gradient(x, dy));
+    } else {
+      // Several backward passes (accumulated micro-batches): each pass's uses are summed first,
+      // then the passes in order, so K micro-batches in one process add exactly what K
+      // data-parallel ranks, one pass each, add (docs/distributed.md).
+      torch::Tensor pass;
+      std::size_t i = 0;
+      for (std::size_t p = 0; p <= pass_ends_.size(); ++p) {
+        const std::size_t end = p < pass_ends_.size() ? pass_ends_[p] : captures_t_.size();
+        if (end <= i) continue;
+        if (end - i == 1) {
+          out.add_(dense_weight_gradient(captures_t_[i].first, captures_t_[i].second));
+        } else {
+          if (!pass.defined()) pass = torch::empty_like(out);
+          pass.zero_();
+          for (std::size_t k = i; k < end; ++k)
+            pass.add_(dense_weight_gradient(captures_t_[k].first, captures_t_[k].second));
+          out.add_(pass);
+        }
+        i = end;
+      }
+    }
     if (reduce_) reduce_(scratch, size());
     return scratch;
   }
@@ -162,6 +190,7 @@ class TorchLayer : public sparse::CompactLayer {
   void prepare_step(bool capture) override {
     capture_ = capture;
     captures_t_.clear();
+    pass_ends_.clear();
     dense_capture_ = torch::Tensor();
   }
 
@@ -277,11 +306,12 @@ class TorchLayer : public sparse::CompactLayer {
   torch::optim::Optimizer* optimizer_;
   OptimizerKind opt_kind_;
   double crossover_;
-  unsigned hook_ = 0;
+  unsigned hook_ = 0, values_hook_ = 0;
   BitMask mask_;
   bool mask_ready_ = false, compact_ = false, released_ = false;
   torch::Tensor dense_capture_;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> captures_t_;
+  std::vector<std::size_t> pass_ends_;  // captures_t_.size() at the end of each backward pass
   std::function<void(float*, std::size_t)> reduce_;
 };
 
