@@ -186,11 +186,7 @@ class Sparsifier {
     w.put_string(fingerprint());
     w.put(step_);
     w.put_module(*model_);
-    std::ostringstream os;
-    torch::serialize::OutputArchive archive;
-    optimizer_->save(archive);
-    archive.save_to(os);
-    w.put_string(os.str());
+    w.put_string(save_optimizer_state(*optimizer_));
     w.put_string(extra);
     ctl_->save(path, w.bytes());
   }
@@ -214,11 +210,7 @@ class Sparsifier {
                                                      " (valid: 0..", total_, ")"));
       r.get_module(*model_);
       ctl_->refresh_from_dense();
-      const std::string opt = r.get_string("optimizer state");
-      std::istringstream is(opt);
-      torch::serialize::InputArchive archive;
-      archive.load_from(is);
-      optimizer_->load(archive);
+      load_optimizer_state(*optimizer_, r.get_string("optimizer state"));
       extra = r.get_string("extra");
       step_ = step;
     } catch (...) {

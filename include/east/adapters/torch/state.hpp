@@ -96,6 +96,32 @@ class StateReader {
     std::memcpy(target.data_ptr(), b_.data() + pos_, n);
     pos_ += n;
   }
+  /// A new tensor of whatever dtype and shape was written (no target to match).
+  torch::Tensor get_tensor(const std::string& expected_name) {
+    const auto name = get_string("tensor name");
+    fail_if(name != expected_name, "tensor '", name, "' where '", expected_name, "' was expected");
+    const auto type = get<std::int32_t>("dtype");
+    fail_if(type != static_cast<std::int32_t>(torch::kFloat) && type != static_cast<std::int32_t>(torch::kDouble) &&
+                type != static_cast<std::int32_t>(torch::kLong),
+            "tensor '", name, "' has dtype ", type, " (valid: float32, float64, int64)");
+    const auto dims = get<std::uint64_t>("dims");
+    fail_if(dims > 8, "tensor '", name, "' has ", dims, " dims (valid: <= 8)");
+    std::vector<std::int64_t> sizes;
+    std::uint64_t numel = 1;
+    for (std::uint64_t i = 0; i < dims; ++i) {
+      const auto d = get<std::int64_t>("size");
+      fail_if(d < 0 || (d > 0 && numel > left() / static_cast<std::uint64_t>(d)), "tensor '", name, "' has size ", d);
+      sizes.push_back(d);
+      numel *= static_cast<std::uint64_t>(d);
+    }
+    auto t = torch::empty(sizes, torch::TensorOptions().dtype(static_cast<torch::ScalarType>(type)));
+    const auto n = get<std::uint64_t>("byte count");
+    fail_if(n != static_cast<std::uint64_t>(t.numel() * t.element_size()), "tensor '", name, "' has a wrong byte count");
+    need(n, "tensor data");
+    if (n) std::memcpy(t.data_ptr(), b_.data() + pos_, n);
+    pos_ += n;
+    return t;
+  }
   void get_module(torch::nn::Module& module) {
     const auto p = module.named_parameters(true);
     const auto b = module.named_buffers(true);
