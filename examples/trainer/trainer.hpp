@@ -54,8 +54,17 @@ struct Config {
   double cyclic_multiplier = 3.0;
   double dyrelu_start = 0.25;  ///< EAST: β = 1 until here …
   double dyrelu_end = 0.5;     ///< … linear to 0 here
-  bool freeze_hypernet = false;
+  bool freeze_hypernet = false;  ///< from dyrelu_start on: no gradients and no optimizer steps
   std::string dyrelu_impl = "kernels";  ///< torch | kernels
+  // DyReLU study options (docs/dyrelu-probes.md); the defaults are EAST-SPEC §2.
+  std::string dyrelu_init = "default";  ///< default (torch's Linear init) | relu (fc2 zeroed: exactly ReLU)
+  std::string dyrelu_ramp = "linear";   ///< linear | cosine (β = ½(1 + cos πp), p the linear ramp's progress)
+  std::string dyrelu_mode = "full";     ///< full | ramp-only (ES2's code: plain ReLU while β = 1)
+  double hyper_lr = 1.0;                ///< learning-rate multiplier of the DyReLU hyper-networks
+  double hyper_wd = -1.0;               ///< their weight decay; < 0 = --weight-decay
+  int dyrelu_on = -1, sharing_on = -1, cyclic_on = -1;  ///< trick overrides: -1 = the method's, 0 off, 1 on
+  /// Repair the initial masks so every layer lies on an input→output path (east/masks/connectivity.hpp).
+  bool connect = false;
   /// Convolutions: auto (east's sparse kernels below sparse::Crossover's density, libtorch above),
   /// sparse (all on east's kernels), dense (libtorch with masked dense weights). Same training
   /// either way, up to floating-point rounding.
@@ -69,10 +78,15 @@ struct Config {
 
   bool sparse() const { return method != "dense"; }
   bool dyrelu() const {
+    if (dyrelu_on >= 0) return dyrelu_on == 1;
     return method == "east" || method == "east-no-sharing" || method == "east-no-cyclic";
   }
-  bool share() const { return method == "east" || method == "east-no-dyrelu" || method == "east-no-cyclic"; }
+  bool share() const {
+    if (sharing_on >= 0) return sharing_on == 1;
+    return method == "east" || method == "east-no-dyrelu" || method == "east-no-cyclic";
+  }
   bool cyclic() const {
+    if (cyclic_on >= 0) return cyclic_on == 1;
     return method == "east" || method == "east-no-dyrelu" || method == "east-no-sharing";
   }
   bool dynamic() const { return method != "dense" && method != "static"; }
@@ -118,6 +132,17 @@ inline void validate(Config& c) {
           " (valid: torch, kernels)");
   require(c.kernels == "auto" || c.kernels == "sparse" || c.kernels == "dense", w, "--kernels ", c.kernels,
           " (valid: auto, sparse, dense)");
+  require(c.dyrelu_init == "default" || c.dyrelu_init == "relu", w, "--dyrelu-init ", c.dyrelu_init,
+          " (valid: default, relu)");
+  require(c.dyrelu_ramp == "linear" || c.dyrelu_ramp == "cosine", w, "--dyrelu-ramp ", c.dyrelu_ramp,
+          " (valid: linear, cosine)");
+  require(c.dyrelu_mode == "full" || c.dyrelu_mode == "ramp-only", w, "--dyrelu-mode ", c.dyrelu_mode,
+          " (valid: full, ramp-only)");
+  require(c.hyper_lr >= 0 && std::isfinite(c.hyper_lr), w, "--hyper-lr ", c.hyper_lr, " (valid: >= 0)");
+  require(std::isfinite(c.hyper_wd), w, "--hyper-wd ", c.hyper_wd, " (valid: >= 0, or < 0 for --weight-decay)");
+  require(c.cyclic_on != 1 || c.method == "rigl" || c.method.rfind("east", 0) == 0, w,
+          "--cyclic on needs --method rigl or east* (cyclic density regrows by gradient), not ", c.method);
+  require(c.sharing_on != 1 || c.sparse(), w, "--sharing on needs a sparse --method, not ", c.method);
   require(!c.resume || !c.out_dir.empty(), w, "--resume needs --out DIR (where the checkpoint is)");
   if (c.data_dir.empty()) {
     if (c.dataset == "fashion-mnist")
@@ -223,6 +248,48 @@ inline Plan make_plan(const Config& c, std::int64_t steps_per_epoch) {
   return p;
 }
 
+/// β at `step` under the run's ramp shape and DyReLU mode (EAST-SPEC §2 by default).
+inline double dyrelu_beta(const Config& c, const Plan& p, std::int64_t step) {
+  double beta = p.phase.beta(step);
+  if (c.dyrelu_ramp == "cosine") beta = 0.5 * (1.0 + std::cos(M_PI * (1.0 - beta)));
+  if (c.dyrelu_mode == "ramp-only" && beta == 1.0) beta = 0.0;  // ES2's code: ReLU until the ramp
+  return beta;
+}
+
+/// Prefixes ("layer1.0.act1.") of the parameters of every DyReLU-B module in `model`.
+inline std::vector<std::string> hypernet_prefixes(torch::nn::Module& model) {
+  std::vector<std::string> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (item.value()->as<ta::DyReLUBImpl>()) out.push_back(item.key() + ".");
+  return out;
+}
+
+/// The DyReLU options that act on the model and optimizer once: the hyper-networks' init and
+/// their learning-rate multiplier and weight decay (an optimizer group).
+inline void configure_hypernets(const Config& c, torch::nn::Module& model, ta::Sgd& sgd) {
+  if (!c.dyrelu()) return;
+  torch::NoGradGuard guard;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (auto* d = item.value()->as<ta::DyReLUBImpl>(); d && c.dyrelu_init == "relu") {
+      d->fc2->weight.zero_();  // d = 2σ(0) − 1 = 0: every coefficient starts at ReLU's
+      d->fc2->bias.zero_();
+    }
+  if (c.hyper_lr != 1.0 || c.hyper_wd >= 0)
+    for (const auto& prefix : hypernet_prefixes(model))
+      sgd.set_group(prefix, c.hyper_lr, c.hyper_wd >= 0 ? c.hyper_wd : c.weight_decay);
+}
+
+/// Sets β and the freeze of every DyReLU-B module for `step`; a frozen hyper-network also takes
+/// no optimizer steps (no momentum, no weight decay), so it stays exactly where it was.
+inline void apply_dyrelu_phase(const Config& c, const Plan& p, std::int64_t step, torch::nn::Module& model,
+                               ta::Sgd& sgd) {
+  if (!c.dyrelu()) return;
+  const bool frozen = east::phase_frozen(p.phase, step);
+  ta::set_dyrelu_phase(model, dyrelu_beta(c, p, step), frozen);
+  if (c.freeze_hypernet)
+    for (const auto& prefix : hypernet_prefixes(model)) sgd.set_frozen_prefix(prefix, frozen);
+}
+
 inline std::unique_ptr<AnyController> make_controller(const Config& c, const Plan& p,
                                                       east::ParameterSet params) {
   east::ControllerOptions opt;
@@ -230,7 +297,7 @@ inline std::unique_ptr<AnyController> make_controller(const Config& c, const Pla
   if (c.method == "dense") return hold(east::make_static(std::move(params), 1.0, opt));
   if (c.method == "static") return hold(east::make_static(std::move(params), p.dst.density, opt));
   if (c.method == "set") return hold(east::make_set(std::move(params), p.dst, opt));
-  if (c.method == "rigl" || !c.cyclic()) return hold(east::make_rigl(std::move(params), p.dst, opt));
+  if (!c.cyclic()) return hold(east::make_rigl(std::move(params), p.dst, opt));
   return hold(east::make_cyclic(std::move(params), p.dst, p.cyclic, opt));
 }
 
@@ -371,6 +438,16 @@ inline std::string fingerprint(const Config& c) {
     << '|' << c.augment << '|' << c.seed << '|' << c.data_seed << '|' << c.updates << '|' << c.update_end
     << '|' << c.drop_fraction << '|' << c.drop_floor << '|' << c.cyclic_fraction << '|' << c.cycles << '|'
     << c.cyclic_multiplier << '|' << c.dyrelu_start << '|' << c.dyrelu_end << '|' << c.freeze_hypernet;
+  // Settings added later join only when they differ from their defaults, so the checkpoints of
+  // earlier runs keep their fingerprint.
+  if (c.dyrelu_init != "default") o << "|init " << c.dyrelu_init;
+  if (c.dyrelu_ramp != "linear") o << "|ramp " << c.dyrelu_ramp;
+  if (c.dyrelu_mode != "full") o << "|mode " << c.dyrelu_mode;
+  if (c.hyper_lr != 1.0) o << "|hyper-lr " << c.hyper_lr;
+  if (c.hyper_wd >= 0) o << "|hyper-wd " << c.hyper_wd;
+  if (c.dyrelu_on >= 0 || c.sharing_on >= 0 || c.cyclic_on >= 0)
+    o << "|tricks " << c.dyrelu_on << c.sharing_on << c.cyclic_on;
+  if (c.connect) o << "|connect";
   return o.str();
 }
 
@@ -484,6 +561,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   ta::Sgd sgd(model->named_parameters(), ta::SgdOptions{c.momentum, c.weight_decay, c.nesterov});
   east::ParameterSet params = ta::make_parameter_set(*model);
   sgd.register_state(params);
+  configure_hypernets(c, *model, sgd);
   const int64_t n_train = p.train_x.size(0);
   const int64_t spe = n_train / c.batch;  // drop the last partial batch
   const Plan plan = make_plan(c, spe);
@@ -570,8 +648,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     for (int64_t b = 0; b < spe; ++b) {
       const int64_t step = static_cast<int64_t>(epoch) * spe + b;
       const double lr = c.lr * (step >= T / 2 ? 0.1 : 1.0) * (step >= (3 * T) / 4 ? 0.1 : 1.0);
-      if (c.dyrelu())
-        ta::set_dyrelu_phase(*model, plan.phase.beta(step), east::phase_frozen(plan.phase, step));
+      apply_dyrelu_phase(c, plan, step, *model, sgd);
       auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
       // With sparse kernels: update steps also capture the dense weight gradients (regrowth),
       // and the dense tensors are brought up to date around the controller's mask update.

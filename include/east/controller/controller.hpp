@@ -9,6 +9,7 @@
 //                                   always: re-masks weights and registered optimizer buffers.
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "../core/random.hpp"
 #include "../kernels/select.hpp"
 #include "../masks/bit_mask.hpp"
+#include "../masks/connectivity.hpp"
 #include "callbacks.hpp"
 #include "method.hpp"
 #include "report.hpp"
@@ -27,6 +29,9 @@ namespace east {
 struct ControllerOptions {
   std::uint64_t seed = 0;          ///< every random decision derives from it (counter-based)
   AllocationOptions allocation{};  ///< minimum nonzeros per layer
+  /// When set, the initial masks are repaired so every layer use it declares lies on an
+  /// input→output path, with the same per-layer counts (east/masks/connectivity.hpp).
+  std::shared_ptr<const ConnectivityGraph> connectivity;
 };
 
 /// Everything needed to resume: what io/checkpoint.hpp saves.
@@ -75,6 +80,10 @@ class Controller {
       }
       masks_.push_back(m);
       ever_active_.push_back(m);
+    }
+    if (options_.connectivity) {  // same counts; positions moved onto input→output paths
+      connect_masks(*options_.connectivity, params_, masks_, init.derive(0xC0111EC7));
+      ever_active_ = masks_;
     }
     apply_masks();
   }
