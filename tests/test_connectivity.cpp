@@ -97,16 +97,18 @@ TEST_CASE("check_connectivity: a hand-made cut names the layer where the signal 
   m[2].set(at(0, 1, 0, 5, 1));
   auto rep = check_connectivity(ch.g, p, m);
   CHECK_FALSE(rep.connected);
-  CHECK(rep.cut_layer == "c2");
+  CHECK(rep.cut_node == "B");
+  CHECK(rep.cut_layers == std::vector<std::string>{"c2"});
   CHECK(rep.off_path == std::vector<std::string>{"c1", "c2", "fc"});
   CHECK(rep.message().find("no input-to-output path") != std::string::npos);
-  CHECK(rep.message().find("'c2'") != std::string::npos);
+  CHECK(rep.message().find("the signal stops at 'B' (no active weight of 'c2' reads a live channel)") !=
+        std::string::npos);
 
   // c2 reading A's channel 0 into B's channel 1, and fc reading B's channel 1: connected.
   m[1].set(at(1, 0, 0, 4, 1));
   rep = check_connectivity(ch.g, p, m);
   CHECK(rep.connected);
-  CHECK(rep.cut_layer.empty());
+  CHECK(rep.cut_node.empty());
   CHECK(rep.off_path.empty());
   CHECK(rep.message().empty());
 
@@ -115,7 +117,8 @@ TEST_CASE("check_connectivity: a hand-made cut names the layer where the signal 
   m[2].set(at(0, 3, 0, 5, 1));
   rep = check_connectivity(ch.g, p, m);
   CHECK_FALSE(rep.connected);
-  CHECK(rep.cut_layer == "fc");
+  CHECK(rep.cut_node == "logits");
+  CHECK(rep.cut_layers == std::vector<std::string>{"fc"});
 }
 
 TEST_CASE("check_connectivity: a dead residual branch is off the path but the shortcut connects",
@@ -134,6 +137,15 @@ TEST_CASE("check_connectivity: a dead residual branch is off the path but the sh
   CHECK(rep.connected);
   // Each use of the shared s1/s2 is listed; proj reads nothing live.
   CHECK(rep.off_path == std::vector<std::string>{"s1", "s2", "s1", "s2", "proj"});
+
+  // d1 reading nothing live too: the dead branches are bypassed, but 'dy' is dead and every
+  // route passes it, so the cut is named there (not at the first dead branch 'mid0').
+  m[3].reset(at(0, 0, 4, 8, 9));
+  m[3].set(at(0, 6, 4, 8, 9));
+  const auto cut = check_connectivity(r.g, p, m);
+  CHECK_FALSE(cut.connected);
+  CHECK(cut.cut_node == "dy");
+  CHECK(cut.cut_layers == std::vector<std::string>{"proj", "d2"});  // topological order
 }
 
 TEST_CASE("connect_masks repairs a cut chain, keeps the counts and is deterministic", "[connectivity]") {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <east/activations/phase_schedule.hpp>
 #include <east/adapters/torch.hpp>
+#include <east/adapters/torch/resnet_graph.hpp>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -172,6 +173,8 @@ struct Result {
   std::vector<LayerSummary> layers;
   std::vector<double> val_history;
   std::vector<std::string> empty_layers;
+  /// Input→output paths through the initial and the final masks (east/masks/connectivity.hpp).
+  east::ConnectivityReport path_initial, path_final;
 };
 
 // ---------------------------------------------------------------- controllers, type-erased
@@ -290,10 +293,12 @@ inline void apply_dyrelu_phase(const Config& c, const Plan& p, std::int64_t step
     for (const auto& prefix : hypernet_prefixes(model)) sgd.set_frozen_prefix(prefix, frozen);
 }
 
-inline std::unique_ptr<AnyController> make_controller(const Config& c, const Plan& p,
-                                                      east::ParameterSet params) {
+inline std::unique_ptr<AnyController> make_controller(
+    const Config& c, const Plan& p, east::ParameterSet params,
+    std::shared_ptr<const east::ConnectivityGraph> graph = nullptr) {
   east::ControllerOptions opt;
   opt.seed = c.seed;
+  if (c.connect) opt.connectivity = std::move(graph);
   if (c.method == "dense") return hold(east::make_static(std::move(params), 1.0, opt));
   if (c.method == "static") return hold(east::make_static(std::move(params), p.dst.density, opt));
   if (c.method == "set") return hold(east::make_set(std::move(params), p.dst, opt));
@@ -487,7 +492,13 @@ inline void write_results(const Result& r, const std::string& dir) {
       << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers << ",\n  \"seconds\": " << r.seconds
       << ",\n  \"command\": \"" << json_escape(c.command_line) << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
-    j << "],\n  \"empty_layers\": [";
+    j << "],\n  \"connect\": " << (c.connect ? "true" : "false");
+    for (const auto* rep : {&r.path_initial, &r.path_final}) {
+      const char* when = rep == &r.path_initial ? "initial" : "final";
+      j << ",\n  \"path_" << when << "\": {\"connected\": " << (rep->connected ? "true" : "false")
+        << ", \"cut_node\": \"" << rep->cut_node << "\", \"off_path\": " << rep->off_path.size() << "}";
+    }
+    j << ",\n  \"empty_layers\": [";
     for (std::size_t i = 0; i < r.empty_layers.size(); ++i)
       j << (i ? ", " : "") << '"' << r.empty_layers[i] << '"';
     j << "],\n  \"layers\": [\n";
@@ -527,6 +538,9 @@ inline void print_summary(const Result& r, std::ostream& os) {
     os << "  " << std::left << std::setw(28) << l.name << std::right << std::setw(7) << l.nnz << " / "
        << std::setw(8) << l.size << (l.uses > 1 ? " x" + std::to_string(l.uses) : std::string("   ")) << " = "
        << std::setprecision(5) << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "\n";
+  for (const auto* rep : {&r.path_initial, &r.path_final})
+    if (!rep->message().empty())
+      os << "WARNING: " << (rep == &r.path_initial ? "initial" : "final") << " masks: " << rep->message() << "\n";
   if (!r.empty_layers.empty()) {
     os << "WARNING: layers with no active weight (their output is constant): ";
     for (const auto& n : r.empty_layers) os << n << ' ';
@@ -546,6 +560,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   const Dataset data = load_dataset(c.dataset, c.data_dir);
   const Prepared p = prepare(data, c);
 
+  Result r;
   ta::ResNetOptions mo;
   mo.depth = c.depth;
   mo.width = c.width;
@@ -565,7 +580,9 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   const int64_t n_train = p.train_x.size(0);
   const int64_t spe = n_train / c.batch;  // drop the last partial batch
   const Plan plan = make_plan(c, spe);
-  auto ctl = make_controller(c, plan, params);
+  const auto graph = ta::resnet_connectivity(*model);
+  auto ctl = make_controller(c, plan, params, graph);
+  r.path_initial = east::check_connectivity(*graph, ctl->params(), ctl->masks());
   // Convolutions below the crossover density train on compact weights (docs/sparse.md).
   std::unique_ptr<ta::SparseCompute> compute;
   if (c.sparse() && c.kernels != "dense") {
@@ -575,7 +592,6 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     model->set_sparse_compute(compute.get());
   }
 
-  Result r;
   r.config = c;
   int start_epoch = 0;
   double elapsed_before = 0;
@@ -620,6 +636,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       log << "; DyReLU beta 1 -> 0 over steps [" << plan.phase.start << ", " << plan.phase.end << "] ("
           << c.dyrelu_impl << ")";
     log << "\n";
+    if (!r.path_initial.message().empty()) log << "  WARNING: initial masks: " << r.path_initial.message() << "\n";
     if (compute)
       log << "  convolutions on east's sparse kernels: " << compute->attached_count() << " of "
           << compute->size() << " (" << c.kernels << ", crossover density " << compute->crossover().conv
@@ -722,6 +739,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   r.mask_updates = static_cast<std::int64_t>(ctl->updates());
   r.sparse_kernel_layers = compute ? compute->attached_count() : 0;
   r.empty_layers = ctl->empty_layers();
+  r.path_final = east::check_connectivity(*graph, ctl->params(), ctl->masks());
   for (std::size_t l = 0; l < ctl->params().size(); ++l) {
     const auto& v = ctl->params()[l];
     r.layers.push_back({v.name, v.size(), v.uses, ctl->masks()[l].count()});

@@ -124,10 +124,10 @@ class ConnectivityGraph {
 /// What check_connectivity found.
 struct ConnectivityReport {
   bool connected = false;  ///< some input→output path exists
-  /// When not connected: the first layer (in topological order) that reads live channels but
-  /// whose active weights read none of them, so the signal stops there ("" when the cut is at a
-  /// node with no incoming layer at all).
-  std::string cut_layer;
+  /// When not connected: the first node (topological order) that every input→output route
+  /// passes and that carries no signal, and the layers writing into it — where the signal stops.
+  std::string cut_node;
+  std::vector<std::string> cut_layers;
   /// Declared layer uses none of whose active weights lies on an input→output path (a dead
   /// branch, or everything when not connected); a shared layer appears once per such use.
   std::vector<std::string> off_path;
@@ -137,8 +137,13 @@ struct ConnectivityReport {
     std::ostringstream o;
     if (!connected) {
       o << "no input-to-output path through the masks";
-      if (!cut_layer.empty()) o << ": the signal stops at layer '" << cut_layer << "'";
-      o << " (every gradient is zero; east::connect_masks or ControllerOptions::connectivity repairs it)";
+      if (!cut_node.empty()) {
+        o << ": the signal stops at '" << cut_node << "'";
+        for (std::size_t i = 0; i < cut_layers.size(); ++i)
+          o << (i ? " or '" : " (no active weight of '") << cut_layers[i] << "'";
+        if (!cut_layers.empty()) o << " reads a live channel)";
+      }
+      o << "; every gradient is zero (east::connect_masks / ControllerOptions::connectivity repairs it)";
     } else if (!off_path.empty()) {
       o << off_path.size() << " layer use(s) on no input-to-output path (first: '" << off_path.front() << "')";
     }
@@ -290,15 +295,44 @@ inline ConnectivityReport check_connectivity(const ConnectivityGraph& graph, con
   for (std::size_t i = 0; i < r.edges.size(); ++i) {
     const auto& e = r.edges[i];
     if (e.identity()) continue;
-    bool path = false, reads_live = false;
-    masks[e.layer].for_each_active([&](std::size_t k) {
-      path |= detail::on_path(e, lv, k);
-      reads_live |= lv.fwd[e.from][e.channel_of(k)] != 0;
-    });
-    const auto& name = graph.edges()[r.names[i]].layer;
-    if (!path) rep.off_path.push_back(name);
-    const bool from_live = std::any_of(lv.fwd[e.from].begin(), lv.fwd[e.from].end(), [](char c) { return c; });
-    if (!rep.connected && rep.cut_layer.empty() && from_live && !reads_live) rep.cut_layer = name;
+    bool path = false;
+    masks[e.layer].for_each_active([&](std::size_t k) { path |= detail::on_path(e, lv, k); });
+    if (!path) rep.off_path.push_back(graph.edges()[r.names[i]].layer);
+  }
+  if (!rep.connected) {
+    // The cut: the first dead node that every route from an input to the output passes (found by
+    // removing it and searching the graph's edges), else the first dead node with a live input.
+    const auto dead = [&](std::size_t n) {
+      return std::none_of(lv.fwd[n].begin(), lv.fwd[n].end(), [](char c) { return c != 0; });
+    };
+    const auto reaches_without = [&](std::size_t skip) {
+      std::vector<char> seen(r.channels.size(), 0);
+      for (std::size_t n = 0; n < seen.size(); ++n) seen[n] = r.input[n] && n != skip;
+      for (const auto& e : r.edges)  // topological order
+        if (seen[e.from] && e.to != skip) seen[e.to] = 1;
+      return seen[r.output] != 0;
+    };
+    std::size_t cut = ConnectivityGraph::npos;
+    for (const std::size_t n : r.order)
+      if (!r.input[n] && dead(n) && !reaches_without(n)) {
+        cut = n;
+        break;
+      }
+    if (cut == ConnectivityGraph::npos)
+      for (const auto& e : r.edges)
+        if (!dead(e.from) && dead(e.to)) {
+          cut = e.to;
+          break;
+        }
+    if (cut != ConnectivityGraph::npos) {
+      rep.cut_node = graph.nodes()[cut].name;
+      for (std::size_t i = 0; i < r.edges.size(); ++i) {
+        const auto& name = graph.edges()[r.names[i]].layer;
+        if (r.edges[i].to == cut && !name.empty() &&
+            std::find(rep.cut_layers.begin(), rep.cut_layers.end(), name) == rep.cut_layers.end())
+          rep.cut_layers.push_back(name);
+      }
+    }
   }
   return rep;
 }
