@@ -11,6 +11,7 @@
 #include <vector>
 
 namespace et = east_trainer;
+namespace ta = east::torch_adapter;
 using namespace east_test;
 
 namespace {
@@ -195,4 +196,78 @@ TEST_CASE("every method trains a step and meets its budget", "[torch]") {
       CHECK(r.nonzeros ==
             static_cast<std::size_t>(std::floor(0.1 * static_cast<double>(r.logical_size) + 1e-9)));
   }
+}
+
+TEST_CASE("DyReLU study options: validation, fingerprint, init, groups and a true freeze", "[torch]") {
+  et::Config c;
+  c.dyrelu_init = "zero";
+  CHECK_THROWS_WITH(et::validate(c), Catch::Contains("--dyrelu-init zero"));
+  c = et::Config{};
+  c.hyper_lr = -1;
+  CHECK_THROWS_WITH(et::validate(c), Catch::Contains("--hyper-lr -1"));
+  c = et::Config{};
+  c.method = "set";
+  c.cyclic_on = 1;
+  CHECK_THROWS_WITH(et::validate(c), Catch::Contains("--cyclic on"));
+  // Defaults keep the fingerprint of earlier checkpoints; a changed option joins it.
+  c = et::Config{};
+  const auto fp = et::fingerprint(c);
+  CHECK(fp.find("init") == std::string::npos);
+  CHECK(fp.find("connect") == std::string::npos);
+  c.dyrelu_init = "relu";
+  CHECK(et::fingerprint(c) == fp + "|init relu");
+  c.dyrelu_init = "default";
+  c.method = "rigl";
+  c.dyrelu_on = 1;
+  CHECK(c.dyrelu());
+  CHECK_FALSE(c.share());
+
+  // Zero init, a group with learning-rate 0, and the freeze: hyper-networks do not move.
+  ta::ResNetOptions o;
+  o.depth = 18;
+  o.width = 0.0625;
+  o.in_channels = 1;
+  o.dyrelu = true;
+  o.backend = ta::DyReLUBackend::torch_ops;
+  for (int variant = 0; variant < 2; ++variant) {
+    ta::ResNet net(o);
+    ta::Sgd sgd(net->named_parameters());
+    et::Config k;
+    k.method = "east";
+    k.dyrelu_init = "relu";
+    if (variant == 0)
+      k.hyper_lr = 0;
+    else
+      k.freeze_hypernet = true, k.dyrelu_start = 0, k.dyrelu_end = 0.5;
+    et::configure_hypernets(k, *net, sgd);
+    CHECK(net->stem_act->fc2->weight.abs().max().item<float>() == 0.0f);
+    const auto plan = et::make_plan(k, 10);
+    const auto fc1 = net->stem_act->fc1->weight.clone(), conv = net->stem_conv->weight.clone();
+    for (std::int64_t step = 1; step < 3; ++step) {
+      et::apply_dyrelu_phase(k, plan, step, *net, sgd);
+      sgd.zero_grad();
+      net->forward(torch::randn({4, 1, 8, 8})).sum().backward();
+      sgd.step(0.1);
+    }
+    INFO("variant " << variant);
+    CHECK(torch::equal(net->stem_act->fc1->weight, fc1));
+    CHECK_FALSE(torch::equal(net->stem_conv->weight, conv));
+  }
+}
+
+TEST_CASE("--connect: every layer on a path at the start, exact budget; the check is recorded", "[torch]") {
+  const auto data = temp_dir("connect_data");
+  write_idx_dataset(data, 64, 16, 8, false);
+  auto c = tiny(data, "rigl");
+  c.depth = 18;
+  c.epochs = 1;
+  c.sparsity = 0.999;
+  auto plain = et::run(c);
+  c.connect = true;
+  const auto r = et::run(c);
+  CHECK(r.path_initial.connected);
+  CHECK(r.path_initial.off_path.empty());
+  CHECK(r.nonzeros == plain.nonzeros);
+  CHECK(r.nonzeros == static_cast<std::size_t>(std::floor(0.001 * static_cast<double>(r.logical_size) + 1e-9)));
+  CHECK(!plain.path_initial.off_path.empty());  // at 0.1% of this tiny net the random mask is cut
 }

@@ -31,7 +31,7 @@ struct ControllerOptions {
   AllocationOptions allocation{};  ///< minimum nonzeros per layer
   /// When set, the initial masks are repaired so every layer use it declares lies on an
   /// input→output path, with the same per-layer counts (east/masks/connectivity.hpp).
-  std::shared_ptr<const ConnectivityGraph> connectivity;
+  std::shared_ptr<const ConnectivityGraph> connectivity = nullptr;
 };
 
 /// Everything needed to resume: what io/checkpoint.hpp saves.
