@@ -68,7 +68,8 @@ std::vector<BitMask> empty_masks(const ParameterSet& p) {
   return m;
 }
 
-std::vector<BitMask> random_masks(const ParameterSet& p, const std::vector<std::size_t>& counts, unsigned seed) {
+std::vector<BitMask> random_masks(const ParameterSet& p, const std::vector<std::size_t>& counts,
+                                  unsigned seed) {
   std::mt19937 rng(seed);
   std::vector<BitMask> out;
   for (std::size_t l = 0; l < p.size(); ++l) {

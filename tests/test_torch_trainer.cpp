@@ -268,6 +268,7 @@ TEST_CASE("--connect: every layer on a path at the start, exact budget; the chec
   CHECK(r.path_initial.connected);
   CHECK(r.path_initial.off_path.empty());
   CHECK(r.nonzeros == plain.nonzeros);
-  CHECK(r.nonzeros == static_cast<std::size_t>(std::floor(0.001 * static_cast<double>(r.logical_size) + 1e-9)));
+  CHECK(r.nonzeros ==
+        static_cast<std::size_t>(std::floor(0.001 * static_cast<double>(r.logical_size) + 1e-9)));
   CHECK(!plain.path_initial.off_path.empty());  // at 0.1% of this tiny net the random mask is cut
 }

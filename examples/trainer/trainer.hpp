@@ -55,14 +55,15 @@ struct Config {
   double cyclic_multiplier = 3.0;
   double dyrelu_start = 0.25;  ///< EAST: β = 1 until here …
   double dyrelu_end = 0.5;     ///< … linear to 0 here
-  bool freeze_hypernet = false;  ///< from dyrelu_start on: no gradients and no optimizer steps
+  bool freeze_hypernet = false;
   std::string dyrelu_impl = "kernels";  ///< torch | kernels
+  // freeze_hypernet: from dyrelu_start on, no gradients and no optimizer steps for the hyper-networks.
   // DyReLU study options (docs/dyrelu-probes.md); the defaults are EAST-SPEC §2.
   std::string dyrelu_init = "default";  ///< default (torch's Linear init) | relu (fc2 zeroed: exactly ReLU)
-  std::string dyrelu_ramp = "linear";   ///< linear | cosine (β = ½(1 + cos πp), p the linear ramp's progress)
-  std::string dyrelu_mode = "full";     ///< full | ramp-only (ES2's code: plain ReLU while β = 1)
-  double hyper_lr = 1.0;                ///< learning-rate multiplier of the DyReLU hyper-networks
-  double hyper_wd = -1.0;               ///< their weight decay; < 0 = --weight-decay
+  std::string dyrelu_ramp = "linear";  ///< linear | cosine (β = ½(1 + cos πp), p the linear ramp's progress)
+  std::string dyrelu_mode = "full";    ///< full | ramp-only (ES2's code: plain ReLU while β = 1)
+  double hyper_lr = 1.0;               ///< learning-rate multiplier of the DyReLU hyper-networks
+  double hyper_wd = -1.0;              ///< their weight decay; < 0 = --weight-decay
   int dyrelu_on = -1, sharing_on = -1, cyclic_on = -1;  ///< trick overrides: -1 = the method's, 0 off, 1 on
   /// Repair the initial masks so every layer lies on an input→output path (east/masks/connectivity.hpp).
   bool connect = false;
@@ -140,7 +141,8 @@ inline void validate(Config& c) {
   require(c.dyrelu_mode == "full" || c.dyrelu_mode == "ramp-only", w, "--dyrelu-mode ", c.dyrelu_mode,
           " (valid: full, ramp-only)");
   require(c.hyper_lr >= 0 && std::isfinite(c.hyper_lr), w, "--hyper-lr ", c.hyper_lr, " (valid: >= 0)");
-  require(std::isfinite(c.hyper_wd), w, "--hyper-wd ", c.hyper_wd, " (valid: >= 0, or < 0 for --weight-decay)");
+  require(std::isfinite(c.hyper_wd), w, "--hyper-wd ", c.hyper_wd,
+          " (valid: >= 0, or < 0 for --weight-decay)");
   require(c.cyclic_on != 1 || c.method == "rigl" || c.method.rfind("east", 0) == 0, w,
           "--cyclic on needs --method rigl or east* (cyclic density regrows by gradient), not ", c.method);
   require(c.sharing_on != 1 || c.sparse(), w, "--sharing on needs a sparse --method, not ", c.method);
@@ -540,7 +542,8 @@ inline void print_summary(const Result& r, std::ostream& os) {
        << std::setprecision(5) << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "\n";
   for (const auto* rep : {&r.path_initial, &r.path_final})
     if (!rep->message().empty())
-      os << "WARNING: " << (rep == &r.path_initial ? "initial" : "final") << " masks: " << rep->message() << "\n";
+      os << "WARNING: " << (rep == &r.path_initial ? "initial" : "final") << " masks: " << rep->message()
+         << "\n";
   if (!r.empty_layers.empty()) {
     os << "WARNING: layers with no active weight (their output is constant): ";
     for (const auto& n : r.empty_layers) os << n << ' ';
@@ -636,7 +639,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
       log << "; DyReLU beta 1 -> 0 over steps [" << plan.phase.start << ", " << plan.phase.end << "] ("
           << c.dyrelu_impl << ")";
     log << "\n";
-    if (!r.path_initial.message().empty()) log << "  WARNING: initial masks: " << r.path_initial.message() << "\n";
+    if (!r.path_initial.message().empty())
+      log << "  WARNING: initial masks: " << r.path_initial.message() << "\n";
     if (compute)
       log << "  convolutions on east's sparse kernels: " << compute->attached_count() << " of "
           << compute->size() << " (" << c.kernels << ", crossover density " << compute->crossover().conv

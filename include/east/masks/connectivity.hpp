@@ -67,9 +67,9 @@ class ConnectivityGraph {
   void add_identity(Node from, Node to) {
     constexpr const char* where = "east::ConnectivityGraph::add_identity()";
     check_edge(where, from, to);
-    detail::require(nodes_[from].channels == nodes_[to].channels, where, "node '", nodes_[from].name, "' has ",
-                    nodes_[from].channels, " channels, node '", nodes_[to].name, "' ", nodes_[to].channels,
-                    " (valid: equal counts)");
+    detail::require(nodes_[from].channels == nodes_[to].channels, where, "node '", nodes_[from].name,
+                    "' has ", nodes_[from].channels, " channels, node '", nodes_[to].name, "' ",
+                    nodes_[to].channels, " (valid: equal counts)");
     edges_.push_back({std::string(), from, to});
   }
   /// The node the loss reads (e.g. the logits); a path must reach it.
@@ -110,8 +110,8 @@ class ConnectivityGraph {
     return nodes_.size() - 1;
   }
   void check_edge(const char* where, Node from, Node to) const {
-    detail::require(from < nodes_.size() && to < nodes_.size(), where, "nodes ", from, " -> ", to, " (valid: < ",
-                    nodes_.size(), ")");
+    detail::require(from < nodes_.size() && to < nodes_.size(), where, "nodes ", from, " -> ", to,
+                    " (valid: < ", nodes_.size(), ")");
     detail::require(from != to, where, "edge from node '", nodes_[from].name, "' to itself");
     detail::require(!nodes_[to].input, where, "edge into the input node '", nodes_[to].name, "'");
   }
@@ -145,7 +145,8 @@ struct ConnectivityReport {
       }
       o << "; every gradient is zero (east::connect_masks / ControllerOptions::connectivity repairs it)";
     } else if (!off_path.empty()) {
-      o << off_path.size() << " layer use(s) on no input-to-output path (first: '" << off_path.front() << "')";
+      o << off_path.size() << " layer use(s) on no input-to-output path (first: '" << off_path.front()
+        << "')";
     }
     return o.str();
   }
@@ -163,15 +164,16 @@ namespace detail {
 struct ResolvedEdge {
   std::size_t layer = static_cast<std::size_t>(-1);  // -1: identity
   std::size_t from = 0, to = 0;
-  std::size_t out = 0, in = 0, taps = 1, per_channel = 1;  // weight [out, in, taps], in = channels·per_channel
+  std::size_t out = 0, in = 0, taps = 1,
+              per_channel = 1;  // weight [out, in, taps], in = channels·per_channel
   bool identity() const { return layer == static_cast<std::size_t>(-1); }
   std::size_t out_of(std::size_t k) const { return k / (in * taps); }
   std::size_t channel_of(std::size_t k) const { return (k / taps) % in / per_channel; }
 };
 
 struct ResolvedGraph {
-  std::vector<ResolvedEdge> edges;   // in a topological order (by the from-node's position)
-  std::vector<std::size_t> names;    // graph edge index of each resolved edge (for messages)
+  std::vector<ResolvedEdge> edges;  // in a topological order (by the from-node's position)
+  std::vector<std::size_t> names;   // graph edge index of each resolved edge (for messages)
   std::vector<std::size_t> channels;
   std::vector<char> input;
   std::size_t output = 0;
@@ -181,7 +183,8 @@ struct ResolvedGraph {
 inline ResolvedGraph resolve_graph(const ConnectivityGraph& g, const ParameterSet& params,
                                    const std::vector<BitMask>& masks, const char* where) {
   require(g.output() != ConnectivityGraph::npos, where, "the graph has no output node (call set_output)");
-  require(masks.size() == params.size(), where, "got ", masks.size(), " masks for ", params.size(), " layers");
+  require(masks.size() == params.size(), where, "got ", masks.size(), " masks for ", params.size(),
+          " layers");
   ResolvedGraph r;
   r.order = g.topological_order();
   std::vector<std::size_t> pos(g.nodes().size());
@@ -363,7 +366,8 @@ inline ConnectivityRepair connect_masks(const ConnectivityGraph& graph, const Pa
     const RandomStream s = stream.derive(i).derive(backward ? 2 : 1);
     const std::size_t c = detail::pick(ins, s, 0), o = detail::pick(outs, s, 1);
     const std::size_t sub = static_cast<std::size_t>(s.uniform(2) * static_cast<double>(e.per_channel));
-    const std::size_t k = (o * e.in + c * e.per_channel + std::min(sub, e.per_channel - 1)) * e.taps + e.taps / 2;
+    const std::size_t k =
+        (o * e.in + c * e.per_channel + std::min(sub, e.per_channel - 1)) * e.taps + e.taps / 2;
     if (m.test(k)) return false;  // cannot happen for a use that needs repair; be safe
     // The victim: an active weight on no path (backward) / reading no live channel (forward) in
     // any use of this layer; among those, the one with the largest random key.

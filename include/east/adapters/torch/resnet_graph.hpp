@@ -36,7 +36,8 @@ inline std::shared_ptr<ConnectivityGraph> resnet_connectivity(ResNetImpl& model)
     std::size_t b = 0;
     for (const auto& child : model.stages[s]->children()) {
       auto* block = child->as<ResidualBlockImpl>();
-      east::detail::require(block != nullptr, where, "stage ", s + 1, " holds a module that is no ResidualBlock");
+      east::detail::require(block != nullptr, where, "stage ", s + 1,
+                            " holds a module that is no ResidualBlock");
       const std::string prefix = "layer" + std::to_string(s + 1) + "." + std::to_string(b++);
       // The block's convolutions conv1, conv2[, conv3], in order: owned or borrowed.
       std::vector<std::pair<std::string, torch::Tensor>> convs;

@@ -112,15 +112,16 @@ class Sgd {
   /// Returns how many parameters matched.
   std::size_t set_group(const std::string& prefix, double lr_scale, double weight_decay) {
     constexpr const char* where = "east::torch_adapter::Sgd::set_group()";
-    east::detail::require(std::isfinite(lr_scale) && lr_scale >= 0, where, "lr_scale ", lr_scale,
-                          " for '", prefix, "' (valid: finite, >= 0)");
+    east::detail::require(std::isfinite(lr_scale) && lr_scale >= 0, where, "lr_scale ", lr_scale, " for '",
+                          prefix, "' (valid: finite, >= 0)");
     east::detail::require(std::isfinite(weight_decay) && weight_decay >= 0, where, "weight_decay ",
                           weight_decay, " for '", prefix, "' (valid: finite, >= 0)");
     lr_scale_.resize(params_.size(), 1.0);
     decay_.resize(params_.size(), options_.weight_decay);
     std::size_t n = 0;
     for (std::size_t i = 0; i < names_.size(); ++i)
-      if (names_[i].compare(0, prefix.size(), prefix) == 0) lr_scale_[i] = lr_scale, decay_[i] = weight_decay, ++n;
+      if (names_[i].compare(0, prefix.size(), prefix) == 0)
+        lr_scale_[i] = lr_scale, decay_[i] = weight_decay, ++n;
     return n;
   }
 
