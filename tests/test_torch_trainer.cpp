@@ -229,18 +229,20 @@ TEST_CASE("DyReLU study options: validation, fingerprint, init, groups and a tru
   o.in_channels = 1;
   o.dyrelu = true;
   o.backend = ta::DyReLUBackend::torch_ops;
-  for (int variant = 0; variant < 2; ++variant) {
+  for (int variant = 0; variant < 3; ++variant) {
     ta::ResNet net(o);
     ta::Sgd sgd(net->named_parameters());
     et::Config k;
     k.method = "east";
-    k.dyrelu_init = "relu";
+    k.dyrelu_init = variant < 2 ? "relu" : "default";
     if (variant == 0)
       k.hyper_lr = 0;
-    else
+    else if (variant == 1)
       k.freeze_hypernet = true, k.dyrelu_start = 0, k.dyrelu_end = 0.5;
+    else  // ramp-only before the ramp: unused, so no weight decay or momentum either
+      k.dyrelu_mode = "ramp-only", k.dyrelu_start = 0.5, k.dyrelu_end = 0.8;
     et::configure_hypernets(k, *net, sgd);
-    CHECK(net->stem_act->fc2->weight.abs().max().item<float>() == 0.0f);
+    CHECK((net->stem_act->fc2->weight.abs().max().item<float>() == 0.0f) == (variant < 2));
     const auto plan = et::make_plan(k, 10);
     const auto fc1 = net->stem_act->fc1->weight.clone(), conv = net->stem_conv->weight.clone();
     for (std::int64_t step = 1; step < 3; ++step) {

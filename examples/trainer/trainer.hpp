@@ -284,15 +284,17 @@ inline void configure_hypernets(const Config& c, torch::nn::Module& model, ta::S
       sgd.set_group(prefix, c.hyper_lr, c.hyper_wd >= 0 ? c.hyper_wd : c.weight_decay);
 }
 
-/// Sets β and the freeze of every DyReLU-B module for `step`; a frozen hyper-network also takes
-/// no optimizer steps (no momentum, no weight decay), so it stays exactly where it was.
+/// Sets β and the freeze of every DyReLU-B module for `step`. A frozen hyper-network also takes no
+/// optimizer steps (no momentum, no weight decay), so it stays exactly where it was; so does one
+/// that is not used yet (ramp-only before the ramp: as in ES2, where it has no gradient).
 inline void apply_dyrelu_phase(const Config& c, const Plan& p, std::int64_t step, torch::nn::Module& model,
                                ta::Sgd& sgd) {
   if (!c.dyrelu()) return;
   const bool frozen = east::phase_frozen(p.phase, step);
   ta::set_dyrelu_phase(model, dyrelu_beta(c, p, step), frozen);
-  if (c.freeze_hypernet)
-    for (const auto& prefix : hypernet_prefixes(model)) sgd.set_frozen_prefix(prefix, frozen);
+  const bool unused = c.dyrelu_mode == "ramp-only" && p.phase.beta(step) == 1.0;
+  if (c.freeze_hypernet || c.dyrelu_mode == "ramp-only")
+    for (const auto& prefix : hypernet_prefixes(model)) sgd.set_frozen_prefix(prefix, frozen || unused);
 }
 
 inline std::unique_ptr<AnyController> make_controller(
