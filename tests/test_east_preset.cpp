@@ -32,6 +32,26 @@ TEST_CASE("EAST defaults: cyclic density over the first 40%, cosine drop 0.5→0
   CHECK(e.beta(900) == 0.0);
 }
 
+TEST_CASE("EAST's ramp-only DyReLU phasing (ES2's code): ReLU before the ramp, DyReLU only inside it",
+          "[east]") {
+  auto m = ToyModel::small();
+  EastConfig cfg;
+  cfg.density = 0.02;
+  cfg.total_steps = 1000;
+  cfg.dyrelu_phasing = DyReluPhasing::ramp_only;
+  auto e = make_east(m.params(), cfg);
+  CHECK(e.beta(0) == 0.0);
+  CHECK(e.beta(250) == 0.0);  // the ramp's first step is still β = 1: ReLU here
+  CHECK(e.beta(251) == Approx(249.0 / 250.0));
+  CHECK(e.beta(375) == Approx(0.5));
+  CHECK(e.beta(500) == 0.0);
+  CHECK(e.phase.frozen(100));  // unused: no optimizer step
+  CHECK_FALSE(e.phase.frozen(300));
+  CHECK_FALSE(e.phase.frozen(700));
+  cfg.dyrelu_phasing = DyReluPhasing::full;
+  CHECK_FALSE(make_east(m.params(), cfg).phase.frozen(100));
+}
+
 TEST_CASE("EAST's ablation switches turn each trick off", "[east]") {
   auto m = ToyModel::small();
   EastConfig cfg;

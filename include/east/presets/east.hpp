@@ -13,6 +13,12 @@
 
 namespace east {
 
+/// When EAST uses DyReLU-B (EastConfig::dyrelu_phasing).
+enum class DyReluPhasing {
+  full,       ///< DyReLU-B while β = 1, blended into ReLU over the ramp (EAST-SPEC §2)
+  ramp_only,  ///< plain ReLU before the ramp, DyReLU-B only inside it, as the authors' ES2 code runs
+};
+
 struct EastConfig {
   double density = 0.001;            ///< target overall density (counting every shared use)
   std::int64_t total_steps = 0;      ///< optimizer steps of the whole run (required)
@@ -32,17 +38,27 @@ struct EastConfig {
   double dyrelu_start = 0.25;
   double dyrelu_end = 0.5;
   bool freeze_hypernet = false;
+  DyReluPhasing dyrelu_phasing = DyReluPhasing::full;  ///< docs/east.md, "DyReLU phasing: the evidence"
   // Trick 2: weight sharing. The model builder reads this switch; the budget rule itself is
   // automatic for tensors registered with their uses (ParameterSet::set_uses / add_shared).
   bool weight_sharing = true;
 };
 
-/// β(step) of EAST's DyReLU phasing; the no-DyReLU ablation is β ≡ 0 (plain ReLU).
+/// β(step) of EAST's DyReLU phasing; the no-DyReLU ablation is β ≡ 0 (plain ReLU). With
+/// ramp_only, β is 0 until the ramp starts, and the hyper-network counts as frozen there (unused:
+/// it should take no optimizer step, as in ES2 where it has no gradient).
 struct EastPhase {
   bool enabled = true;
   LinearPhase ramp{};
-  double beta(std::int64_t step) const { return enabled ? ramp.beta(step) : 0.0; }
-  bool frozen(std::int64_t step) const { return enabled && ramp.frozen(step); }
+  DyReluPhasing phasing = DyReluPhasing::full;
+  double beta(std::int64_t step) const {
+    if (!enabled) return 0.0;
+    const double b = ramp.beta(step);
+    return phasing == DyReluPhasing::ramp_only && b == 1.0 ? 0.0 : b;
+  }
+  bool frozen(std::int64_t step) const {
+    return enabled && (ramp.frozen(step) || (phasing == DyReluPhasing::ramp_only && ramp.beta(step) == 1.0));
+  }
 };
 
 namespace detail {
@@ -109,9 +125,11 @@ East<Distribution> make_east(ParameterSet params, const EastConfig& c, Controlle
                 MagnitudePrune{},
                 GradientRegrow{},
                 ZeroInit{}};
-  EastPhase phase{c.dyrelu, c.dyrelu ? LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end,
-                                                                   c.total_steps, c.freeze_hypernet)
-                                     : LinearPhase{}};
+  EastPhase phase{
+      c.dyrelu,
+      c.dyrelu ? LinearPhase::from_fractions(c.dyrelu_start, c.dyrelu_end, c.total_steps, c.freeze_hypernet)
+               : LinearPhase{},
+      c.dyrelu_phasing};
   return East<Distribution>{typename East<Distribution>::ControllerType(std::move(params), method, opt),
                             phase, c};
 }
