@@ -101,6 +101,8 @@ TEST_CASE("check_connectivity: a hand-made cut names the layer where the signal 
   CHECK(rep.cut_node == "B");
   CHECK(rep.cut_layers == std::vector<std::string>{"c2"});
   CHECK(rep.off_path == std::vector<std::string>{"c1", "c2", "fc"});
+  CHECK(rep.weights == 3);
+  CHECK(rep.weights_on_path == 0);
   CHECK(rep.message().find("no input-to-output path") != std::string::npos);
   CHECK(rep.message().find("the signal stops at 'B' (no active weight of 'c2' reads a live channel)") !=
         std::string::npos);
@@ -111,6 +113,8 @@ TEST_CASE("check_connectivity: a hand-made cut names the layer where the signal 
   CHECK(rep.connected);
   CHECK(rep.cut_node.empty());
   CHECK(rep.off_path.empty());
+  CHECK(rep.weights == 4);
+  CHECK(rep.weights_on_path == 3);  // c2's (1 <- 2) reads a dead channel
   CHECK(rep.message().empty());
 
   // fc reads B's channel 3 instead (dead): the cut moves to fc.
@@ -312,4 +316,29 @@ TEST_CASE("A Linear reading flattened C x H x W features maps feature j to chann
   CHECK_FALSE(check_connectivity(g, p, m).connected);
   m[1].set(at(2, 5, 0, 8, 1));  // feature 5: channel 1
   CHECK(check_connectivity(g, p, m).connected);
+}
+
+TEST_CASE("connect_every_weight puts every weight on a path where the counts allow", "[connectivity]") {
+  Residual r;
+  const auto p = r.model.params();
+  for (std::size_t per_layer : {2u, 6u, 30u}) {
+    for (unsigned seed = 0; seed < 20; ++seed) {
+      std::vector<std::size_t> counts;
+      for (const auto& l : p) counts.push_back(std::min(per_layer, l.size()));
+      auto m = random_masks(p, counts, 100 + seed);
+      const auto before = check_connectivity(r.g, p, m);
+      auto a = m, b = m;
+      connect_every_weight(r.g, p, a, make_stream(seed));
+      connect_every_weight(r.g, p, b, make_stream(seed));
+      INFO("per layer " << per_layer << ", seed " << seed);
+      CHECK(counts_of(a) == counts);
+      for (std::size_t l = 0; l < a.size(); ++l) CHECK(a[l] == b[l]);
+      const auto after = check_connectivity(r.g, p, a);
+      CHECK(after.connected);
+      CHECK(after.off_path.empty());
+      CHECK(after.weights == before.weights);
+      CHECK(after.weights_on_path >= before.weights_on_path);
+      CHECK(after.weights - after.weights_on_path <= 2);  // (a shared s1/s2 weight may serve neither use)
+    }
+  }
 }

@@ -44,6 +44,7 @@ const char* usage = R"(usage: east-trainer [options]
                         switch one of EAST's tricks regardless of --method (e.g. rigl with DyReLU)
   --connect             repair the initial masks so every layer lies on an input-to-output path
                         (same per-layer counts; docs/masks.md); a missing path is reported either way
+  --connect-all         stronger: move every weight that lies on no input-to-output path onto one
   --kernels K           convolutions: auto (east's sparse kernels below the measured crossover density,
                         libtorch above) | sparse (always east's) | dense (always libtorch, masked)       [auto]
   --out DIR             write result.json, result.csv and checkpoint.east (every epoch) there
@@ -198,6 +199,7 @@ int main(int argc, char** argv) {
         {"--no-augment", [&] { c.augment = false; }},
         {"--freeze-hypernet", [&] { c.freeze_hypernet = true; }},
         {"--connect", [&] { c.connect = true; }},
+        {"--connect-all", [&] { c.connect_all = true; }},
         {"--resume", [&] { c.resume = true; }},
         {"--quiet", [&] { c.quiet = true; }},
         {"--bench-dyrelu", [&] { bench = true; }},

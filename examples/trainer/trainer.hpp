@@ -67,6 +67,7 @@ struct Config {
   int dyrelu_on = -1, sharing_on = -1, cyclic_on = -1;  ///< trick overrides: -1 = the method's, 0 off, 1 on
   /// Repair the initial masks so every layer lies on an input→output path (east/masks/connectivity.hpp).
   bool connect = false;
+  bool connect_all = false;  ///< --connect-all: every weight on an input→output path (implies connect)
   /// Convolutions: auto (east's sparse kernels below sparse::Crossover's density, libtorch above),
   /// sparse (all on east's kernels), dense (libtorch with masked dense weights). Same training
   /// either way, up to floating-point rounding.
@@ -302,7 +303,8 @@ inline std::unique_ptr<AnyController> make_controller(
     std::shared_ptr<const east::ConnectivityGraph> graph = nullptr) {
   east::ControllerOptions opt;
   opt.seed = c.seed;
-  if (c.connect) opt.connectivity = std::move(graph);
+  if (c.connect || c.connect_all) opt.connectivity = std::move(graph);
+  opt.connect_every_weight = c.connect_all;
   if (c.method == "dense") return hold(east::make_static(std::move(params), 1.0, opt));
   if (c.method == "static") return hold(east::make_static(std::move(params), p.dst.density, opt));
   if (c.method == "set") return hold(east::make_set(std::move(params), p.dst, opt));
@@ -457,6 +459,7 @@ inline std::string fingerprint(const Config& c) {
   if (c.dyrelu_on >= 0 || c.sharing_on >= 0 || c.cyclic_on >= 0)
     o << "|tricks " << c.dyrelu_on << c.sharing_on << c.cyclic_on;
   if (c.connect) o << "|connect";
+  if (c.connect_all) o << "|connect-all";
   return o.str();
 }
 
@@ -496,11 +499,12 @@ inline void write_results(const Result& r, const std::string& dir) {
       << "\",\n  \"sparse_kernel_layers\": " << r.sparse_kernel_layers << ",\n  \"seconds\": " << r.seconds
       << ",\n  \"command\": \"" << json_escape(c.command_line) << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
-    j << "],\n  \"connect\": " << (c.connect ? "true" : "false");
+    j << "],\n  \"connect\": \"" << (c.connect_all ? "all" : c.connect ? "layers" : "off") << "\"";
     for (const auto* rep : {&r.path_initial, &r.path_final}) {
       const char* when = rep == &r.path_initial ? "initial" : "final";
       j << ",\n  \"path_" << when << "\": {\"connected\": " << (rep->connected ? "true" : "false")
-        << ", \"cut_node\": \"" << rep->cut_node << "\", \"off_path\": " << rep->off_path.size() << "}";
+        << ", \"cut_node\": \"" << rep->cut_node << "\", \"off_path\": " << rep->off_path.size()
+        << ", \"weights_on_path\": " << rep->weights_on_path << ", \"weights\": " << rep->weights << "}";
     }
     j << ",\n  \"empty_layers\": [";
     for (std::size_t i = 0; i < r.empty_layers.size(); ++i)
@@ -542,6 +546,9 @@ inline void print_summary(const Result& r, std::ostream& os) {
     os << "  " << std::left << std::setw(28) << l.name << std::right << std::setw(7) << l.nnz << " / "
        << std::setw(8) << l.size << (l.uses > 1 ? " x" + std::to_string(l.uses) : std::string("   ")) << " = "
        << std::setprecision(5) << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "\n";
+  os << "weights on an input-output path: " << r.path_initial.weights_on_path << " of "
+     << r.path_initial.weights << " at the start, " << r.path_final.weights_on_path << " of "
+     << r.path_final.weights << " at the end\n";
   for (const auto* rep : {&r.path_initial, &r.path_final})
     if (!rep->message().empty())
       os << "WARNING: " << (rep == &r.path_initial ? "initial" : "final") << " masks: " << rep->message()

@@ -32,6 +32,7 @@ struct ControllerOptions {
   /// When set, the initial masks are repaired so every layer use it declares lies on an
   /// input→output path, with the same per-layer counts (east/masks/connectivity.hpp).
   std::shared_ptr<const ConnectivityGraph> connectivity = nullptr;
+  bool connect_every_weight = false;  ///< with connectivity: every weight on a path, not only every layer
 };
 
 /// Everything needed to resume: what io/checkpoint.hpp saves.
@@ -82,7 +83,10 @@ class Controller {
       ever_active_.push_back(m);
     }
     if (options_.connectivity) {  // same counts; positions moved onto input→output paths
-      connect_masks(*options_.connectivity, params_, masks_, init.derive(0xC0111EC7));
+      if (options_.connect_every_weight)
+        connect_every_weight(*options_.connectivity, params_, masks_, init.derive(0xC0111EC7));
+      else
+        connect_masks(*options_.connectivity, params_, masks_, init.derive(0xC0111EC7));
       ever_active_ = masks_;
     }
     apply_masks();

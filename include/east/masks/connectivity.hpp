@@ -131,6 +131,8 @@ struct ConnectivityReport {
   /// Declared layer uses none of whose active weights lies on an input→output path (a dead
   /// branch, or everything when not connected); a shared layer appears once per such use.
   std::vector<std::string> off_path;
+  /// Active weights of the declared layers, and those on an input→output path in some use.
+  std::size_t weights = 0, weights_on_path = 0;
 
   /// One line for logs: "" when every declared layer lies on a path.
   std::string message() const {
@@ -295,12 +297,23 @@ inline ConnectivityReport check_connectivity(const ConnectivityGraph& graph, con
   const auto lv = detail::liveness(r, masks);
   ConnectivityReport rep;
   for (char c : lv.fwd[r.output]) rep.connected |= c != 0;
+  std::vector<char> counted(params.size(), 0);
   for (std::size_t i = 0; i < r.edges.size(); ++i) {
     const auto& e = r.edges[i];
     if (e.identity()) continue;
     bool path = false;
     masks[e.layer].for_each_active([&](std::size_t k) { path |= detail::on_path(e, lv, k); });
     if (!path) rep.off_path.push_back(graph.edges()[r.names[i]].layer);
+    if (counted[e.layer]) continue;
+    counted[e.layer] = 1;
+    masks[e.layer].for_each_active([&](std::size_t k) {
+      ++rep.weights;
+      for (std::size_t j = 0; j < r.edges.size(); ++j)
+        if (r.edges[j].layer == e.layer && detail::on_path(r.edges[j], lv, k)) {
+          ++rep.weights_on_path;
+          return;
+        }
+    });
   }
   if (!rep.connected) {
     // The cut: the first dead node that every route from an input to the output passes (found by
@@ -420,6 +433,70 @@ inline ConnectivityRepair connect_masks(const ConnectivityGraph& graph, const Pa
       stale = true;
   }
   rep.unresolved = check_connectivity(graph, params, masks).off_path;
+  return rep;
+}
+
+/// A stronger repair: every active weight that lies on no input→output path is moved onto one,
+/// keeping each layer's count. A forward pass (topological order) re-points the input channel of
+/// every weight that reads no live channel in any use of its layer to a random live channel (same
+/// output channel and tap); a backward pass (from the output back) re-points the output channel of
+/// every weight whose output reaches the output in no use to a random channel that does (same input
+/// and tap). connect_masks then guarantees every use a path. At extreme sparsity a random mask
+/// spends most of its weights on dead ends; this one spends none (where the counts and shared
+/// layers allow). Deterministic in `stream`.
+inline ConnectivityRepair connect_every_weight(const ConnectivityGraph& graph, const ParameterSet& params,
+                                               std::vector<BitMask>& masks, RandomStream stream) {
+  constexpr const char* where = "east::connect_every_weight()";
+  const auto r = detail::resolve_graph(graph, params, masks, where);
+  std::vector<std::vector<std::size_t>> uses(params.size());
+  for (std::size_t i = 0; i < r.edges.size(); ++i)
+    if (!r.edges[i].identity()) uses[r.edges[i].layer].push_back(i);
+  std::size_t moved = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool backward = pass == 1;
+    for (std::size_t n = 0; n < r.edges.size(); ++n) {
+      const std::size_t i = backward ? r.edges.size() - 1 - n : n;
+      const auto& e = r.edges[i];
+      if (e.identity()) continue;
+      auto& m = masks[e.layer];
+      if (m.count() == m.size()) continue;
+      const auto lv = detail::liveness(r, masks);
+      const auto targets = detail::set_channels(backward ? lv.bwd[e.to] : lv.fwd[e.from]);
+      if (targets.empty()) continue;
+      std::vector<std::size_t> stray;  // weights dead in every use (forward: input; backward: output)
+      m.for_each_active([&](std::size_t k) {
+        for (const std::size_t u : uses[e.layer]) {
+          const auto& eu = r.edges[u];
+          if (backward ? lv.bwd[eu.to][eu.out_of(k)] != 0 : lv.fwd[eu.from][eu.channel_of(k)] != 0) return;
+        }
+        stray.push_back(k);
+      });
+      const RandomStream s = stream.derive(i).derive(backward ? 4 : 3);
+      for (std::size_t j = 0; j < stray.size(); ++j) {
+        const std::size_t k = stray[j], tap = k % e.taps, o = e.out_of(k), in_index = (k / e.taps) % e.in;
+        for (std::uint64_t attempt = 0; attempt < 8; ++attempt) {  // a free position, else keep it
+          const std::size_t t = detail::pick(targets, s, 2 * (8 * j + attempt));
+          std::size_t q;
+          if (backward) {
+            q = (t * e.in + in_index) * e.taps + tap;
+          } else {
+            const auto sub =
+                std::min<std::size_t>(static_cast<std::size_t>(s.uniform(2 * (8 * j + attempt) + 1) *
+                                                               static_cast<double>(e.per_channel)),
+                                      e.per_channel - 1);
+            q = (o * e.in + t * e.per_channel + sub) * e.taps + tap;
+          }
+          if (m.test(q)) continue;
+          m.reset(k);
+          m.set(q);
+          ++moved;
+          break;
+        }
+      }
+    }
+  }
+  auto rep = connect_masks(graph, params, masks, stream.derive(5));
+  rep.moved += moved;
   return rep;
 }
 
