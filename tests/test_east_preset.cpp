@@ -16,6 +16,8 @@ TEST_CASE("EAST defaults: cyclic density over the first 40%, cosine drop 0.5→0
   EastConfig cfg;
   cfg.density = 0.02;
   cfg.total_steps = 1000;
+  CHECK(cfg.dyrelu_phasing == DyReluPhasing::ramp_only);  // the default (docs/east.md: the evidence)
+  cfg.dyrelu_phasing = DyReluPhasing::full;               // EAST-SPEC §2's reading
   auto e = make_east(m.params(), cfg);  // a Controller, like every preset
   const auto phase = make_east_phase(cfg);
   const auto& method = e.method();
@@ -31,6 +33,29 @@ TEST_CASE("EAST defaults: cyclic density over the first 40%, cosine drop 0.5→0
   CHECK(phase.beta(375) == Approx(0.5));
   CHECK(phase.beta(500) == 0.0);
   CHECK(phase.beta(900) == 0.0);
+}
+
+TEST_CASE("EAST's ramp-only DyReLU phasing (ES2's code): ReLU before the ramp, DyReLU only inside it",
+          "[east]") {
+  auto m = ToyModel::small();
+  EastConfig cfg;
+  cfg.density = 0.02;
+  cfg.total_steps = 1000;
+  const auto e = make_east_phase(cfg);
+  CHECK(e.beta(0) == 0.0);
+  CHECK(e.beta(250) == 0.0);  // the ramp's first step is still β = 1: ReLU here
+  CHECK(e.beta(251) == Approx(249.0 / 250.0));
+  CHECK(e.beta(375) == Approx(0.5));
+  CHECK(e.beta(500) == 0.0);
+  CHECK(e.frozen(100));  // unused: no optimizer step
+  CHECK_FALSE(e.frozen(300));
+  CHECK_FALSE(e.frozen(700));
+  cfg.dyrelu_phasing = DyReluPhasing::full;
+  CHECK_FALSE(make_east_phase(cfg).frozen(100));
+  CHECK(make_east_phase(cfg).beta(100) == 1.0);
+  cfg.dyrelu_ramp = DyReluRamp::cosine;  // β = ½(1 + cos πp): 0.5 at the middle, ½(1 + cos(π/4)) at p = ¼
+  CHECK(make_east_phase(cfg).beta(375) == Approx(0.5));
+  CHECK(make_east_phase(cfg).beta(312) == Approx(0.5 * (1.0 + std::cos(3.14159265358979 * 62.0 / 250.0))));
 }
 
 TEST_CASE("EAST's ablation switches turn each trick off", "[east]") {

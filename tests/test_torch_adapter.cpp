@@ -295,3 +295,60 @@ TEST_CASE("state blobs restore a module and the optimizer exactly; corrupt ones 
   ta::StateReader bad(cut);
   CHECK_THROWS_AS((bad.get_module(b), bad.get_sgd(sb)), east::CorruptCheckpoint);
 }
+
+TEST_CASE("Sgd::set_group: a group's learning-rate scale and weight decay, by hand", "[torch]") {
+  torch::manual_seed(3);
+  Small m;
+  ta::Sgd sgd(m.named_parameters(), ta::SgdOptions{0.9, 0.1, true});
+  CHECK(sgd.set_group("act.", 0.5, 0.0) == 4);  // fc1/fc2 weight and bias
+  CHECK_THROWS_WITH(sgd.set_group("act.", -1.0, 0.0), Catch::Contains("lr_scale -1"));
+  CHECK_THROWS_WITH(sgd.set_group("act.", 1.0, -2.0), Catch::Contains("weight_decay -2"));
+  const auto w_act = copy_of(m.act->fc2->weight), w_conv = copy_of(m.conv->weight);
+  m.act->fc2->weight.mutable_grad().fill_(1.0f);
+  m.conv->weight.mutable_grad().fill_(1.0f);
+  sgd.step(0.2);
+  // First Nesterov step: buf = g + wd w, w -= lr·scale·(1 + m)·buf.
+  const auto a = copy_of(m.act->fc2->weight), c = copy_of(m.conv->weight);
+  for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(a[i] == Approx(w_act[i] - 0.2 * 0.5 * 1.9 * 1.0));
+  for (std::size_t i = 0; i < c.size(); ++i)
+    REQUIRE(c[i] == Approx(w_conv[i] - 0.2 * 1.9 * (1.0 + 0.1 * w_conv[i])));
+}
+
+TEST_CASE("resnet_connectivity: every layer use of a shared ResNet-34, cuts found and repaired", "[torch]") {
+  ta::ResNetOptions o;
+  o.depth = 34;
+  o.width = 0.0625;
+  o.in_channels = 1;
+  o.share = true;
+  ta::ResNet net(o);
+  auto params = ta::make_parameter_set(*net);
+  const auto g = ta::resnet_connectivity(*net);
+  std::size_t layer_edges = 0, identities = 0;
+  for (const auto& e : g->edges()) (e.layer.empty() ? identities : layer_edges)++;
+  CHECK(layer_edges == 37);  // stem, 16 blocks x 2 convs, 3 projections, fc: every use
+  CHECK(identities == 13);
+  CHECK(params.size() == 21);  // stored tensors: shared blocks borrow
+  for (const auto& e : g->edges())
+    if (!e.layer.empty()) CHECK(params.find(e.layer) != east::ParameterSet::npos);
+  std::vector<east::BitMask> full;
+  for (const auto& l : params) full.emplace_back(l.size(), true);
+  CHECK(east::check_connectivity(*g, params, full).connected);
+  CHECK(east::check_connectivity(*g, params, full).off_path.empty());
+  // Stage 2's first block without weights in its branch and its projection: the signal stops there.
+  auto cut = full;
+  cut[params.find("layer2.0.conv1.weight")].fill(false);
+  cut[params.find("layer2.0.shortcut.weight")].fill(false);
+  const auto rep = east::check_connectivity(*g, params, cut);
+  CHECK_FALSE(rep.connected);
+  CHECK(rep.cut_node == "layer2.0");
+  CHECK(rep.message().find("layer2.0.shortcut.weight") != std::string::npos);
+  // A controller at 99.95% with the graph: every use on a path, exact budget.
+  east::ControllerOptions opt;
+  opt.seed = 4;
+  opt.connectivity = g;
+  auto ctl = east::make_rigl(params, east::DstConfig{0.0005, 10, 100}, opt);
+  const auto after = east::check_connectivity(*g, ctl.params(), ctl.masks());
+  CHECK(after.connected);
+  CHECK(after.off_path.empty());
+  CHECK(ctl.nonzeros() == east::nonzero_budget(ctl.params(), 0.0005));
+}

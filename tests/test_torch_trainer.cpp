@@ -11,6 +11,7 @@
 #include <vector>
 
 namespace et = east_trainer;
+namespace ta = east::torch_adapter;
 using namespace east_test;
 
 namespace {
@@ -195,4 +196,111 @@ TEST_CASE("every method trains a step and meets its budget", "[torch]") {
       CHECK(r.nonzeros ==
             static_cast<std::size_t>(std::floor(0.1 * static_cast<double>(r.logical_size) + 1e-9)));
   }
+}
+
+TEST_CASE("DyReLU study options: validation, fingerprint, init, groups and a true freeze", "[torch]") {
+  et::Config c;
+  c.dyrelu_init = "zero";
+  CHECK_THROWS_WITH(et::validate(c), Catch::Contains("--dyrelu-init zero"));
+  c = et::Config{};
+  c.hyper_lr = -1;
+  CHECK_THROWS_WITH(et::validate(c), Catch::Contains("--hyper-lr -1"));
+  c = et::Config{};
+  c.method = "set";
+  c.cyclic_on = 1;
+  CHECK_THROWS_WITH(et::validate(c), Catch::Contains("--cyclic on"));
+  // Defaults keep the fingerprint of earlier checkpoints; a changed option joins it.
+  c = et::Config{};
+  const auto fp = et::fingerprint(c);
+  CHECK(fp.find("init") == std::string::npos);
+  CHECK(fp.find("connect") == std::string::npos);
+  c.dyrelu_init = "relu";
+  CHECK(et::fingerprint(c) == fp + "|init relu");
+  c.dyrelu_init = "default";
+  c.method = "rigl";
+  c.dyrelu_on = 1;
+  CHECK(c.dyrelu());
+  CHECK_FALSE(c.share());
+
+  // Zero init, a group with learning-rate 0, and the freeze: hyper-networks do not move.
+  ta::ResNetOptions o;
+  o.depth = 18;
+  o.width = 0.0625;
+  o.in_channels = 1;
+  o.dyrelu = true;
+  o.backend = ta::DyReLUBackend::torch_ops;
+  for (int variant = 0; variant < 3; ++variant) {
+    ta::ResNet net(o);
+    et::Config k;
+    k.method = "east";
+    k.sparsity = 0.5;
+    k.dyrelu_init = variant < 2 ? "relu" : "default";
+    if (variant == 0)
+      k.hyper_lr = 0, k.dyrelu_mode = "full";
+    else if (variant == 1)
+      k.freeze_hypernet = true, k.dyrelu_start = 0, k.dyrelu_end = 0.5, k.dyrelu_mode = "full";
+    else  // ramp-only (the default) before the ramp: unused, so no weight decay or momentum either
+      k.dyrelu_start = 0.5, k.dyrelu_end = 0.8;
+    et::init_hypernets(k, *net);
+    CHECK((net->stem_act->fc2->weight.abs().max().item<float>() == 0.0f) == (variant < 2));
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    const auto scale = et::optimizer_groups(k, *net, groups);
+    torch::optim::SGD sgd(groups, torch::optim::SGDOptions(0.1));
+    CHECK(sgd.param_groups().size() == (variant == 0 ? 2u : 1u));
+    for (std::size_t g = 0; g < scale.size(); ++g)
+      static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[g].options()).lr(0.1 * scale[g]);
+    ta::SparsifierOptions so;
+    so.crossover = {0.0, 0.0};  // dense tensors stay current
+    so.log = nullptr;
+    ta::Sparsifier sparsity(*net, sgd, et::make_preset(k), 10, so);
+    const auto fc1 = net->stem_act->fc1->weight.clone(), conv = net->stem_conv->weight.clone();
+    for (std::int64_t step = 0; step < 3; ++step) {
+      sgd.zero_grad();
+      net->forward(torch::randn({4, 1, 8, 8})).sum().backward();
+      sgd.step();
+      sparsity.step();
+    }
+    INFO("variant " << variant);
+    CHECK(torch::equal(net->stem_act->fc1->weight, fc1));
+    CHECK_FALSE(torch::equal(net->stem_conv->weight, conv));
+  }
+  // The same ResNet, hyper-network trained: it moves (the checks above can fail).
+  {
+    ta::ResNet net(o);
+    et::Config k;
+    k.method = "east";
+    k.sparsity = 0.5;
+    k.dyrelu_mode = "full";
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    et::optimizer_groups(k, *net, groups);
+    torch::optim::SGD sgd(groups, torch::optim::SGDOptions(0.1));
+    ta::SparsifierOptions so;
+    so.crossover = {0.0, 0.0};
+    so.log = nullptr;
+    ta::Sparsifier sparsity(*net, sgd, et::make_preset(k), 10, so);
+    const auto fc1 = net->stem_act->fc1->weight.clone();
+    sgd.zero_grad();
+    net->forward(torch::randn({4, 1, 8, 8})).sum().backward();
+    sgd.step();
+    sparsity.step();
+    CHECK_FALSE(torch::equal(net->stem_act->fc1->weight, fc1));
+  }
+}
+
+TEST_CASE("--connect: every layer on a path at the start, exact budget; the check is recorded", "[torch]") {
+  const auto data = temp_dir("connect_data");
+  write_idx_dataset(data, 64, 16, 8, false);
+  auto c = tiny(data, "rigl");
+  c.depth = 18;
+  c.epochs = 1;
+  c.sparsity = 0.999;
+  auto plain = et::run(c);
+  c.connect = true;
+  const auto r = et::run(c);
+  CHECK(r.path_initial.connected);
+  CHECK(r.path_initial.off_path.empty());
+  CHECK(r.nonzeros == plain.nonzeros);
+  CHECK(r.nonzeros ==
+        static_cast<std::size_t>(std::floor(0.001 * static_cast<double>(r.logical_size) + 1e-9)));
+  CHECK(!plain.path_initial.off_path.empty());  // at 0.1% of this tiny net the random mask is cut
 }

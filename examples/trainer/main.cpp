@@ -33,8 +33,19 @@ const char* usage = R"(usage: east-trainer [options]
   --drop-fraction X     cosine drop fraction start [0.5]   --drop-floor X  its end [0.005]
   --cyclic-fraction X   EAST: cycles cover this fraction of training [0.4]   --cycles N [2]   --cyclic-multiplier X [3]
   --dyrelu-start X      EAST: DyReLU beta ramps 1 -> 0 from this fraction [0.25] ... --dyrelu-end X  to this one [0.5]
-  --freeze-hypernet     freeze the DyReLU hyper-network once the ramp starts
+  --freeze-hypernet     freeze the DyReLU hyper-network once the ramp starts (no gradients, no optimizer steps)
   --dyrelu-impl I       torch | kernels (east's framework-free kernels)                                     [kernels]
+  --dyrelu-init I       default (torch's Linear init) | relu (last layer zeroed: starts as exactly ReLU)    [default]
+  --dyrelu-ramp R       linear | cosine: shape of the beta ramp                                              [linear]
+  --dyrelu-mode M       ramp-only (as ES2's code: plain ReLU while beta = 1, DyReLU only in the ramp)
+                        | full (DyReLU-B from the first step, EAST-SPEC section 2)  [ramp-only]
+  --hyper-lr X          learning-rate multiplier of the DyReLU hyper-networks                                [1]
+  --hyper-wd X          weight decay of the DyReLU hyper-networks                                [= --weight-decay]
+  --dyrelu on|off, --sharing on|off, --cyclic on|off
+                        switch one of EAST's tricks regardless of --method (e.g. rigl with DyReLU)
+  --connect             repair the initial masks so every layer lies on an input-to-output path
+                        (same per-layer counts; docs/masks.md); a missing path is reported either way
+  --connect-all         stronger: move every weight that lies on no input-to-output path onto one
   --kernels K           convolutions: auto (east's sparse kernels below the measured crossover density,
                         libtorch above) | sparse (always east's) | dense (always libtorch, masked)       [auto]
   --out DIR             write result.json, result.csv and checkpoint.east (every epoch) there
@@ -82,6 +93,12 @@ T parse_number(const std::string& flag, const std::string& v) {
   } catch (const std::exception&) {
     throw east::InvalidArgument("east-trainer: " + flag + " '" + v + "' is not a valid number");
   }
+}
+
+int parse_switch(const std::string& flag, const std::string& v) {
+  if (v == "on") return 1;
+  if (v == "off") return 0;
+  throw east::InvalidArgument("east-trainer: " + flag + " '" + v + "' (valid: on, off)");
 }
 
 void bench_dyrelu(int threads) {
@@ -172,6 +189,14 @@ int main(int argc, char** argv) {
         {"--dyrelu-end",
          [&](const std::string& v) { c.dyrelu_end = parse_number<double>("--dyrelu-end", v); }},
         {"--dyrelu-impl", [&](const std::string& v) { c.dyrelu_impl = v; }},
+        {"--dyrelu-init", [&](const std::string& v) { c.dyrelu_init = v; }},
+        {"--dyrelu-ramp", [&](const std::string& v) { c.dyrelu_ramp = v; }},
+        {"--dyrelu-mode", [&](const std::string& v) { c.dyrelu_mode = v; }},
+        {"--hyper-lr", [&](const std::string& v) { c.hyper_lr = parse_number<double>("--hyper-lr", v); }},
+        {"--hyper-wd", [&](const std::string& v) { c.hyper_wd = parse_number<double>("--hyper-wd", v); }},
+        {"--dyrelu", [&](const std::string& v) { c.dyrelu_on = parse_switch("--dyrelu", v); }},
+        {"--sharing", [&](const std::string& v) { c.sharing_on = parse_switch("--sharing", v); }},
+        {"--cyclic", [&](const std::string& v) { c.cyclic_on = parse_switch("--cyclic", v); }},
         {"--kernels", [&](const std::string& v) { c.kernels = v; }},
         {"--out", [&](const std::string& v) { c.out_dir = v; }},
         {"--stop-after-epochs",
@@ -189,6 +214,8 @@ int main(int argc, char** argv) {
         {"--no-nesterov", [&] { c.nesterov = false; }},
         {"--no-augment", [&] { c.augment = false; }},
         {"--freeze-hypernet", [&] { c.freeze_hypernet = true; }},
+        {"--connect", [&] { c.connect = true; }},
+        {"--connect-all", [&] { c.connect_all = true; }},
         {"--resume", [&] { c.resume = true; }},
         {"--quiet", [&] { c.quiet = true; }},
         {"--bench-dyrelu", [&] { bench = true; }},

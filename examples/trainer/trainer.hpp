@@ -16,10 +16,12 @@
 #if defined(EAST_HAS_GLOO)
 #include <east/adapters/torch/gloo.hpp>
 #endif
+#include <east/adapters/torch/resnet_graph.hpp>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <set>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -64,6 +66,17 @@ struct Config {
   double dyrelu_end = 0.5;     ///< … linear to 0 here
   bool freeze_hypernet = false;
   std::string dyrelu_impl = "kernels";  ///< torch | kernels
+  // freeze_hypernet: from dyrelu_start on, no gradients and no optimizer steps for the hyper-networks.
+  // DyReLU study options (docs/dyrelu-probes.md); the defaults are the EAST preset's.
+  std::string dyrelu_init = "default";  ///< default (torch's Linear init) | relu (fc2 zeroed: exactly ReLU)
+  std::string dyrelu_ramp = "linear";  ///< linear | cosine (β = ½(1 + cos πp), p the linear ramp's progress)
+  std::string dyrelu_mode = "ramp-only";  ///< ramp-only (ES2's code: plain ReLU while β = 1) | full
+  double hyper_lr = 1.0;               ///< learning-rate multiplier of the DyReLU hyper-networks
+  double hyper_wd = -1.0;              ///< their weight decay; < 0 = --weight-decay
+  int dyrelu_on = -1, sharing_on = -1, cyclic_on = -1;  ///< trick overrides: -1 = the method's, 0 off, 1 on
+  /// Repair the initial masks so every layer lies on an input→output path (east/masks/connectivity.hpp).
+  bool connect = false;
+  bool connect_all = false;  ///< --connect-all: every weight on an input→output path (implies connect)
   /// Convolutions: auto (east's sparse kernels below sparse::Crossover's density, libtorch above),
   /// sparse (all on east's kernels), dense (libtorch with masked dense weights). Same training
   /// either way, up to floating-point rounding.
@@ -86,10 +99,15 @@ struct Config {
 
   bool sparse() const { return method != "dense"; }
   bool dyrelu() const {
+    if (dyrelu_on >= 0) return dyrelu_on == 1;
     return method == "east" || method == "east-no-sharing" || method == "east-no-cyclic";
   }
-  bool share() const { return method == "east" || method == "east-no-dyrelu" || method == "east-no-cyclic"; }
+  bool share() const {
+    if (sharing_on >= 0) return sharing_on == 1;
+    return method == "east" || method == "east-no-dyrelu" || method == "east-no-cyclic";
+  }
   bool cyclic() const {
+    if (cyclic_on >= 0) return cyclic_on == 1;
     return method == "east" || method == "east-no-dyrelu" || method == "east-no-sharing";
   }
   bool dynamic() const { return method != "dense" && method != "static"; }
@@ -135,6 +153,18 @@ inline void validate(Config& c) {
           " (valid: torch, kernels)");
   require(c.kernels == "auto" || c.kernels == "sparse" || c.kernels == "dense", w, "--kernels ", c.kernels,
           " (valid: auto, sparse, dense)");
+  require(c.dyrelu_init == "default" || c.dyrelu_init == "relu", w, "--dyrelu-init ", c.dyrelu_init,
+          " (valid: default, relu)");
+  require(c.dyrelu_ramp == "linear" || c.dyrelu_ramp == "cosine", w, "--dyrelu-ramp ", c.dyrelu_ramp,
+          " (valid: linear, cosine)");
+  require(c.dyrelu_mode == "full" || c.dyrelu_mode == "ramp-only", w, "--dyrelu-mode ", c.dyrelu_mode,
+          " (valid: full, ramp-only)");
+  require(c.hyper_lr >= 0 && std::isfinite(c.hyper_lr), w, "--hyper-lr ", c.hyper_lr, " (valid: >= 0)");
+  require(std::isfinite(c.hyper_wd), w, "--hyper-wd ", c.hyper_wd,
+          " (valid: >= 0, or < 0 for --weight-decay)");
+  require(c.cyclic_on != 1 || c.method == "rigl" || c.method.rfind("east", 0) == 0, w,
+          "--cyclic on needs --method rigl or east* (cyclic density regrows by gradient), not ", c.method);
+  require(c.sharing_on != 1 || c.sparse(), w, "--sharing on needs a sparse --method, not ", c.method);
   require(!c.resume || !c.out_dir.empty(), w, "--resume needs --out DIR (where the checkpoint is)");
   require(c.world_size == -1 || (c.world_size >= 1 && c.world_size <= 65536), w, "--world-size ",
           c.world_size, " (valid: 1..65536)");
@@ -187,13 +217,17 @@ struct Result {
   std::uint64_t statistics_bytes = 0;     ///< BatchNorm statistics all-gathers (one per step)
   std::uint64_t check_bytes = 0;          ///< agreement checks, evaluation results
   std::uint64_t wire_bytes = 0;           ///< estimate of all bytes this rank sent (docs/distributed.md)
+  /// Input→output paths through the initial and the final masks (east/masks/connectivity.hpp).
+  east::ConnectivityReport path_initial, path_final;
 };
 
 // ---------------------------------------------------------------- the method
 
 /// The method as an east preset; every phase is a fraction of the run (EAST-SPEC §6).
 inline east::Preset make_preset(const Config& c) {
-  const std::string base = c.method.rfind("east", 0) == 0 ? "east" : c.method;
+  // rigl with --cyclic on or --dyrelu on is EAST with those tricks only (same schedules otherwise).
+  const bool east_kind = c.method.rfind("east", 0) == 0 || (c.method == "rigl" && (c.cyclic() || c.dyrelu()));
+  const std::string base = east_kind ? "east" : c.method;
   east::Preset p = east::presets::by_name(base, c.method == "dense" ? 1.0 : 1.0 - c.sparsity);
   p.updates = c.updates;
   p.update_end = c.update_end;
@@ -207,8 +241,45 @@ inline east::Preset make_preset(const Config& c) {
   p.east.dyrelu_start = c.dyrelu_start;
   p.east.dyrelu_end = c.dyrelu_end;
   p.east.freeze_hypernet = c.freeze_hypernet;
+  p.east.dyrelu_phasing = c.dyrelu_mode == "full" ? east::DyReluPhasing::full : east::DyReluPhasing::ramp_only;
+  p.east.dyrelu_ramp = c.dyrelu_ramp == "cosine" ? east::DyReluRamp::cosine : east::DyReluRamp::linear;
   p.east.weight_sharing = c.share();
   return p;
+}
+
+/// The optimizer: torch::optim::SGD over every parameter; the DyReLU hyper-networks in a second
+/// group when --hyper-lr / --hyper-wd set their own learning-rate multiplier or weight decay.
+/// Returns the groups' learning-rate multipliers.
+inline std::vector<double> optimizer_groups(const Config& c, torch::nn::Module& model,
+                                            std::vector<torch::optim::OptimizerParamGroup>& groups) {
+  const auto opts = [&](double wd) {
+    return std::make_unique<torch::optim::SGDOptions>(
+        torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(wd));
+  };
+  std::vector<torch::Tensor> hyper, rest;
+  std::set<const void*> in_hyper;
+  if (c.dyrelu() && (c.hyper_lr != 1.0 || c.hyper_wd >= 0))
+    for (const auto& item : model.named_modules("", /*include_self=*/false))
+      if (auto* d = item.value()->as<ta::DyReLUBImpl>())
+        for (const auto& t : d->parameters()) hyper.push_back(t), in_hyper.insert(t.unsafeGetTensorImpl());
+  for (const auto& t : model.parameters())
+    if (!in_hyper.count(t.unsafeGetTensorImpl())) rest.push_back(t);
+  groups.emplace_back(rest, opts(c.weight_decay));
+  if (hyper.empty()) return {1.0};
+  groups.emplace_back(hyper, opts(c.hyper_wd >= 0 ? c.hyper_wd : c.weight_decay));
+  return {1.0, c.hyper_lr};
+}
+
+/// --dyrelu-init relu: every hyper-network's last layer zeroed, so d = 2σ(0) − 1 = 0 and DyReLU-B
+/// starts as exactly ReLU (the coefficients [1, 0, 0, 0] of the DyReLU paper).
+inline void init_hypernets(const Config& c, torch::nn::Module& model) {
+  if (!c.dyrelu() || c.dyrelu_init != "relu") return;
+  torch::NoGradGuard guard;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (auto* d = item.value()->as<ta::DyReLUBImpl>()) {
+      d->fc2->weight.zero_();
+      d->fc2->bias.zero_();
+    }
 }
 
 // ---------------------------------------------------------------- data pipeline
@@ -366,6 +437,17 @@ inline std::string fingerprint(const Config& c) {
     << '|' << c.augment << '|' << c.seed << '|' << c.data_seed << '|' << c.updates << '|' << c.update_end
     << '|' << c.drop_fraction << '|' << c.drop_floor << '|' << c.cyclic_fraction << '|' << c.cycles << '|'
     << c.cyclic_multiplier << '|' << c.dyrelu_start << '|' << c.dyrelu_end << '|' << c.freeze_hypernet;
+  // Settings added later join only when they differ from their defaults, so the checkpoints of
+  // earlier runs keep their fingerprint.
+  if (c.dyrelu_init != "default") o << "|init " << c.dyrelu_init;
+  if (c.dyrelu_ramp != "linear") o << "|ramp " << c.dyrelu_ramp;
+  if (c.dyrelu_mode != "ramp-only") o << "|mode " << c.dyrelu_mode;
+  if (c.hyper_lr != 1.0) o << "|hyper-lr " << c.hyper_lr;
+  if (c.hyper_wd >= 0) o << "|hyper-wd " << c.hyper_wd;
+  if (c.dyrelu_on >= 0 || c.sharing_on >= 0 || c.cyclic_on >= 0)
+    o << "|tricks " << c.dyrelu_on << c.sharing_on << c.cyclic_on;
+  if (c.connect) o << "|connect";
+  if (c.connect_all) o << "|connect-all";
   return o.str();
 }
 
@@ -581,7 +663,14 @@ inline void write_results(const Result& r, const std::string& dir) {
       << ",\n  \"seconds\": " << r.seconds << ",\n  \"command\": \"" << json_escape(c.command_line)
       << "\",\n  \"val_history\": [";
     for (std::size_t i = 0; i < r.val_history.size(); ++i) j << (i ? ", " : "") << r.val_history[i];
-    j << "],\n  \"empty_layers\": [";
+    j << "],\n  \"connect\": \"" << (c.connect_all ? "all" : c.connect ? "layers" : "off") << "\"";
+    for (const auto* rep : {&r.path_initial, &r.path_final}) {
+      const char* when = rep == &r.path_initial ? "initial" : "final";
+      j << ",\n  \"path_" << when << "\": {\"connected\": " << (rep->connected ? "true" : "false")
+        << ", \"cut_node\": \"" << rep->cut_node << "\", \"off_path\": " << rep->off_path.size()
+        << ", \"weights_on_path\": " << rep->weights_on_path << ", \"weights\": " << rep->weights << "}";
+    }
+    j << ",\n  \"empty_layers\": [";
     for (std::size_t i = 0; i < r.empty_layers.size(); ++i)
       j << (i ? ", " : "") << '"' << r.empty_layers[i] << '"';
     j << "],\n  \"layers\": [\n";
@@ -621,6 +710,13 @@ inline void print_summary(const Result& r, std::ostream& os) {
     os << "  " << std::left << std::setw(28) << l.name << std::right << std::setw(7) << l.nnz << " / "
        << std::setw(8) << l.size << (l.uses > 1 ? " x" + std::to_string(l.uses) : std::string("   ")) << " = "
        << std::setprecision(5) << static_cast<double>(l.nnz) / static_cast<double>(l.size) << "\n";
+  os << "weights on an input-output path: " << r.path_initial.weights_on_path << " of "
+     << r.path_initial.weights << " at the start, " << r.path_final.weights_on_path << " of "
+     << r.path_final.weights << " at the end\n";
+  for (const auto* rep : {&r.path_initial, &r.path_final})
+    if (!rep->message().empty())
+      os << "WARNING: " << (rep == &r.path_initial ? "initial" : "final") << " masks: " << rep->message()
+         << "\n";
   if (!r.empty_layers.empty()) {
     os << "WARNING: layers with no active weight (their output is constant): ";
     for (const auto& n : r.empty_layers) os << n << ' ';
@@ -683,6 +779,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
                             tensor_digests(d));
   }
 
+  Result r;
   ta::ResNetOptions mo;
   mo.depth = c.depth;
   mo.width = c.width;
@@ -698,11 +795,11 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   // BatchNorm running statistics are applied after each step, in global micro-batch order.
   if (dp) ta::set_defer_running_stats(*model, true);
 
+  init_hypernets(c, *model);
   // The user's side of a libtorch loop: torch::optim::SGD; east's side: one Sparsifier.
-  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(c.lr)
-                                                 .momentum(c.momentum)
-                                                 .nesterov(c.nesterov)
-                                                 .weight_decay(c.weight_decay));
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  const std::vector<double> lr_scale = optimizer_groups(c, *model, groups);
+  torch::optim::SGD sgd(groups, torch::optim::SGDOptions(c.lr));
   const int64_t n_train = p.train_x.size(0);
   const int64_t spe = n_train / c.batch;  // drop the last partial batch
   const int64_t T = spe * c.epochs;
@@ -710,14 +807,17 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   ta::SparsifierOptions so;
   so.seed = c.seed;
   so.init = east::InitScaling::none;  // the paper's recipe: BatchNorm sets each layer's scale
+  const auto graph = ta::resnet_connectivity(*model);
+  if (c.connect || c.connect_all) so.connectivity = graph;
+  so.connect_every_weight = c.connect_all;
   // Convolutions below the crossover density train on compact weights (docs/sparse.md).
   if (c.kernels == "sparse") so.crossover = {2.0, 2.0};
   if (c.kernels == "dense") so.crossover = {0.0, 0.0};
   so.log = nullptr;
   ta::Sparsifier sparsity(*model, sgd, preset, T, so);
   const auto& params = sparsity.controller().params();
+  r.path_initial = east::check_connectivity(*graph, params, sparsity.controller().masks());
 
-  Result r;
   r.config = c;
   int start_epoch = 0;
   double elapsed_before = 0;
@@ -785,9 +885,12 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     if (c.dyrelu()) {
       const auto ph = east::make_east_phase(preset.east_config(T));
       log << "; DyReLU beta 1 -> 0 over steps [" << ph.ramp.start << ", " << ph.ramp.end << "] (" << c.dyrelu_impl
-          << ")";
+          << ", " << c.dyrelu_mode << ")";
     }
-    log << "\n  layers on east's sparse kernels: " << sparsity.compact_layers() << " of " << sparsity.layers()
+    log << "\n";
+    if (!r.path_initial.message().empty())
+      log << "  WARNING: initial masks: " << r.path_initial.message() << "\n";
+    log << "  layers on east's sparse kernels: " << sparsity.compact_layers() << " of " << sparsity.layers()
         << " (" << c.kernels << ", crossover density " << so.crossover.conv << ")\n";
     if (dp)
       log << "  data parallel: " << N << " rank(s) x " << K << " micro-batch(es) of " << micro
@@ -858,7 +961,8 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
     for (int64_t b = 0; b < spe; ++b) {
       const int64_t step = static_cast<int64_t>(epoch) * spe + b;
       const double lr = c.lr * (step >= T / 2 ? 0.1 : 1.0) * (step >= (3 * T) / 4 ? 0.1 : 1.0);
-      for (auto& g : sgd.param_groups()) static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
+      for (std::size_t g = 0; g < sgd.param_groups().size(); ++g)
+        static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[g].options()).lr(lr * lr_scale[g]);
       double lv;
       if (!dp) {
         auto [x, y] = make_batch(p, order, b * c.batch, c.batch, c.augment, es.derive(2));
@@ -925,6 +1029,7 @@ inline Result run(Config c, std::ostream& log = std::cerr) {
   r.mask_updates = static_cast<std::int64_t>(ctl.updates());
   r.sparse_kernel_layers = sparsity.compact_layers();
   r.empty_layers = ctl.empty_layers();
+  r.path_final = east::check_connectivity(*graph, params, ctl.masks());
   for (std::size_t l = 0; l < params.size(); ++l) {
     const auto& v = params[l];
     r.layers.push_back({v.name, v.size(), v.uses, ctl.masks()[l].count()});

@@ -7,11 +7,13 @@
 //   Sgd, seed_sgd_momentum       for loops that drive a Controller themselves
 //   DyReLUB                      DyReLU-B with phasing (torch ops or east's kernels)
 //   SharedConv2d, ResidualBlock, ResNet   CIFAR ResNets with residual weight sharing
+//   resnet_connectivity(net)     a ResNet's channel graph for east::check_connectivity / connect_masks
 //   tensor/state helpers for checkpoints (state.hpp)
 #include "../east.hpp"
 #include "torch/dyrelu.hpp"
 #include "torch/registration.hpp"
 #include "torch/resnet.hpp"
+#include "torch/resnet_graph.hpp"
 #include "torch/sgd.hpp"
 #include "torch/sparsifier.hpp"
 #include "torch/state.hpp"

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "../kernels/select.hpp"
 #include "../kernels/update.hpp"
 #include "../masks/bit_mask.hpp"
+#include "../masks/connectivity.hpp"
 #include "callbacks.hpp"
 #include "method.hpp"
 #include "report.hpp"
@@ -36,6 +38,10 @@ struct ControllerOptions {
   /// fan_in keeps each unit's output variance at what the dense initialiser intended; without
   /// it, networks without normalisation layers stop learning at high sparsity.
   InitScaling init = InitScaling::fan_in;
+  /// When set, the initial masks are repaired so every layer use it declares lies on an
+  /// input→output path, with the same per-layer counts (east/masks/connectivity.hpp).
+  std::shared_ptr<const ConnectivityGraph> connectivity = nullptr;
+  bool connect_every_weight = false;  ///< with connectivity: every weight on a path, not only every layer
 };
 
 /// Everything needed to resume: what io/checkpoint.hpp saves.
@@ -101,6 +107,13 @@ class Controller {
       }
       masks_.push_back(m);
       ever_active_.push_back(m);
+    }
+    if (options_.connectivity) {  // same counts; positions moved onto input→output paths
+      if (options_.connect_every_weight)
+        connect_every_weight(*options_.connectivity, params_, masks_, init.derive(0xC0111EC7));
+      else
+        connect_masks(*options_.connectivity, params_, masks_, init.derive(0xC0111EC7));
+      ever_active_ = masks_;
     }
     for (std::size_t l = 0; l < params_.size(); ++l) {
       const auto& layer = params_[l];

@@ -96,14 +96,33 @@ class Sgd {
       if ((i < frozen_.size() && frozen_[i]) || handed_over(i)) continue;
       auto& w = params_[i];
       torch::Tensor d = w.grad();
-      if (options_.weight_decay != 0) d = d.add(w, options_.weight_decay);
+      const double wd = i < decay_.size() ? decay_[i] : options_.weight_decay;
+      if (wd != 0) d = d.add(w, wd);
       if (options_.momentum != 0) {
         auto& buf = momentum_[i];
         buf.mul_(options_.momentum).add_(d);
         d = options_.nesterov ? d.add(buf, options_.momentum) : buf;
       }
-      w.add_(d, -lr);
+      w.add_(d, -lr * (i < lr_scale_.size() ? lr_scale_[i] : 1.0));
     }
+  }
+
+  /// A parameter group: every parameter whose name starts with `prefix` steps at `lr_scale` times
+  /// the learning rate with weight decay `weight_decay` (the others: 1 and options().weight_decay).
+  /// Returns how many parameters matched.
+  std::size_t set_group(const std::string& prefix, double lr_scale, double weight_decay) {
+    constexpr const char* where = "east::torch_adapter::Sgd::set_group()";
+    east::detail::require(std::isfinite(lr_scale) && lr_scale >= 0, where, "lr_scale ", lr_scale, " for '",
+                          prefix, "' (valid: finite, >= 0)");
+    east::detail::require(std::isfinite(weight_decay) && weight_decay >= 0, where, "weight_decay ",
+                          weight_decay, " for '", prefix, "' (valid: finite, >= 0)");
+    lr_scale_.resize(params_.size(), 1.0);
+    decay_.resize(params_.size(), options_.weight_decay);
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < names_.size(); ++i)
+      if (names_[i].compare(0, prefix.size(), prefix) == 0)
+        lr_scale_[i] = lr_scale, decay_[i] = weight_decay, ++n;
+    return n;
   }
 
   /// Freezes (skips) every parameter whose name starts with `prefix` (or un-freezes).
@@ -130,6 +149,7 @@ class Sgd {
   std::vector<std::string> names_;
   std::vector<torch::Tensor> params_, momentum_;
   std::vector<bool> frozen_, handed_;
+  std::vector<double> lr_scale_, decay_;  // per parameter (set_group); empty: 1 and options_
 };
 
 }  // namespace torch_adapter

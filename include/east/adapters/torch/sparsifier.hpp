@@ -49,6 +49,10 @@ struct SparsifierOptions {
   sparse::Crossover crossover{};
   RegisterOptions registration{};  ///< which weights are prunable (default: every Conv/Linear weight)
   AllocationOptions allocation{};  ///< minimum nonzeros per layer
+  /// Optional: initial masks repaired onto input→output paths (east/masks/connectivity.hpp;
+  /// e.g. resnet_connectivity(net)); connect_every_weight moves every weight onto a path.
+  std::shared_ptr<const ConnectivityGraph> connectivity = nullptr;
+  bool connect_every_weight = false;
   std::ostream* log = &std::clog;  ///< one line per layer that cannot run compact, and why; null: quiet
 };
 
@@ -106,6 +110,8 @@ class Sparsifier {
     co.seed = options_.seed;
     co.init = options_.init;
     co.allocation = options_.allocation;
+    co.connectivity = options_.connectivity;
+    co.connect_every_weight = options_.connect_every_weight;
     try {
       ctl_ = method.build(std::move(params), total_steps, co);
     } catch (...) {
@@ -279,7 +285,14 @@ class Sparsifier {
   void set_phase() {
     if (method_.kind != Preset::Kind::east) return;
     const std::int64_t s = std::min(step_, total_ - 1);
-    set_dyrelu_phase(*model_, phase_.beta(s), phase_.frozen(s));
+    const bool frozen = phase_.frozen(s);
+    set_dyrelu_phase(*model_, phase_.beta(s), frozen);
+    // A frozen (or not yet used) hyper-network has no gradient, so the optimizer skips it: no
+    // momentum, no weight decay, as in the authors' code.
+    if (frozen)
+      for (const auto& item : detail::all_modules(*model_))
+        if (auto* d = item.second->as<DyReLUBImpl>())
+          for (auto& p : d->parameters()) p.mutable_grad() = torch::Tensor();
   }
 
   std::string fingerprint() const {
