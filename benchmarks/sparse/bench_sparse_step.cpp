@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -44,6 +45,7 @@ struct Config {
 struct Run {
   double step = 0, update_step = 0;  // median seconds
   std::size_t compact = 0, layers = 0, state_bytes = 0, nonzeros = 0;
+  std::size_t logical = 0;  // prunable weights, every shared use counted (what a density is of)
 };
 
 // Builds the model and its Sparsifier, then times ordinary steps and (optionally) one update step.
@@ -108,6 +110,7 @@ Run time_run(const Config& cfg, double density, bool compact_path) {
   r.compact = sparsity.compact_layers();
   r.layers = sparsity.layers();
   r.nonzeros = sparsity.nonzeros();
+  r.logical = sparsity.controller().params().logical_size();
   for (const auto& p : model.parameters()) r.state_bytes += static_cast<std::size_t>(p.numel()) * 4;
   for (const auto& kv : opt.state())
     for (torch::Tensor* s : ta::detail::state_tensors(*kv.second))
@@ -184,6 +187,12 @@ int main(int argc, char** argv) {
   std::printf("\n| density | masked dense ms | east ms | dense ÷ east | east ÷ floor | update step: dense ms | east ms "
               "| compact layers | weights+state MB dense / east |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const double d : cfg.densities) {
+    // A density whose budget is below one weight per layer cannot be built: say so and go on.
+    if (std::floor(d * static_cast<double>(floor.logical)) < static_cast<double>(floor.layers)) {
+      std::printf("| %g | skipped: %.0f nonzeros, fewer than one per layer (%zu layers) | | | | | | | |\n", d,
+                  std::floor(d * static_cast<double>(floor.logical)), floor.layers);
+      continue;
+    }
     const Run e = time_run(cfg, d, true);
     Run m;
     if (cfg.dense) m = time_run(cfg, d, false);
