@@ -166,3 +166,15 @@ TEST_CASE("Shared tensors: one mask for every use, budget as the unshared networ
   broken.use_grads.pop_back();
   CHECK_THROWS_WITH(broken.accumulate_gradients(), Catch::Contains("3 scales"));
 }
+
+TEST_CASE("Named presets: east keeps DyReLU (ramp-only), east-no-dyrelu is its first-class ablation", "[east]") {
+  const auto with = presets::by_name("east", 0.01), without = presets::by_name("east-no-dyrelu", 0.01);
+  CHECK(with.kind == Preset::Kind::east);
+  CHECK(without.kind == Preset::Kind::east);
+  const auto pw = make_east_phase(with.east_config(1000)), po = make_east_phase(without.east_config(1000));
+  CHECK(pw.beta(100) == 0.0);  // ramp-only: ReLU before the ramp …
+  CHECK(pw.beta(375) == Approx(0.5));  // … DyReLU-B inside it
+  for (std::int64_t s : {0, 100, 375, 900}) CHECK(po.beta(s) == 0.0);
+  CHECK(without.east_config(1000).cyclic);  // the other tricks stay
+  CHECK_THROWS_WITH(presets::by_name("east-full", 0.01), Catch::Contains("east-no-dyrelu"));
+}

@@ -130,7 +130,14 @@ inline Preset east(double density) {
   p.drop_floor = 0.005;
   return p;
 }
-/// By the trainer's --method name: dense, static, set, rigl, snfs, east.
+/// EAST without DyReLU-B, a first-class choice: in every run of docs/dyrelu-study.md it was level
+/// with or better than EAST with its DyReLU phase, and it skips the hyper-networks' cost.
+inline Preset east_no_dyrelu(double density) {
+  Preset p = east(density);
+  p.east.dyrelu = false;
+  return p;
+}
+/// By the trainer's --method name: dense, static, set, rigl, snfs, east, east-no-dyrelu.
 inline Preset by_name(const std::string& name, double density) {
   if (name == "dense") return dense();
   if (name == "static") return static_mask(density);
@@ -138,8 +145,9 @@ inline Preset by_name(const std::string& name, double density) {
   if (name == "rigl") return rigl(density);
   if (name == "snfs") return snfs(density);
   if (name == "east") return east(density);
+  if (name == "east-no-dyrelu") return east_no_dyrelu(density);
   throw InvalidArgument("east::presets::by_name(): unknown method '" + name +
-                        "' (valid: dense, static, set, rigl, snfs, east)");
+                        "' (valid: dense, static, set, rigl, snfs, east, east-no-dyrelu)");
 }
 }  // namespace presets
 
