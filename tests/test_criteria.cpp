@@ -174,3 +174,35 @@ TEST_CASE("Zero weights are pruned before nonzero ones, in random order", "[crit
   m.tensors[0].g[3] = std::nanf("");
   CHECK_THROWS_WITH(ctl.update(2), Catch::Contains("non-finite"));
 }
+
+TEST_CASE("FanInInit draws grown weights from N(0, gain^2 / active fan-in), seeded", "[criteria]") {
+  // 64 units of fan-in 2000 at 20% density: 400 active inputs each, 100 grown per unit (25%).
+  ToyModel m({{"w", {64, 2000}}});
+  const double gain = std::sqrt(2.0);
+  auto ctl = one_layer(m, MagnitudePrune{}, RandomRegrow{}, FanInInit{gain}, 5);
+  const BitMask before = ctl.masks()[0];
+  ctl.update(1);
+  const auto& now = ctl.masks()[0];
+  double sum = 0, sq = 0;
+  std::size_t grown = 0;
+  for (std::size_t i = 0; i < before.size(); ++i)
+    if (!before[i] && now[i]) {
+      const double w = m.tensors[0].w[i];
+      CHECK(w != 0.0);
+      sum += w, sq += w * w, ++grown;
+    }
+  REQUIRE(grown == 64 * 100);
+  const double mean = sum / grown, sd = std::sqrt(sq / grown - mean * mean);
+  CHECK(std::abs(mean) < 0.004);                                 // 4 standard errors of the mean
+  CHECK(sd == Approx(gain / std::sqrt(400.0)).epsilon(0.05));   // 0.0707
+  // Same seed, same values; another seed, others.
+  ToyModel m2({{"w", {64, 2000}}}), m3({{"w", {64, 2000}}});
+  auto c2 = one_layer(m2, MagnitudePrune{}, RandomRegrow{}, FanInInit{gain}, 5);
+  auto c3 = one_layer(m3, MagnitudePrune{}, RandomRegrow{}, FanInInit{gain}, 6);
+  c2.update(1);
+  c3.update(1);
+  CHECK(m2.tensors[0].w == m.tensors[0].w);
+  CHECK(m3.tensors[0].w != m.tensors[0].w);
+  CHECK_THROWS_WITH(FanInInit{-1.0}.initialize(m.params()[0], now.words(), now, make_stream(0)),
+                    Catch::Contains("gain -1"));
+}

@@ -178,3 +178,24 @@ TEST_CASE("Named presets: east keeps DyReLU (ramp-only), east-no-dyrelu is its f
   CHECK(without.east_config(1000).cyclic);  // the other tricks stay
   CHECK_THROWS_WITH(presets::by_name("east-full", 0.01), Catch::Contains("east-no-dyrelu"));
 }
+
+TEST_CASE("Preset::fan_in_init: grown weights drawn at the active fan-in's scale, every dynamic kind", "[east]") {
+  for (auto kind : {Preset::Kind::set, Preset::Kind::rigl, Preset::Kind::snfs, Preset::Kind::east}) {
+    for (bool fan_in : {false, true}) {
+      ToyModel m({{"a", {32, 400}}, {"b", {16, 800}}});
+      Preset p = presets::make(kind, 0.1);
+      p.fan_in_init = fan_in;
+      auto ctl = p.build(m.params(), 100);
+      ctl->before_optimizer_step(0);  // SNFS observes a gradient first
+      const auto before = ctl->masks();
+      ctl->update(10);
+      std::size_t grown = 0, nonzero = 0;
+      for (std::size_t l = 0; l < before.size(); ++l)
+        for (std::size_t i = 0; i < before[l].size(); ++i)
+          if (!before[l][i] && ctl->masks()[l][i]) ++grown, nonzero += m.tensors[l].w[i] != 0.0f;
+      INFO("kind " << static_cast<int>(kind) << " fan_in_init " << fan_in);
+      CHECK(grown > 0);
+      CHECK(nonzero == (fan_in ? grown : 0u));
+    }
+  }
+}

@@ -222,7 +222,7 @@ class Controller {
     // Phase 2: commit (sparse layers touch only changed mask words and the weights the scan
     // found nonzero at inactive positions; other layers are re-masked as apply_masks() does).
     for (std::size_t l = 0; l < L; ++l) {
-      if (params_[l].role == LayerRole::sparse) commit_layer(l, decisions_[l]);
+      if (params_[l].role == LayerRole::sparse) commit_layer(l, decisions_[l], stream.derive(l).derive(3));
     }
     for (std::size_t l = 0; l < L; ++l) {
       report.layers[l].nnz = masks_[l].count();
@@ -644,7 +644,7 @@ class Controller {
   // their optimizer state, and re-masks: with a built-in GrowInit only dropped positions and the
   // words the scan found holding nonzero inactive weights are touched (the result equals
   // apply_mask over the whole layer); other GrowInits may write anywhere, so the whole layer.
-  void commit_layer(std::size_t l, const detail::LayerDecision& dec) {
+  void commit_layer(std::size_t l, const detail::LayerDecision& dec, RandomStream init_stream) {
     auto& m = masks_[l];
     auto& e = ever_active_[l];
     const auto& layer = params_[l];
@@ -672,7 +672,10 @@ class Controller {
       } else {
         BitMask grown(n);
         for (const auto i : dec.grow) grown.set(i);
-        method_.grow_init.initialize(layer, grown.words());
+        if constexpr (detail::takes_mask_and_stream<decltype(method_.grow_init)>::value)
+          method_.grow_init.initialize(layer, grown.words(), m, init_stream);
+        else
+          method_.grow_init.initialize(layer, grown.words());
       }
       for (float* s : layer.state)
         for (const auto i : dec.grow)

@@ -68,8 +68,16 @@ struct is_regrow_criterion : std::false_type {};
 template <class T>
 struct is_regrow_criterion<T, std::void_t<decltype(Scores(std::declval<const T&>().regrow_scores(
                                   std::declval<const LayerContext&>())))>> : std::true_type {};
+/// GrowInits whose initialize() also takes the mask after the update and a seeded stream.
 template <class T, class = void>
-struct is_grow_init : std::false_type {};
+struct takes_mask_and_stream : std::false_type {};
+template <class T>
+struct takes_mask_and_stream<T, std::void_t<decltype(std::declval<const T&>().initialize(
+                                    std::declval<const LayerView&>(), std::declval<const std::uint64_t*>(),
+                                    std::declval<const BitMask&>(), std::declval<RandomStream>()))>>
+    : std::true_type {};
+template <class T, class = void>
+struct is_grow_init : takes_mask_and_stream<T> {};
 template <class T>
 struct is_grow_init<T, std::void_t<decltype(std::declval<const T&>().initialize(
                            std::declval<const LayerView&>(), std::declval<const std::uint64_t*>()))>>
@@ -97,7 +105,7 @@ struct method_traits<Method<D, S, F, U, P, R, I>> {
       "east: a RegrowCriterion needs `Scores regrow_scores(const LayerContext&) const` (docs/criteria.md)");
   static_assert(is_grow_init<I>::value,
                 "east: a GrowInit needs `void initialize(const LayerView&, const std::uint64_t*) const` "
-                "(docs/criteria.md)");
+                "or `initialize(layer, grown, const BitMask& mask_after, RandomStream) const` (docs/criteria.md)");
   static constexpr bool ok = true;
 };
 // Optional policy hooks, detected at compile time:

@@ -5,9 +5,12 @@
 // Any policy may also have observe(step, params) (sees dense gradients every step) and
 // save_state()/load_state() (checkpointed); see docs/criteria.md.
 //   GrowInit:        void initialize(const LayerView&, const std::uint64_t* grown_bits) const;
+//                    or initialize(layer, grown_bits, const BitMask& mask_after, RandomStream) const
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "scores.hpp"
@@ -163,6 +166,32 @@ struct ConstantInit {
   float value = 0.0f;
   void initialize(const LayerView& layer, const std::uint64_t* grown) const {
     kernels::fill_where(layer.weight, grown, layer.size(), value);
+  }
+};
+
+/// Grown weights drawn from N(0, gain² / a), a being their unit's active fan-in after the update
+/// (the sparse-aware Kaiming/LeCun rule of Evci et al. 2022, "Gradient flow in sparse neural
+/// networks"; gain √2 for ReLU networks) instead of starting at zero, so a regrown unit's output
+/// variance is what the dense initialiser intended. Seeded per (seed, update, layer).
+struct FanInInit {
+  double gain = 1.0;
+  void initialize(const LayerView& layer, const std::uint64_t* grown, const BitMask& mask, RandomStream s) const {
+    detail::require(std::isfinite(gain) && gain >= 0, "east::FanInInit", "gain ", gain, " (valid: finite, >= 0)");
+    const std::size_t n = layer.size(), rows = static_cast<std::size_t>(layer.shape[0]), cols = n / rows;
+    const bool strided = layer.column_major && layer.shape.size() == 2;
+    for (std::size_t r = 0; r < rows; ++r) {
+      const std::size_t first = strided ? r : r * cols, step = strided ? rows : 1;
+      std::size_t active = 0;
+      for (std::size_t c = 0, i = first; c < cols; ++c, i += step) active += mask.test(i);
+      if (active == 0) continue;
+      const double sd = gain / std::sqrt(static_cast<double>(active));
+      for (std::size_t c = 0, i = first; c < cols; ++c, i += step) {
+        if (!((grown[i / 64] >> (i % 64)) & 1u)) continue;
+        // Box–Muller from two counter-based uniforms in (0, 1].
+        const double u1 = 1.0 - s.uniform(2 * i), u2 = s.uniform(2 * i + 1);
+        layer.weight[i] = static_cast<float>(sd * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+      }
+    }
   }
 };
 

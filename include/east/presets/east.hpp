@@ -108,35 +108,40 @@ inline EastPhase make_east_phase(const EastConfig& c) {
                    c.dyrelu_phasing, c.dyrelu_ramp};
 }
 
-/// EAST's sparse training over `params` (cyclic density, then RigL at the target, cosine drop),
-/// a Controller like every preset; the DyReLU phase that runs beside it is make_east_phase(c).
-/// Register weight-shared tensors with their number of uses first: the budget counts every use.
+namespace detail {
+/// EAST's Method for `c` (validated): cyclic density, cosine drop, periodic updates, RigL criteria.
 template <class Distribution = ErdosRenyiKernel>
-EastController<Distribution> make_east(ParameterSet params, const EastConfig& c, ControllerOptions opt = {},
-                                       Distribution dist = {}) {
+auto east_method(const EastConfig& c, Distribution dist = {}) {
   constexpr const char* where = "east::make_east()";
-  detail::require(c.total_steps >= 1, where, "total_steps ", c.total_steps, " (valid: >= 1)");
-  detail::require_density(c.density, where);
-  detail::require(c.cyclic_fraction > 0 && c.cyclic_fraction <= 1, where, "cyclic_fraction ",
-                  c.cyclic_fraction, " (valid: (0, 1])");
-  detail::require(c.update_end > 0 && c.update_end <= 1, where, "update_end ", c.update_end,
-                  " (valid: (0, 1])");
-  const auto interval = detail::east_interval(c);
+  require(c.total_steps >= 1, where, "total_steps ", c.total_steps, " (valid: >= 1)");
+  require_density(c.density, where);
+  require(c.cyclic_fraction > 0 && c.cyclic_fraction <= 1, where, "cyclic_fraction ", c.cyclic_fraction,
+          " (valid: (0, 1])");
+  require(c.update_end > 0 && c.update_end <= 1, where, "update_end ", c.update_end, " (valid: (0, 1])");
+  const auto interval = east_interval(c);
   const auto end = std::max<std::int64_t>(
       1, static_cast<std::int64_t>(std::llround(c.update_end * static_cast<double>(c.total_steps))));
-  const auto cyclic = detail::east_cyclic(c);
+  const auto cyclic = east_cyclic(c);
   cyclic.validate();
-  detail::require(
-      c.drop_initial >= 0 && c.drop_initial <= 1 && c.drop_floor >= 0 && c.drop_floor <= c.drop_initial,
-      where, "drop fractions ", c.drop_initial, " → ", c.drop_floor, " (valid: 1 >= initial >= floor >= 0)");
-  Method method{dist,
+  require(c.drop_initial >= 0 && c.drop_initial <= 1 && c.drop_floor >= 0 && c.drop_floor <= c.drop_initial, where,
+          "drop fractions ", c.drop_initial, " → ", c.drop_floor, " (valid: 1 >= initial >= floor >= 0)");
+  return Method{dist,
                 cyclic,
                 CosineDrop{c.drop_initial, c.drop_floor, 0, std::max<std::int64_t>(end, 2)},
                 Periodic{interval, interval, end},
                 MagnitudePrune{},
                 GradientRegrow{},
                 ZeroInit{}};
-  return EastController<Distribution>(std::move(params), method, opt);
+}
+}  // namespace detail
+
+/// EAST's sparse training over `params` (cyclic density, then RigL at the target, cosine drop),
+/// a Controller like every preset; the DyReLU phase that runs beside it is make_east_phase(c).
+/// Register weight-shared tensors with their number of uses first: the budget counts every use.
+template <class Distribution = ErdosRenyiKernel>
+EastController<Distribution> make_east(ParameterSet params, const EastConfig& c, ControllerOptions opt = {},
+                                       Distribution dist = {}) {
+  return EastController<Distribution>(std::move(params), detail::east_method(c, dist), opt);
 }
 
 }  // namespace east

@@ -38,6 +38,10 @@ struct Preset {
   double drop_fraction = 0.3;        ///< cosine drop fraction from this …
   double drop_floor = 0.0;           ///< … to this at update_end
   double snfs_beta = 0.9;            ///< SNFS: momentum of the dense gradient
+  /// Grown weights start at zero (RigL's rule, the default) or, with `fan_in_init`, are drawn
+  /// from N(0, gain² / active fan-in) (FanInInit: Evci et al. 2022's sparse-aware rule).
+  bool fan_in_init = false;
+  double fan_in_gain = 1.4142135623730951;  ///< √2: Kaiming for ReLU networks
   EastConfig east;                   ///< EAST's cyclic density and DyReLU phase (its own density,
                                      ///< total_steps, interval and drop fields are set by build)
 
@@ -98,13 +102,21 @@ struct Preset {
     constexpr const char* where = "east::Preset::build()";
     if (kind != Kind::dense) detail::require_density(density, where);
     const DstConfig s = schedule(total_steps);
+    // Every dynamic method through one path, with the grown-weight rule chosen here.
+    const auto finish = [&](auto method) {
+      if (!fan_in_init) return erase(Controller(std::move(params), method, options));
+      auto m = Method{method.distribution, method.density, method.drop,      method.update,
+                      method.prune,        method.regrow,  FanInInit{fan_in_gain}};
+      return erase(Controller(std::move(params), std::move(m), options));
+    };
+    const ErdosRenyiKernel erk{};
     switch (kind) {
       case Kind::dense: return erase(make_static(std::move(params), 1.0, options));
       case Kind::static_mask: return erase(make_static(std::move(params), density, options));
-      case Kind::set: return erase(make_set(std::move(params), s, options));
-      case Kind::rigl: return erase(make_rigl(std::move(params), s, options));
-      case Kind::snfs: return erase(make_snfs(std::move(params), s, options, ErdosRenyiKernel{}, snfs_beta));
-      case Kind::east: return erase(make_east(std::move(params), east_config(total_steps), options));
+      case Kind::set: return finish(detail::dst_method(s, RandomRegrow{}, erk));
+      case Kind::rigl: return finish(detail::dst_method(s, GradientRegrow{}, erk));
+      case Kind::snfs: return finish(detail::dst_method(s, detail::snfs_regrow(snfs_beta), erk));
+      case Kind::east: return finish(detail::east_method(east_config(total_steps), erk));
     }
     throw InvalidArgument("east::Preset::build(): unknown kind");
   }

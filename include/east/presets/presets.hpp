@@ -44,31 +44,33 @@ auto make_static(ParameterSet params, double density, ControllerOptions opt = {}
                     opt);
 }
 
+namespace detail {
+/// The Method of a constant-density DST preset with regrowth criterion `regrow`.
+template <class Regrow, class Distribution>
+auto dst_method(const DstConfig& c, Regrow regrow, Distribution dist) {
+  return Method{dist, constant_of(c), cosine_of(c), periodic_of(c), MagnitudePrune{}, std::move(regrow), ZeroInit{}};
+}
+inline MomentumRegrow snfs_regrow(double beta) {
+  require(beta >= 0 && beta < 1, "east::make_snfs()", "beta ", beta, " (valid: [0, 1))");
+  return MomentumRegrow{beta, {}};
+}
+}  // namespace detail
+
 template <class Distribution = ErdosRenyiKernel>
 auto make_rigl(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {}) {
-  return Controller(std::move(params),
-                    Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                           MagnitudePrune{}, GradientRegrow{}, ZeroInit{}},
-                    opt);
+  return Controller(std::move(params), detail::dst_method(c, GradientRegrow{}, dist), opt);
 }
 
 template <class Distribution = ErdosRenyiKernel>
 auto make_set(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {}) {
-  return Controller(std::move(params),
-                    Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                           MagnitudePrune{}, RandomRegrow{}, ZeroInit{}},
-                    opt);
+  return Controller(std::move(params), detail::dst_method(c, RandomRegrow{}, dist), opt);
 }
 
 /// SNFS regrowth by the momentum (coefficient `beta`) of the dense gradient, kept by the criterion.
 template <class Distribution = ErdosRenyiKernel>
 auto make_snfs(ParameterSet params, const DstConfig& c, ControllerOptions opt = {}, Distribution dist = {},
                double beta = 0.9) {
-  detail::require(beta >= 0 && beta < 1, "east::make_snfs()", "beta ", beta, " (valid: [0, 1))");
-  return Controller(std::move(params),
-                    Method{dist, detail::constant_of(c), detail::cosine_of(c), detail::periodic_of(c),
-                           MagnitudePrune{}, MomentumRegrow{beta, {}}, ZeroInit{}},
-                    opt);
+  return Controller(std::move(params), detail::dst_method(c, detail::snfs_regrow(beta), dist), opt);
 }
 
 /// Gradual magnitude pruning from `initial_density` to c.density between begin and end_step.

@@ -301,6 +301,7 @@ class Sparsifier {
     o << method_.name() << '|' << method_.density << '|' << total_ << '|' << method_.updates << '|'
       << method_.update_interval << '|' << method_.update_end << '|' << method_.drop_fraction << '|'
       << method_.drop_floor << '|' << options_.seed << '|' << layers_.size();
+    if (method_.fan_in_init) o << "|fan-in-init " << method_.fan_in_gain;  // only when on: old files load
     return o.str();
   }
 
