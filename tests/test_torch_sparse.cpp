@@ -45,7 +45,7 @@ TEST_CASE("compact Conv2d forward and gradients equal torch's conv2d with the ma
     double density;
     bool bias;
   };
-  for (const Case c : {Case{2, 8, 12, 9, 3, 1, 1, 0.3, false}, Case{3, 16, 8, 10, 3, 2, 1, 0.05, true},
+  for (const Case& c : {Case{2, 8, 12, 9, 3, 1, 1, 0.3, false}, Case{3, 16, 8, 10, 3, 2, 1, 0.05, true},
                        Case{2, 12, 24, 8, 1, 2, 0, 0.2, false}, Case{4, 32, 32, 4, 3, 1, 1, 0.01, true},
                        Case{2, 6, 5, 7, 5, 1, 2, 0.1, true}}) {
     torch::manual_seed(3);
