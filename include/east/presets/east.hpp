@@ -41,7 +41,7 @@ struct EastConfig {
   // Drop fraction: cosine from 0.5 to 0.005 over [0, update_end · total_steps] (ES2: the whole run).
   double drop_initial = 0.5;
   double drop_floor = 0.005;
-  // Trick 1: DyReLU phasing, full DyReLU until 25%, linear to ReLU at 50% of training.
+  // Trick 1: DyReLU phasing: a ramp of β from 1 (DyReLU-B) to 0 (ReLU) between 25% and 50% of training.
   bool dyrelu = true;
   double dyrelu_start = 0.25;
   double dyrelu_end = 0.5;
