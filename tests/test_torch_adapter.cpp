@@ -271,9 +271,13 @@ TEST_CASE("torch::optim::SGD works through seed_sgd_momentum", "[torch]") {
   const auto mom = copy_of(st.momentum_buffer());
   for (std::size_t i = 0; i < mom.size(); ++i)
     if (!ctl.masks()[0].test(i)) REQUIRE(mom[i] == 0.0f);
-  // A gradient reset to None is detected.
+  // A gradient reset to None and reallocated is detected. The old tensor is kept alive so the new
+  // one cannot land at the same address (there the view would still be valid, and no check can
+  // tell: malloc may hand the freed block back, as it does in a fresh Debian root).
+  const auto old_grad = m.conv->weight.grad();
   m.conv->weight.mutable_grad() = torch::Tensor();
   m.forward(x).sum().backward();
+  REQUIRE(m.conv->weight.grad().data_ptr<float>() != old_grad.data_ptr<float>());
   CHECK_THROWS_AS(ta::check_views(m, ctl.params()), east::InvalidArgument);
 }
 
