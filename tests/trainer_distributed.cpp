@@ -26,22 +26,17 @@
 #include <vector>
 
 #include "idx_files.hpp"
+#include "processes.hpp"
 
 namespace {
 
+using east_test::exists;
+using east_test::read_file;
+using east_test::spawn;
+using east_test::wait_for;
 using Clock = std::chrono::steady_clock;
 using Args = std::vector<std::string>;
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
 std::string absolute(const std::string& p) {
   char buf[4096];
   REQUIRE(::getcwd(buf, sizeof buf) != nullptr);
@@ -89,37 +84,7 @@ Args operator+(Args a, const Args& b) {
 }
 
 // Starts `argv` with its output in `log` (the environment's rank variables removed, so only flags count).
-pid_t start(const Args& a, const std::string& log) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    for (const char* v : {"WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "EAST_DIST_INIT"})
-      ::unsetenv(v);
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
-    std::vector<char*> argv;
-    for (const auto& s : a) argv.push_back(const_cast<char*>(s.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-// Waits for `pid`; kills it and fails after `seconds`. Returns the wait status.
-int wait_for(pid_t pid, double seconds) {
-  const auto t0 = Clock::now();
-  for (;;) {
-    int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
-    if (std::chrono::duration<double>(Clock::now() - t0).count() > seconds) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      FAIL("process " << pid << " did not finish within " << seconds << " s (a hang)");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
+pid_t start(const Args& a, const std::string& log) { return spawn(a, log); }
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
 // Runs `a` to the end (at most `seconds`); returns its exit code, its output in `log`.

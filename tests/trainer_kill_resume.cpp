@@ -23,22 +23,16 @@
 #include <vector>
 
 #include "idx_files.hpp"
+#include "processes.hpp"
 
 namespace {
 
+using east_test::exists;
+using east_test::read_file;
+using east_test::spawn;
+using east_test::wait_for;
 using Clock = std::chrono::steady_clock;
 const std::string dir = "east_test_kill_resume";
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
 
 // Starts the trainer on the tiny problem, writing into `out`; its output goes to out/log.
 pid_t start(const std::string& out, bool resume) {
@@ -47,34 +41,7 @@ pid_t start(const std::string& out, bool resume) {
                                 "3",           "--batch",   "64",     "--threads",  "1",      "--updates",
                                 "4",           "--kernels", "sparse", "--out",      out};
   if (resume) a.push_back("--resume");
-  const std::string log = out + "/log";
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
-    std::vector<char*> argv;
-    for (auto& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-// Waits for `pid`; kills it and fails after `seconds`. Returns the wait status.
-int wait_for(pid_t pid, double seconds) {
-  const auto t0 = Clock::now();
-  for (;;) {
-    int status = 0;
-    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
-    if (std::chrono::duration<double>(Clock::now() - t0).count() > seconds) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      FAIL("east-trainer did not finish within " << seconds << " s");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  return spawn(a, out + "/log", /*append=*/true);
 }
 
 // Fails (killing the trainer) when it has exited or `t0` is more than 300 s ago.
@@ -157,7 +124,7 @@ TEST_CASE(
 
   // The uninterrupted run.
   {
-    const int status = wait_for(start(full, false), 300);
+    const int status = wait_for(start(full, false), 300, "east-trainer");
     INFO(read_file(full + "/log"));
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
@@ -224,7 +191,7 @@ TEST_CASE(
 
   // 3. Resumed to the end.
   {
-    const int status = wait_for(start(killed, true), 300);
+    const int status = wait_for(start(killed, true), 300, "east-trainer");
     INFO(read_file(killed + "/log"));
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
