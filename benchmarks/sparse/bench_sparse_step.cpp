@@ -40,6 +40,7 @@ struct Config {
   std::vector<double> densities{0.01, 0.001, 0.0005, 0.0001};
   bool dense = true, update = true;
   bool tune_malloc = true;  // east::keep_freed_memory_for_reuse(), as the trainer does
+  east::sparse::Crossover crossover;  // the compact path's per-layer switch (the Sparsifier's default)
 };
 
 struct Run {
@@ -84,7 +85,7 @@ Run time_run(const Config& cfg, double density, bool compact_path) {
   ta::SparsifierOptions so;
   so.log = nullptr;
   so.init = east::InitScaling::none;
-  if (!compact_path) so.crossover = {0.0, 0.0};
+  so.crossover = compact_path ? cfg.crossover : east::sparse::Crossover{0.0, 0.0};
   const std::int64_t total = 4L * (cfg.steps + 2);
   ta::Sparsifier sparsity(model, opt, method, total, so);
   const auto x = cnn ? torch::randn({cfg.batch, 1, 28, 28}) : torch::randn({cfg.batch, 3, cfg.hw, cfg.hw});
@@ -153,6 +154,11 @@ int main(int argc, char** argv) {
     } else if (a == "--no-dense") cfg.dense = false;
     else if (a == "--default-malloc") cfg.tune_malloc = false;
     else if (a == "--no-update") cfg.update = false;
+    else if (const char* v = val("--crossover")) {  // conv[,linear]
+      char* end = nullptr;
+      cfg.crossover.conv = std::strtod(v, &end);
+      if (end && *end == ',') cfg.crossover.linear = std::strtod(end + 1, nullptr);
+    }
     else {
       std::fprintf(stderr,
                    "usage: east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--depth=34] [--width=1] "

@@ -17,6 +17,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "../config.hpp"
 #include "../core/error.hpp"
@@ -52,72 +55,196 @@ inline void check_batchnorm(const BatchNormShape& s, const BatchNormOptions& o, 
                           " (valid: [0, 1])");
 }
 
-inline double sum8(const double* a) {
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-// Per-channel sums are taken in float over blocks of 64 values (8 lanes × 8, so the loop vectorizes
-// without -ffast-math) and each block's lanes are added into double accumulators: float rounding
-// spans at most 8 terms, and the order is fixed, so results do not depend on threads.
-inline constexpr std::size_t kLanes = 8, kBlock = 64;
+// Per-channel sums run on 64-byte vectors (GNU vector extensions: 16 floats or 8 doubles; one
+// zmm, two ymm or four xmm registers, whichever the calling body was compiled for) in segments of
+// kChains vectors × kTerms steps: the kChains independent accumulators keep the adds from waiting
+// on one another (one chain ran at a quarter of the load rate), and each lane sums at most kTerms
+// values in T before it is added into the channel's double accumulators (one per lane). The
+// order is fixed, so results do not depend on the thread count.
+inline constexpr std::size_t kChains = 4, kTerms = 8, kVectorBytes = 64;
 
 template <class T>
-EAST_ALWAYS_INLINE void flush_lanes(const T* b1, const T* b2, double* EAST_RESTRICT a1,
-                                    double* EAST_RESTRICT a2) {
-  for (std::size_t l = 0; l < kLanes; ++l) {
-    a1[l] += static_cast<double>(b1[l]);
-    a2[l] += static_cast<double>(b2[l]);
+struct Simd {
+  static constexpr std::size_t lanes = kVectorBytes / sizeof(T);
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(EAST_NO_VECTOR_EXTENSIONS)
+  typedef T vec __attribute__((vector_size(kVectorBytes)));
+  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> bits_type;
+  typedef bits_type bits __attribute__((vector_size(kVectorBytes)));
+#else  // other compilers: the same operations element by element
+  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> bits_type;
+  template <class E>
+  struct array {
+    E v[lanes];
+    E& operator[](std::size_t i) { return v[i]; }
+    template <class F>
+    friend array map(const array& a, const array& b, F f) {
+      array r;
+      for (std::size_t i = 0; i < lanes; ++i) r.v[i] = f(a.v[i], b.v[i]);
+      return r;
+    }
+    static array all(E e) {
+      array r;
+      for (E& x : r.v) x = e;
+      return r;
+    }
+    friend array operator+(const array& a, const array& b) { return map(a, b, [](E x, E y) { return x + y; }); }
+    friend array operator-(const array& a, const array& b) { return map(a, b, [](E x, E y) { return x - y; }); }
+    friend array operator*(const array& a, const array& b) { return map(a, b, [](E x, E y) { return x * y; }); }
+    friend array operator&(const array& a, const array& b) { return map(a, b, [](E x, E y) { return x & y; }); }
+    friend array operator+(const array& a, E b) { return a + all(b); }
+    friend array operator-(const array& a, E b) { return a - all(b); }
+    friend array operator*(const array& a, E b) { return a * all(b); }
+    array& operator+=(const array& b) { return *this = *this + b; }
+    array& operator-=(E b) { return *this = *this - b; }
+    array& operator&=(const array& b) { return *this = *this & b; }
+    friend array<bits_type> operator>(const array& a, const array& b) {
+      array<bits_type> r;
+      for (std::size_t i = 0; i < lanes; ++i) r.v[i] = a.v[i] > b.v[i] ? -1 : 0;
+      return r;
+    }
+  };
+  typedef array<T> vec;
+  typedef array<bits_type> bits;
+#endif
+  static EAST_ALWAYS_INLINE void load(vec& v, const T* p) { std::memcpy(&v, p, sizeof v); }
+  static EAST_ALWAYS_INLINE void store(T* p, const vec& v) { std::memcpy(p, &v, sizeof v); }
+  // v where keep's lanes are true (all bits set), else +0: a select that cannot pass NaN through.
+  static EAST_ALWAYS_INLINE void keep(vec& v, const bits& k) {
+    bits b;
+    std::memcpy(&b, &v, sizeof b);
+    b &= k;
+    std::memcpy(&v, &b, sizeof v);
   }
+};
+
+template <class T>
+EAST_ALWAYS_INLINE double sum_lanes(const double* a) {
+  double s[Simd<T>::lanes];
+  for (std::size_t l = 0; l < Simd<T>::lanes; ++l) s[l] = a[l];
+  for (std::size_t w = Simd<T>::lanes / 2; w >= 1; w /= 2)
+    for (std::size_t l = 0; l < w; ++l) s[l] += s[l + w];
+  return s[0];
 }
 
-// a1 += Σ (x − k), a2 += Σ (x − k)² over one plane. The shift k (the channel's first value) keeps
-// the one-pass variance accurate when |mean| ≫ std.
-template <class T>
-EAST_ALWAYS_INLINE void moments_plane(const T* EAST_RESTRICT p, std::size_t n, T k, double* EAST_RESTRICT a1,
-                                      double* EAST_RESTRICT a2) {
+// a1 += Σ u, a2 += Σ v over one plane of n values, (u, v) = f(offset, u, v) for a whole vector;
+// a1 and a2 hold Simd<T>::lanes doubles each. The partial vector at the end is f applied to
+// copies padded with zeros, masked to its lanes.
+template <class T, class F>
+EAST_ALWAYS_INLINE void plane_sums(std::size_t n, F&& f, double* EAST_RESTRICT a1, double* EAST_RESTRICT a2) {
+  using S = Simd<T>;
+  using V = typename S::vec;
+  constexpr std::size_t W = S::lanes, segment = W * kChains * kTerms;
   std::size_t i = 0;
   while (i < n) {
-    T b1[kLanes] = {}, b2[kLanes] = {};
-    const std::size_t e = n - i >= kBlock ? i + kBlock : n;
-    for (; i + kLanes <= e; i += kLanes)
-      for (std::size_t l = 0; l < kLanes; ++l) {
-        const T d = p[i + l] - k;
-        b1[l] += d;
-        b2[l] += d * d;
+    V s1[kChains] = {}, s2[kChains] = {};
+    const std::size_t e = n - i > segment ? i + segment : n;
+    bool whole_groups = false;
+    for (; i + kChains * W <= e; i += kChains * W, whole_groups = true)
+      for (std::size_t c = 0; c < kChains; ++c) {
+        V u, v;
+        f(i + c * W, u, v);
+        s1[c] += u;
+        s2[c] += v;
       }
-    for (std::size_t l = 0; i < e; ++i, ++l) {
-      const T d = p[i] - k;
-      b1[l] += d;
-      b2[l] += d * d;
+    std::size_t c = 0;
+    for (; i + W <= e; i += W, ++c) {  // fewer than kChains whole vectors left: one more term each
+      V u, v;
+      f(i, u, v);
+      s1[c] += u;
+      s2[c] += v;
     }
-    flush_lanes(b1, b2, a1, a2);
+    if (i < e) {  // the partial vector
+      V u, v;
+      f.tail(i, e - i, u, v);
+      typename S::bits k;
+      for (std::size_t l = 0; l < W; ++l) k[l] = l < e - i ? -1 : 0;
+      S::keep(u, k);
+      S::keep(v, k);
+      s1[c] += u;
+      s2[c] += v;
+      ++c;
+      i = e;
+    }
+    for (std::size_t ch = 0, used = whole_groups ? kChains : c; ch < used; ++ch) {
+      alignas(kVectorBytes) T t1[W], t2[W];
+      S::store(t1, s1[ch]);
+      S::store(t2, s2[ch]);
+      for (std::size_t l = 0; l < W; ++l) {
+        a1[l] += static_cast<double>(t1[l]);
+        a2[l] += static_cast<double>(t2[l]);
+      }
+    }
   }
 }
+// (x − k, (x − k)²): the channel's moments about k (its first value, which keeps the one-pass
+// variance accurate when |mean| ≫ std).
+template <class T>
+struct Moments {
+  using S = Simd<T>;
+  const T* x;
+  T k;
+  EAST_ALWAYS_INLINE void operator()(std::size_t i, typename S::vec& u, typename S::vec& v) const {
+    S::load(u, x + i);
+    u -= k;
+    v = u * u;
+  }
+  EAST_ALWAYS_INLINE void tail(std::size_t i, std::size_t n, typename S::vec& u, typename S::vec& v) const {
+    alignas(kVectorBytes) T t[S::lanes] = {};
+    for (std::size_t l = 0; l < n; ++l) t[l] = x[i + l];
+    Moments{t, k}(0, u, v);
+  }
+};
 
-// a1 += Σ g, a2 += Σ g·(x − mu) with g = dy masked by the ReLU (y > 0) when Relu. Every operand is
-// loaded unconditionally so the select vectorizes.
+// (g, g·(x − mu)) with g = dy masked by the ReLU (y > 0) when Relu.
 template <bool Relu, class T>
-EAST_ALWAYS_INLINE void grad_sums_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
-                                        const T* EAST_RESTRICT y, std::size_t n, T mu,
-                                        double* EAST_RESTRICT a1, double* EAST_RESTRICT a2) {
-  std::size_t i = 0;
-  while (i < n) {
-    T b1[kLanes] = {}, b2[kLanes] = {};
-    const std::size_t e = n - i >= kBlock ? i + kBlock : n;
-    for (; i + kLanes <= e; i += kLanes)
-      for (std::size_t l = 0; l < kLanes; ++l) {
-        const T d = dy[i + l], yv = y[i + l];
-        const T g = (!Relu || yv > T(0)) ? d : T(0);
-        b1[l] += g;
-        b2[l] += g * (x[i + l] - mu);
-      }
-    for (std::size_t l = 0; i < e; ++i, ++l) {
-      const T d = dy[i], yv = y[i];
-      const T g = (!Relu || yv > T(0)) ? d : T(0);
-      b1[l] += g;
-      b2[l] += g * (x[i] - mu);
+struct GradSums {
+  using S = Simd<T>;
+  const T *dy, *x, *y;
+  T mu;
+  EAST_ALWAYS_INLINE void operator()(std::size_t i, typename S::vec& u, typename S::vec& v) const {
+    typename S::vec xv, zero = {};
+    S::load(u, dy + i);
+    if (Relu) {
+      typename S::vec yv;
+      S::load(yv, y + i);
+      S::keep(u, yv > zero);
     }
-    flush_lanes(b1, b2, a1, a2);
+    S::load(xv, x + i);
+    v = u * (xv - mu);
+  }
+  EAST_ALWAYS_INLINE void tail(std::size_t i, std::size_t n, typename S::vec& u, typename S::vec& v) const {
+    alignas(kVectorBytes) T a[S::lanes] = {}, b[S::lanes] = {}, c[S::lanes] = {};
+    for (std::size_t l = 0; l < n; ++l) {
+      a[l] = dy[i + l];
+      b[l] = x[i + l];
+      c[l] = y[i + l];
+    }
+    GradSums{a, b, c, mu}(0, u, v);
+  }
+};
+
+// y = relu((x − mean)·a + b [+ res]) over one plane (subtracting first keeps channels with
+// |mean| ≫ std accurate). The ReLU is a select: NaN becomes 0.
+template <bool Relu, class T>
+EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_RESTRICT res, std::size_t n,
+                                        T mu, T a, T b, T* EAST_RESTRICT y) {
+  using S = Simd<T>;
+  typename S::vec xv, r, zero = {};
+  std::size_t i = 0;
+  for (; i + S::lanes <= n; i += S::lanes) {
+    S::load(xv, x + i);
+    xv = (xv - mu) * a + b;
+    if (res) {
+      S::load(r, res + i);
+      xv += r;
+    }
+    if (Relu) S::keep(xv, xv > zero);
+    S::store(y + i, xv);
+  }
+  for (; i < n; ++i) {
+    T v = (x[i] - mu) * a + b;
+    if (res) v += res[i];
+    y[i] = (!Relu || v > T(0)) ? v : T(0);
   }
 }
 
@@ -126,43 +253,30 @@ template <bool Relu, class T>
 EAST_ALWAYS_INLINE void grad_input_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
                                          const T* EAST_RESTRICT y, std::size_t n, T mu, T k, T p, T q,
                                          T* EAST_RESTRICT dx, T* EAST_RESTRICT dres) {
-  if (dres) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const T d = dy[i], yv = y[i];
-      const T g = (!Relu || yv > T(0)) ? d : T(0);
-      dres[i] = g;
-      dx[i] = g * k + ((x[i] - mu) * q + p);
+  using S = Simd<T>;
+  typename S::vec g, xv, yv, zero = {};
+  std::size_t i = 0;
+  for (; i + S::lanes <= n; i += S::lanes) {
+    S::load(g, dy + i);
+    if (Relu) {
+      S::load(yv, y + i);
+      S::keep(g, yv > zero);
     }
-  } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      const T d = dy[i], yv = y[i];
-      const T g = (!Relu || yv > T(0)) ? d : T(0);
-      dx[i] = g * k + ((x[i] - mu) * q + p);
-    }
+    if (dres) S::store(dres + i, g);
+    S::load(xv, x + i);
+    S::store(dx + i, g * k + ((xv - mu) * q + p));
   }
-}
-
-template <bool Relu, class T>
-EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_RESTRICT res, std::size_t n,
-                                        T mu, T a, T b, T* EAST_RESTRICT y) {
-  // y = (x − mean)·a + b: subtracting first keeps channels with |mean| ≫ std accurate.
-  if (res) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const T v = (x[i] - mu) * a + b + res[i];
-      y[i] = (!Relu || v > T(0)) ? v : T(0);
-    }
-  } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      const T v = (x[i] - mu) * a + b;
-      y[i] = (!Relu || v > T(0)) ? v : T(0);
-    }
+  for (; i < n; ++i) {
+    const T g1 = (!Relu || y[i] > T(0)) ? dy[i] : T(0);
+    if (dres) dres[i] = g1;
+    dx[i] = g1 * k + ((x[i] - mu) * q + p);
   }
 }
 
 /// Channels per work item: each (image, channel) plane is H·W floats, only 64 B on a 4×4 plane, so
 /// walking one channel over the batch would touch one cache line per 32 KiB stride (latency-bound).
 /// A block of channels makes each image's part one contiguous run, and is sized (~64 KiB per
-/// array) so that the second pass over the block still finds it in L2.
+/// array) so that the second pass over the block may still find it in cache.
 inline constexpr std::size_t kMaxChannelBlock = 64;
 inline std::size_t channel_block(const BatchNormShape& s) {
   const std::size_t per_channel_bytes = s.per_channel() * sizeof(float);
@@ -170,40 +284,33 @@ inline std::size_t channel_block(const BatchNormShape& s) {
   return std::max<std::size_t>(1, std::min({b, s.channels, kMaxChannelBlock}));
 }
 
-}  // namespace detail
-
-/// Forward. @param x {N, C, H·W}  @param residual added before the ReLU, or nullptr
-/// @param gamma, beta C values, or nullptr (1 and 0: no affine)
-/// @param running_mean, running_var C values, or nullptr (no running statistics: training uses
-/// batch statistics, and eval then needs them) — updated in training mode
-/// @param y output, may not alias x  @param save_mean, save_invstd C values written for the
-/// backward (the batch statistics in training, the running ones in eval).
+// One work item (a block of channels) of the forward and of the backward. Their bodies are
+// compiled once per instruction set (run_item below) from this one source.
 template <class T>
-void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, const T* gamma, const T* beta,
-                       T* running_mean, T* running_var, const BatchNormOptions& o, T* y, T* save_mean,
-                       T* save_invstd) {
-  constexpr const char* where = "east::sparse::batchnorm_forward()";
-  detail::check_batchnorm(s, o, where);
-  ::east::detail::require(o.training || (running_mean && running_var), where,
-                          "eval mode needs running_mean and running_var");
-  const std::size_t m = s.per_channel();
-  const std::size_t cb = detail::channel_block(s), items = (s.channels + cb - 1) / cb;
-  detail::parallel_for(items, 4.0 * static_cast<double>(s.size()), [&](std::size_t item) {
-    const std::size_t c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
-    double a1[detail::kMaxChannelBlock][8] = {}, a2[detail::kMaxChannelBlock][8] = {};
-    T mu[detail::kMaxChannelBlock], sa[detail::kMaxChannelBlock], sb[detail::kMaxChannelBlock];
+struct ForwardItems {
+  const BatchNormShape& s;
+  const T *x, *residual, *gamma, *beta;
+  T *running_mean, *running_var;
+  const BatchNormOptions& o;
+  T *y, *save_mean, *save_invstd;
+
+  EAST_ALWAYS_INLINE void operator()(std::size_t item) const {
+    constexpr std::size_t L = Simd<T>::lanes;
+    const std::size_t m = s.per_channel(), cb = channel_block(s), c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
+    alignas(64) double a1[kMaxChannelBlock][L] = {}, a2[kMaxChannelBlock][L] = {};
+    T mu[kMaxChannelBlock], sa[kMaxChannelBlock], sb[kMaxChannelBlock];
     if (o.training)
       for (std::size_t n = 0; n < s.batch; ++n)
         for (std::size_t c = c0; c < c1; ++c)
-          detail::moments_plane(x + (n * s.channels + c) * s.plane, s.plane, x[c * s.plane], a1[c - c0],
-                                a2[c - c0]);
+          plane_sums<T>(s.plane, Moments<T>{x + (n * s.channels + c) * s.plane, x[c * s.plane]}, a1[c - c0],
+                        a2[c - c0]);
     for (std::size_t c = c0; c < c1; ++c) {
       double mean, var;
       if (o.training) {
         const double k = static_cast<double>(x[c * s.plane]);
-        const double d = detail::sum8(a1[c - c0]) / static_cast<double>(m);
+        const double d = sum_lanes<T>(a1[c - c0]) / static_cast<double>(m);
         mean = k + d;
-        var = std::max(0.0, detail::sum8(a2[c - c0]) / static_cast<double>(m) - d * d);
+        var = std::max(0.0, sum_lanes<T>(a2[c - c0]) / static_cast<double>(m) - d * d);
         if (running_mean) {
           const double mo = o.momentum, unbiased = var * static_cast<double>(m) / static_cast<double>(m - 1);
           running_mean[c] = static_cast<T>((1.0 - mo) * static_cast<double>(running_mean[c]) + mo * mean);
@@ -225,11 +332,102 @@ void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, c
         const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
         const T* rp = residual ? residual + off : nullptr;
         if (o.relu)
-          detail::normalize_plane<true>(x + off, rp, s.plane, mu[i], sa[i], sb[i], y + off);
+          normalize_plane<true>(x + off, rp, s.plane, mu[i], sa[i], sb[i], y + off);
         else
-          detail::normalize_plane<false>(x + off, rp, s.plane, mu[i], sa[i], sb[i], y + off);
+          normalize_plane<false>(x + off, rp, s.plane, mu[i], sa[i], sb[i], y + off);
       }
-  });
+  }
+};
+
+template <class T>
+struct BackwardItems {
+  const BatchNormShape& s;
+  const T *dy, *x, *y, *gamma, *save_mean, *save_invstd;
+  const BatchNormOptions& o;
+  T *dx, *dresidual, *dgamma, *dbeta;
+
+  EAST_ALWAYS_INLINE void operator()(std::size_t item) const {
+    constexpr std::size_t L = Simd<T>::lanes;
+    const std::size_t m = s.per_channel(), cb = channel_block(s), c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
+    // Pass 1: Σ g and Σ g·(x − mean) per channel, g = dy masked by the ReLU.
+    alignas(64) double a1[kMaxChannelBlock][L] = {}, a2[kMaxChannelBlock][L] = {};
+    for (std::size_t n = 0; n < s.batch; ++n)
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t off = (n * s.channels + c) * s.plane;
+        if (o.relu)
+          plane_sums<T>(s.plane, GradSums<true, T>{dy + off, x + off, y + off, save_mean[c]}, a1[c - c0], a2[c - c0]);
+        else
+          plane_sums<T>(s.plane, GradSums<false, T>{dy + off, x + off, y + off, save_mean[c]}, a1[c - c0], a2[c - c0]);
+      }
+    // Pass 2: dx = k·(g − Σg/M − (x − mean)·invstd²·Σg(x − mean)/M), k = gamma·invstd; in eval the
+    // statistics are constants, so dx = k·g.
+    T kt[kMaxChannelBlock], pt[kMaxChannelBlock], qt[kMaxChannelBlock];
+    for (std::size_t c = c0; c < c1; ++c) {
+      const double invstd = static_cast<double>(save_invstd[c]);
+      const double sg = sum_lanes<T>(a1[c - c0]), sgx = sum_lanes<T>(a2[c - c0]);
+      if (dgamma) dgamma[c] = static_cast<T>(sgx * invstd);
+      if (dbeta) dbeta[c] = static_cast<T>(sg);
+      const double k = (gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd;
+      kt[c - c0] = static_cast<T>(k);
+      pt[c - c0] = o.training ? static_cast<T>(-k * sg / static_cast<double>(m)) : T(0);
+      qt[c - c0] = o.training ? static_cast<T>(-k * invstd * invstd * sgx / static_cast<double>(m)) : T(0);
+    }
+    for (std::size_t n = 0; n < s.batch; ++n)
+      for (std::size_t c = c0; c < c1; ++c) {
+        const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
+        T* dr = dresidual ? dresidual + off : nullptr;
+        if (o.relu)
+          grad_input_plane<true>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i], qt[i], dx + off, dr);
+        else
+          grad_input_plane<false>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i], qt[i], dx + off, dr);
+      }
+  }
+};
+
+// The items' bodies compiled for AVX-512 / AVX2 where the CPU has them (kernels::active_isa();
+// kernels::set_isa(Isa::scalar) picks the baseline build): the vectors above then fill one zmm or
+// two ymm registers instead of four xmm ones. Results may differ between instruction sets in the
+// last bits (fused multiply-adds), never between thread counts.
+template <class Items>
+void run_item_baseline(const Items& items, std::size_t i) { items(i); }
+#if defined(EAST_KERNELS_X86)
+template <class Items>
+EAST_TARGET_AVX2 void run_item_avx2(const Items& items, std::size_t i) { items(i); }
+template <class Items>
+EAST_TARGET_AVX512 void run_item_avx512(const Items& items, std::size_t i) { items(i); }
+#endif
+
+template <class Items>
+void run_items(std::size_t count, double work, const Items& items) {
+  void (*run)(const Items&, std::size_t) = &run_item_baseline<Items>;
+#if defined(EAST_KERNELS_X86)
+  const ::east::kernels::Isa isa = ::east::kernels::active_isa();
+  if (isa == ::east::kernels::Isa::avx512) run = &run_item_avx512<Items>;
+  else if (isa == ::east::kernels::Isa::avx2) run = &run_item_avx2<Items>;
+#endif
+  parallel_for(count, work, [&](std::size_t i) { run(items, i); });
+}
+
+}  // namespace detail
+
+/// Forward. @param x {N, C, H·W}  @param residual added before the ReLU, or nullptr
+/// @param gamma, beta C values, or nullptr (1 and 0: no affine)
+/// @param running_mean, running_var C values, or nullptr (no running statistics: training uses
+/// batch statistics, and eval then needs them) — updated in training mode
+/// @param y output, may not alias x  @param save_mean, save_invstd C values written for the
+/// backward (the batch statistics in training, the running ones in eval).
+template <class T>
+void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, const T* gamma, const T* beta,
+                       T* running_mean, T* running_var, const BatchNormOptions& o, T* y, T* save_mean,
+                       T* save_invstd) {
+  constexpr const char* where = "east::sparse::batchnorm_forward()";
+  detail::check_batchnorm(s, o, where);
+  ::east::detail::require(o.training || (running_mean && running_var), where,
+                          "eval mode needs running_mean and running_var");
+  const std::size_t cb = detail::channel_block(s), items = (s.channels + cb - 1) / cb;
+  detail::run_items(items, 4.0 * static_cast<double>(s.size()),
+                    detail::ForwardItems<T>{s, x, residual, gamma, beta, running_mean, running_var, o, y,
+                                            save_mean, save_invstd});
 }
 
 /// Backward of batchnorm_forward. @param dy gradient of y  @param x, y the forward input and output
@@ -242,48 +440,10 @@ void batchnorm_backward(const BatchNormShape& s, const T* dy, const T* x, const 
                         T* dresidual, T* dgamma, T* dbeta) {
   constexpr const char* where = "east::sparse::batchnorm_backward()";
   detail::check_batchnorm(s, o, where);
-  const std::size_t m = s.per_channel();
-  const bool relu = o.relu;
   const std::size_t cb = detail::channel_block(s), items = (s.channels + cb - 1) / cb;
-  detail::parallel_for(items, 6.0 * static_cast<double>(s.size()), [&](std::size_t item) {
-    const std::size_t c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
-    // Pass 1: Σ g and Σ g·(x − mean) per channel, g = dy masked by the ReLU.
-    double a1[detail::kMaxChannelBlock][8] = {}, a2[detail::kMaxChannelBlock][8] = {};
-    for (std::size_t n = 0; n < s.batch; ++n)
-      for (std::size_t c = c0; c < c1; ++c) {
-        const std::size_t off = (n * s.channels + c) * s.plane;
-        if (relu)
-          detail::grad_sums_plane<true>(dy + off, x + off, y + off, s.plane, save_mean[c], a1[c - c0],
-                                        a2[c - c0]);
-        else
-          detail::grad_sums_plane<false>(dy + off, x + off, y + off, s.plane, save_mean[c], a1[c - c0],
-                                         a2[c - c0]);
-      }
-    // Pass 2: dx = k·(g − Σg/M − (x − mean)·invstd²·Σg(x − mean)/M), k = gamma·invstd; in eval the
-    // statistics are constants, so dx = k·g.
-    T kt[detail::kMaxChannelBlock], pt[detail::kMaxChannelBlock], qt[detail::kMaxChannelBlock];
-    for (std::size_t c = c0; c < c1; ++c) {
-      const double invstd = static_cast<double>(save_invstd[c]);
-      const double sg = detail::sum8(a1[c - c0]), sgx = detail::sum8(a2[c - c0]);
-      if (dgamma) dgamma[c] = static_cast<T>(sgx * invstd);
-      if (dbeta) dbeta[c] = static_cast<T>(sg);
-      const double k = (gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd;
-      kt[c - c0] = static_cast<T>(k);
-      pt[c - c0] = o.training ? static_cast<T>(-k * sg / static_cast<double>(m)) : T(0);
-      qt[c - c0] = o.training ? static_cast<T>(-k * invstd * invstd * sgx / static_cast<double>(m)) : T(0);
-    }
-    for (std::size_t n = 0; n < s.batch; ++n)
-      for (std::size_t c = c0; c < c1; ++c) {
-        const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
-        T* dr = dresidual ? dresidual + off : nullptr;
-        if (relu)
-          detail::grad_input_plane<true>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i],
-                                         qt[i], dx + off, dr);
-        else
-          detail::grad_input_plane<false>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i],
-                                          qt[i], dx + off, dr);
-      }
-  });
+  detail::run_items(items, 6.0 * static_cast<double>(s.size()),
+                    detail::BackwardItems<T>{s, dy, x, y, gamma, save_mean, save_invstd, o, dx, dresidual,
+                                             dgamma, dbeta});
 }
 
 }  // namespace east::sparse
