@@ -11,9 +11,11 @@
 //   east_bench_sparse_step [--model=resnet|mnist-cnn] [--batch=64] [--threads=2] [--steps=3] [--depth=34]
 //                          [--width=1] [--hw=32] [--densities=0.01,0.001,0.0005,0.0001] [--no-dense] [--no-update]
 //                          [--default-malloc]   (without east::keep_freed_memory_for_reuse(), which the trainer calls)
+//                          [--crossover=CONV[,LINEAR]]  (the compact path's per-layer switch; default the Sparsifier's)
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <tuple>
 #include <cmath>
 #include <chrono>
 #include <functional>
@@ -45,6 +47,7 @@ struct Config {
 
 struct Run {
   double step = 0, update_step = 0;  // median seconds
+  double phase[4] = {0, 0, 0, 0};    // median seconds of forward + loss, backward, optimizer.step(), sparsity.step()
   std::size_t compact = 0, layers = 0, state_bytes = 0, nonzeros = 0;
   std::size_t logical = 0;  // prunable weights, every shared use counted (what a density is of)
 };
@@ -90,20 +93,35 @@ Run time_run(const Config& cfg, double density, bool compact_path) {
   ta::Sparsifier sparsity(model, opt, method, total, so);
   const auto x = cnn ? torch::randn({cfg.batch, 1, 28, 28}) : torch::randn({cfg.batch, 3, cfg.hw, cfg.hw});
   const auto y = torch::randint(0, 10, {cfg.batch});
+  std::vector<double> phases[4];
   auto one_step = [&] {
-    const auto t0 = std::chrono::steady_clock::now();
+    using clock = std::chrono::steady_clock;
+    auto secs = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+    const auto t0 = clock::now();
     opt.zero_grad();
-    torch::nn::functional::cross_entropy(forward(x), y).backward();
+    const auto loss = torch::nn::functional::cross_entropy(forward(x), y);
+    const auto t1 = clock::now();
+    loss.backward();
+    const auto t2 = clock::now();
     opt.step();
+    const auto t3 = clock::now();
     sparsity.step();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto t4 = clock::now();
+    for (auto [i, a, b] : {std::tuple{0, t0, t1}, std::tuple{1, t1, t2}, std::tuple{2, t2, t3}, std::tuple{3, t3, t4}})
+      phases[i].push_back(secs(a, b));
+    return secs(t0, t4);
+  };
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
   };
   Run r;
   one_step();  // warm-up (allocations, lazy optimizer state)
+  for (auto& p : phases) p.clear();
   std::vector<double> t;
   for (int i = 0; i < cfg.steps; ++i) t.push_back(one_step());
-  std::sort(t.begin(), t.end());
-  r.step = t[t.size() / 2];
+  r.step = median(t);
+  for (int i = 0; i < 4; ++i) r.phase[i] = median(phases[i]);
   if (cfg.update) {
     if (!sparsity.is_update_step()) throw std::logic_error("bench: the schedule did not place an update here");
     r.update_step = one_step();
@@ -162,7 +180,8 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--depth=34] [--width=1] "
-                   "[--hw=32] [--densities=0.01,0.001,...] [--no-dense] [--no-update] [--default-malloc]\n");
+                   "[--hw=32] [--densities=0.01,0.001,...] [--no-dense] [--no-update] [--default-malloc] "
+                   "[--crossover=CONV[,LINEAR]]\n");
       return 2;
     }
   }
@@ -190,6 +209,7 @@ int main(int argc, char** argv) {
   // The floor: the same path with one weight per layer (everything but the nonzero work).
   const Run floor = time_run(cfg, 0.0, true);
   std::printf("floor (one weight per layer, %zu nonzeros): step %.2f ms\n", floor.nonzeros, 1e3 * floor.step);
+  std::vector<std::pair<std::string, Run>> splits{{"floor", floor}};
   std::printf("\n| density | masked dense ms | east ms | dense ÷ east | east ÷ floor | update step: dense ms | east ms "
               "| compact layers | weights+state MB dense / east |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const double d : cfg.densities) {
@@ -200,6 +220,7 @@ int main(int argc, char** argv) {
       continue;
     }
     const Run e = time_run(cfg, d, true);
+    splits.emplace_back(std::to_string(d), e);
     Run m;
     if (cfg.dense) m = time_run(cfg, d, false);
     auto ms = [](double s) {
@@ -218,6 +239,11 @@ int main(int argc, char** argv) {
                 e.compact, e.layers, mb, e.state_bytes / 1e6);
     std::fflush(stdout);
   }
+  std::printf("\neast's step, split (medians, ms; they need not add up to the step's median):\n\n"
+              "| density | forward + loss | backward | optimizer.step() | sparsity.step() |\n|---|---|---|---|---|\n");
+  for (const auto& [name, run] : splits)
+    std::printf("| %s | %.2f | %.2f | %.2f | %.2f |\n", name.c_str(), 1e3 * run.phase[0], 1e3 * run.phase[1],
+                1e3 * run.phase[2], 1e3 * run.phase[3]);
   std::printf("\nuptime after: %s\n", uptime().c_str());
   return 0;
 }
