@@ -6,14 +6,14 @@
 // Why: in a 99.9%-sparse network the convolutions are cheap and the step is bound by the dense
 // passes over activations. libtorch runs BN, add and ReLU as separate ops (~6 passes forward and
 // backward per activation); here each channel is handled by one thread in two back-to-back passes
-// over its N·H·W values (statistics, then normalize), so the second pass hits L2 and DRAM sees
-// about one read and one write per activation each way.
+// over its N·H·W values (statistics, then normalize), so the second pass can find them in cache
+// (on 32×32 planes at batch 64 it partly does not: docs/sparse.md has the measured cost).
 //
 // Semantics follow torch.nn.BatchNorm2d in training mode: batch statistics (biased variance for
 // normalising), running_mean/var updated with the unbiased variance and `momentum`, saved mean and
 // 1/sqrt(var + eps) for the backward. The backward recomputes the ReLU mask from the output (y > 0).
-// Determinism: every channel is reduced by one thread in a fixed order (float over 8 terms per lane,
-// then double accumulators), so results do not depend on the thread count.
+// Determinism: every channel is reduced by one thread in a fixed order (float over at most 8 terms
+// per lane, then double accumulators), so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
