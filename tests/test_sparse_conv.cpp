@@ -350,7 +350,9 @@ TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
   std::mt19937 rng(13);
   for (auto g : {Conv2dGeometry::square(2, 6, 32, 5, 3, 1, 1), Conv2dGeometry::square(2, 6, 32, 5, 3, 2, 1),
                  Conv2dGeometry::square(2, 6, 32, 5, 1, 2, 0), Conv2dGeometry::square(3, 5, 16, 4, 3, 1, 1),
-                 Conv2dGeometry::square(2, 4, 7, 4, 3, 2, 1), Conv2dGeometry::square(2, 4, 14, 4, 1, 2, 0)}) {
+                 Conv2dGeometry::square(2, 4, 7, 4, 3, 2, 1), Conv2dGeometry::square(2, 4, 14, 4, 1, 2, 0),
+                 // stride 2 with rows of 35 and 34 outputs: two whole 16-lane chunks and a partial one
+                 Conv2dGeometry::square(5, 3, 70, 4, 3, 2, 1), Conv2dGeometry::square(3, 3, 67, 3, 1, 2, 0)}) {
     INFO("k " << g.kh << " stride " << g.stride_h << " hw " << g.h);
     const std::size_t cols = g.c_in * g.kh * g.kw;
     const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.3, rng, 99, 99);

@@ -278,6 +278,8 @@ inline bool flat_avx512() {
   return false;
 #endif
 }
+/// Whether a layer with stride 2 along rows takes the AVX-512 row bodies (avx512::*_even_rows).
+inline bool stride2_avx512(const Conv2dGeometry& g) { return g.stride_w == 2 && flat_avx512(); }
 
 #if defined(EAST_KERNELS_X86)
 // The small-plane kernels over images [n0, n1) of one channel: groups of small_group<NW>()
@@ -393,6 +395,7 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
   const detail::FlatRuns fr(g, sp);
   const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
   const bool simd = fr.ok && detail::flat_avx512();
+  const bool even = detail::stride2_avx512(g);
   const detail::FlatSmall small(g, sp, fr, wt, simd);
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, ho = g.out_h(), wo = g.out_w(), hwo = ho * wo;
   const std::uint32_t* rp = wt.row_ptr();
@@ -441,6 +444,13 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
         if (sw.hi <= sw.lo || sh.hi <= sh.lo) continue;
         const float v = val[j];
         const float* xp = xn + ci * hw;
+#if defined(EAST_KERNELS_X86)
+        if (even) {
+          detail::avx512::axpy_even_rows(v, xp + detail::in_offset(g, sh.lo, sw.lo, r, s), g.stride_h * g.w,
+                                         yp + sh.lo * wo + sw.lo, wo, sh.hi - sh.lo, sw.hi - sw.lo);
+          continue;
+        }
+#endif
         for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
           detail::axpy_strided(v, xp + detail::in_offset(g, oh, sw.lo, r, s), g.stride_w,
                                yp + oh * wo + sw.lo, sw.hi - sw.lo);
@@ -457,6 +467,7 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
   const detail::FlatRuns fr(g, sp);
   const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
   const bool simd = fr.ok && detail::flat_avx512();
+  const bool even = detail::stride2_avx512(g);
   const detail::FlatSmall small(g, sp, fr, wt, simd);
   const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, wo = g.out_w(), hwo = g.out_h() * wo;
   const std::uint32_t* gp = wt.group_ptr();
@@ -507,6 +518,13 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
         if (sw.hi <= sw.lo || sh.hi <= sh.lo) continue;
         const float v = val[j];
         const float* yp = dyn + trow[t] * hwo;
+#if defined(EAST_KERNELS_X86)
+        if (even) {
+          detail::avx512::axpy_to_even_rows(v, yp + sh.lo * wo + sw.lo, wo, xp + detail::in_offset(g, sh.lo, sw.lo, r, s),
+                                            g.stride_h * g.w, sh.hi - sh.lo, sw.hi - sw.lo);
+          continue;
+        }
+#endif
         for (std::size_t oh = sh.lo; oh < sh.hi; ++oh)
           detail::axpy_scatter(v, yp + oh * wo + sw.lo, g.stride_w,
                                xp + detail::in_offset(g, oh, sw.lo, r, s), sw.hi - sw.lo);
@@ -524,15 +542,16 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
   const detail::FlatRuns fr(g, sp);
   const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
   const bool simd = fr.ok && detail::flat_avx512();
+  const bool even = detail::stride2_avx512(g);
   const detail::FlatSmall small(g, sp, fr, wt, simd);
-  const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, hwo = g.out_h() * g.out_w();
+  const std::size_t khw = g.kh * g.kw, hw = g.h * g.w, wo = g.out_w(), hwo = g.out_h() * wo;
   const std::uint32_t* rp = wt.row_ptr();
   const std::uint32_t* col = wt.col();
   const double work = static_cast<double>(wt.nnz()) * g.batch * hwo;
   detail::parallel_for(g.c_out, work, [&](std::size_t co) {
     const std::uint32_t b = rp[co], e = rp[co + 1];
 #if defined(EAST_KERNELS_X86)
-    if (simd) {
+    if (simd || even) {
       // Images innermost: one sum per stored weight over the whole batch. A row with several
       // weights first copies its output-gradient planes together: read in place they lie
       // C_out·H·W floats apart, a power of two that maps them all to a few cache sets.
@@ -546,6 +565,19 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
           std::copy_n(dy + (n * g.c_out + co) * hwo, hwo, local.data() + n * hwo);
         d = local.data();
         d_stride = hwo;
+      }
+      if (even) {
+        for (std::uint32_t j = b; j < e; ++j) {
+          const std::size_t c = col[j], ci = c / khw, rs = c - ci * khw, r = rs / g.kw, s = rs - r * g.kw;
+          const detail::Span sh = sp.rows[r], sw = sp.cols[s];
+          gw[j] = sw.hi <= sw.lo || sh.hi <= sh.lo
+                      ? 0.0f
+                      : detail::avx512::dot_even_rows(d + sh.lo * wo + sw.lo, d_stride, wo,
+                                                      x + ci * hw + detail::in_offset(g, sh.lo, sw.lo, r, s),
+                                                      g.c_in * hw, g.stride_h * g.w, g.batch, sh.hi - sh.lo,
+                                                      sw.hi - sw.lo);
+        }
+        return;
       }
       if (small.ok) {
         for (std::uint32_t j = b; j < e; ++j)

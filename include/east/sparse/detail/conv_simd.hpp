@@ -207,5 +207,80 @@ EAST_TARGET_AVX512 float small_dot_runs(const float* d, std::size_t d_stride, co
   return hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+// ---------------------------------------------------------------- stride 2 along rows
+// Strided layers (the first 3×3 conv and the 1×1 downsample of each ResNet stage) keep per-row
+// loops, but a row's inputs are every second float: the portable loops gathered them one by one.
+// Here 16 outputs' inputs come from two loads and one permute (even lanes of 32 floats), and the
+// input gradient adds into the even lanes of two 16-float windows. Only the floats a row needs
+// are read or written (masked at the row's end), in the portable loops' order of taps.
+
+// x[0], x[2], …, x[2(n−1)] in lanes 0..n−1 (n ≤ 16), reading x[0 .. 2n − 1) only.
+EAST_TARGET_AVX512 EAST_ALWAYS_INLINE __m512 load_even(const float* x, std::size_t n) {
+  const std::size_t m = 2 * n - 1;
+  const __m512 a = m >= 16 ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(tail_mask(m), x);
+  const __m512 b = m > 16 ? _mm512_maskz_loadu_ps(tail_mask(m - 16), x + 16) : _mm512_setzero_ps();
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return _mm512_permutex2var_ps(a, even, b);
+}
+
+/// y[row·y_step + i] += v · x[row·x_step + 2i] for rows < rows, i < n: one tap of the forward.
+EAST_TARGET_AVX512 inline void axpy_even_rows(float v, const float* x, std::size_t x_step, float* y,
+                                              std::size_t y_step, std::size_t rows, std::size_t n) {
+  const __m512 vv = _mm512_set1_ps(v);
+  for (std::size_t r = 0; r < rows; ++r, x += x_step, y += y_step)
+    for (std::size_t i = 0; i < n; i += 16) {
+      const std::size_t c = n - i < 16 ? n - i : 16;
+      const __mmask16 k = tail_mask(c);
+      const __m512 yv = _mm512_fmadd_ps(vv, load_even(x + 2 * i, c), _mm512_maskz_loadu_ps(k, y + i));
+      _mm512_mask_storeu_ps(y + i, k, yv);
+    }
+}
+
+/// x[row·x_step + 2i] += v · y[row·y_step + i]: one tap of the input gradient (odd floats of x
+/// are loaded and stored back unchanged; the caller owns the plane).
+EAST_TARGET_AVX512 inline void axpy_to_even_rows(float v, const float* y, std::size_t y_step, float* x,
+                                                 std::size_t x_step, std::size_t rows, std::size_t n) {
+  const __m512 vv = _mm512_set1_ps(v);
+  const __m512i lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  constexpr __mmask16 even = 0x5555;  // (maskz permutes: GCC 12 warns on the plain ones' undefined source)
+  for (std::size_t r = 0; r < rows; ++r, x += x_step, y += y_step)
+    for (std::size_t i = 0; i < n; i += 16) {
+      const std::size_t c = n - i < 16 ? n - i : 16, m = 2 * c - 1;
+      const __m512 yv = _mm512_maskz_loadu_ps(tail_mask(c), y + i);
+      float* xp = x + 2 * i;
+      const __mmask16 ka = tail_mask(m < 16 ? m : 16);
+      const __m512 xa = _mm512_maskz_loadu_ps(ka, xp);
+      _mm512_mask_storeu_ps(xp, ka, _mm512_mask3_fmadd_ps(_mm512_maskz_permutexvar_ps(0xFFFF, lo, yv), vv, xa, ka & even));
+      if (m > 16) {
+        const __mmask16 kb = tail_mask(m - 16);
+        const __m512 xb = _mm512_maskz_loadu_ps(kb, xp + 16);
+        _mm512_mask_storeu_ps(xp + 16, kb,
+                              _mm512_mask3_fmadd_ps(_mm512_maskz_permutexvar_ps(0xFFFF, hi, yv), vv, xb, kb & even));
+      }
+    }
+}
+
+/// Σ over images m < batch, rows, i < n of dy[m·dy_image + row·dy_step + i] · x[m·x_image +
+/// row·x_step + 2i]: one stored weight's gradient. Four accumulators take images m ≡ 0..3
+/// (mod 4), as dot_runs; fixed order.
+EAST_TARGET_AVX512 inline float dot_even_rows(const float* dy, std::size_t dy_image, std::size_t dy_step,
+                                              const float* x, std::size_t x_image, std::size_t x_step,
+                                              std::size_t batch, std::size_t rows, std::size_t n) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (std::size_t m = 0; m < batch; ++m) {
+    const float* d = dy + m * dy_image;
+    const float* xm = x + m * x_image;
+    __m512& a = acc[m & 3];
+    for (std::size_t r = 0; r < rows; ++r, d += dy_step, xm += x_step)
+      for (std::size_t i = 0; i < n; i += 16) {
+        const std::size_t c = n - i < 16 ? n - i : 16;
+        const __mmask16 k = tail_mask(c);
+        a = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(k, d + i), load_even(xm + 2 * i, c), a, k);
+      }
+  }
+  return hsum(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
 }  // namespace east::sparse::detail::avx512
 #endif
