@@ -66,12 +66,11 @@ inline constexpr std::size_t kChains = 4, kTerms = 8, kVectorBytes = 64;
 template <class T>
 struct Simd {
   static constexpr std::size_t lanes = kVectorBytes / sizeof(T);
+  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> bits_type;  // a lane's mask
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(EAST_NO_VECTOR_EXTENSIONS)
   typedef T vec __attribute__((vector_size(kVectorBytes)));
-  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> bits_type;
   typedef bits_type bits __attribute__((vector_size(kVectorBytes)));
 #else  // other compilers: the same operations element by element
-  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> bits_type;
   template <class E>
   struct array {
     E v[lanes];
