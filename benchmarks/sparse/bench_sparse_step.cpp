@@ -15,11 +15,11 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <tuple>
 #include <cmath>
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <tuple>
 #include <cstdio>
 #include <cstdlib>
 #include <east/adapters/torch.hpp>
@@ -173,9 +173,14 @@ int main(int argc, char** argv) {
     else if (a == "--default-malloc") cfg.tune_malloc = false;
     else if (a == "--no-update") cfg.update = false;
     else if (const char* v = val("--crossover")) {  // conv[,linear]
-      char* end = nullptr;
+      char *end = nullptr, *end2 = nullptr;
       cfg.crossover.conv = std::strtod(v, &end);
-      if (end && *end == ',') cfg.crossover.linear = std::strtod(end + 1, nullptr);
+      if (*end == ',') cfg.crossover.linear = std::strtod(end + 1, &end2);
+      if (end == v || (*end != '\0' && (*end != ',' || *end2 != '\0' || end2 == end + 1)) ||
+          cfg.crossover.conv < 0 || cfg.crossover.linear < 0) {
+        std::fprintf(stderr, "east_bench_sparse_step: --crossover=%s (valid: CONV or CONV,LINEAR, numbers >= 0)\n", v);
+        return 2;
+      }
     }
     else {
       std::fprintf(stderr,
