@@ -515,3 +515,81 @@ TEST_CASE("sparse conv2d: shifted windows never pick up neighbouring planes", "[
         for (std::size_t j = 0; j < wt.nnz(); ++j) CHECK(gw[j] == static_cast<float>(ref[wt.position(j)]));
       }
 }
+
+TEST_CASE("sparse conv2d: strided layers run as stride-1 layers over phase planes", "[sparse][conv]") {
+  // detail::StrideSplit: input rows S·i + a form phase plane a, each stored weight moves to one
+  // (channel, phase) input channel of a stride-1 layer. Every split policy (none, default, all),
+  // even and odd sizes, strides 2 and 3, one or several phases: the same results as the reference,
+  // identical for 1 and 2 threads, and the input gradient overwritten everywhere (rows and
+  // columns no phase reads are 0).
+  ThreadGuard guard;
+  struct PolicyGuard {
+    ~PolicyGuard() { east::sparse::detail::phase_split_policy() = 1; }
+  } policy_guard;
+  east::sparse::detail::min_parallel_work() = 0;
+  std::mt19937 rng(31);
+  const Conv2dGeometry shapes[] = {
+      Conv2dGeometry::square(3, 5, 16, 6, 3, 2, 1),  // ResNet's 3×3 downsampling conv
+      Conv2dGeometry::square(3, 5, 16, 6, 1, 2, 0),  // its 1×1 shortcut: one phase
+      Conv2dGeometry::square(2, 4, 8, 5, 3, 2, 1),   Conv2dGeometry::square(2, 4, 7, 5, 3, 2, 1),
+      Conv2dGeometry::square(2, 4, 7, 5, 1, 2, 0),   Conv2dGeometry::square(2, 3, 11, 4, 3, 3, 1),
+      Conv2dGeometry::square(2, 3, 12, 4, 5, 2, 2),  Conv2dGeometry::square(2, 3, 9, 4, 3, 2, 0),
+      Conv2dGeometry{2, 3, 8, 10, 4, 3, 3, 2, 1, 1, 1},  // stride 2 along rows only
+      Conv2dGeometry{2, 3, 9, 8, 4, 1, 3, 1, 2, 0, 1},
+      Conv2dGeometry::square(2, 2, 34, 3, 3, 2, 1)};  // 17-wide output rows: split only under policy 2
+  int split_ran = 0;
+  for (const auto isa : east::kernels::available_isas())
+    for (int policy : {0, 1, 2})
+      for (const auto& g : shapes) {
+        east::kernels::set_isa(isa);
+        east::sparse::detail::phase_split_policy() = policy;
+        INFO("isa " << east::kernels::isa_name(isa) << " policy " << policy << " k " << g.kh << "x" << g.kw
+                    << " stride " << g.stride_h << "x" << g.stride_w << " pad " << g.pad_h << " h " << g.h
+                    << " w " << g.w);
+        const std::size_t cols = g.c_in * g.kh * g.kw;
+        const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.4, rng, 0, 1);
+        auto wv = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+        mask.apply(wv.data());
+        const CsrWeight wt(wv.data(), mask, g.c_out, cols, g.kh * g.kw);
+        if (east::sparse::detail::StrideSplit(g, wt).ok) ++split_ran;
+        std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size(), 3.0f),
+            dx2(g.input_size(), -2.0f), gw(wt.nnz()), gw2(wt.nnz());
+        east::kernels::set_threads(1);
+        east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+        east::kernels::set_threads(2);
+        east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
+        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
+        CHECK(y == y2);
+        CHECK(dx == dx2);
+        CHECK(gw == gw2);
+        std::vector<double> ref, mag;
+        Dense::forward(g, x.data(), wv.data(), ref, mag);
+        check_close(y, ref, mag);
+        Dense::grad_input(g, dy.data(), wv.data(), ref, mag);
+        check_close(dx, ref, mag);
+        Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+        std::vector<double> rc(wt.nnz()), mc(wt.nnz());
+        for (std::size_t j = 0; j < wt.nnz(); ++j) {
+          rc[j] = ref[wt.position(j)];
+          mc[j] = mag[wt.position(j)];
+        }
+        check_close(gw, rc, mc);
+      }
+  // Policy 2 splits every shape but the unpadded 3×3 one (its output is shorter than the phase
+  // planes, so the stride-1 form is not a 'same' layer), policy 1 also leaves the 17-wide one.
+  CHECK(split_ran == 19 * static_cast<int>(east::kernels::available_isas().size()));
+}
+
+TEST_CASE("CsrWeight::from_index refuses a malformed index", "[sparse][format]") {
+  const auto w = CsrWeight::from_index(2, 6, 3, {0, 2, 3}, {1, 4, 5});
+  CHECK(w.nnz() == 3);
+  CHECK(w.position(2) == 6 + 5);
+  CHECK(w.group_ptr()[2] == 3);  // groups {cols 0-2, cols 3-5}: entries 1, then 4 and 5
+  CHECK_THROWS_WITH(CsrWeight::from_index(2, 6, 3, {0, 2, 3}, {4, 1, 5}), Catch::Contains("increasing"));
+  CHECK_THROWS_WITH(CsrWeight::from_index(2, 6, 3, {0, 2, 3}, {1, 4, 6}), Catch::Contains("valid: < 6"));
+  CHECK_THROWS_WITH(CsrWeight::from_index(2, 6, 3, {0, 3}, {1, 4, 5}), Catch::Contains("rows + 1 = 3"));
+  CHECK_THROWS_WITH(CsrWeight::from_index(2, 7, 3, {0, 2, 3}, {1, 4, 5}), Catch::Contains("group_size divides"));
+}

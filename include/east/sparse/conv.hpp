@@ -10,6 +10,7 @@
 // (image, input channel), weight gradient over output channels; results are identical for any
 // thread count.
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -281,6 +282,192 @@ inline bool flat_avx512() {
 /// Whether a layer with stride 2 along rows takes the AVX-512 row bodies (avx512::*_even_rows).
 inline bool stride2_avx512(const Conv2dGeometry& g) { return g.stride_w == 2 && flat_avx512(); }
 
+/// A strided convolution run as a stride-1 one over its input's phases ("polyphase"). Along one
+/// dimension with stride S and padding P, tap r reads input row oh·S + r − P = S·(oh + dr) + a
+/// with a = (r − P) mod S: row oh + dr of phase plane a (the rows S·i + a). So each stored weight
+/// becomes one weight of a stride-1 layer whose input channels are (channel, phase) pairs, and the
+/// stride-1 kernels (contiguous runs, planes in registers) apply. Only the phases some tap reads
+/// are built: one for a 1×1 stride-2 layer, four for a 3×3 one. Cost: the input copied into phase
+/// planes (forward, weight gradient) or the input gradient copied out of them, one pass each.
+struct PhaseDim {
+  bool ok = false;
+  std::vector<std::size_t> phases;        // offsets a in use, increasing
+  std::vector<std::size_t> phase_of, r1;  // per tap r: index into phases, tap in the stride-1 layer
+  std::size_t n1 = 0, k1 = 0, p1 = 0;     // phase plane length, stride-1 kernel size and padding
+};
+inline PhaseDim phase_dim(std::size_t in, std::size_t out, std::size_t k, std::size_t stride, std::size_t pad) {
+  PhaseDim d;
+  const auto S = static_cast<std::ptrdiff_t>(stride);
+  std::vector<std::ptrdiff_t> a(k), dr(k);
+  for (std::size_t r = 0; r < k; ++r) {
+    const std::ptrdiff_t t = static_cast<std::ptrdiff_t>(r) - static_cast<std::ptrdiff_t>(pad);
+    a[r] = ((t % S) + S) % S;
+    dr[r] = (t - a[r]) / S;
+    d.phases.push_back(static_cast<std::size_t>(a[r]));
+  }
+  std::sort(d.phases.begin(), d.phases.end());
+  d.phases.erase(std::unique(d.phases.begin(), d.phases.end()), d.phases.end());
+  const std::ptrdiff_t lo = *std::min_element(dr.begin(), dr.end()), hi = *std::max_element(dr.begin(), dr.end());
+  d.p1 = static_cast<std::size_t>(std::max<std::ptrdiff_t>(0, -lo));
+  d.n1 = (in - d.phases.front() + stride - 1) / stride;  // the first phase is the longest
+  // The kernel size that gives the same output length (taps beyond the used ones stay empty).
+  const auto k1 = static_cast<std::ptrdiff_t>(d.n1 + 2 * d.p1 + 1) - static_cast<std::ptrdiff_t>(out);
+  if (k1 < static_cast<std::ptrdiff_t>(d.p1) + hi + 1) return d;
+  d.k1 = static_cast<std::size_t>(k1);
+  for (std::size_t r = 0; r < k; ++r) {
+    d.phase_of.push_back(static_cast<std::size_t>(
+        std::lower_bound(d.phases.begin(), d.phases.end(), static_cast<std::size_t>(a[r])) - d.phases.begin()));
+    d.r1.push_back(static_cast<std::size_t>(dr[r] + static_cast<std::ptrdiff_t>(d.p1)));
+  }
+  d.ok = true;
+  return d;
+}
+
+/// Which strided layers run as stride-1 over phase planes: 0 none; 1 (default) those reading one
+/// phase (1×1 stride 2: the split is a subsample) or with output rows shorter than 16 (the
+/// stride-2 row bodies would run partial vectors); 2 all. ResNet-34 at batch 64, in the training
+/// step: the 16×16 and 8×8 inputs gain 1.3–2.5× per pass with the split, the 32×32 one (16-wide
+/// output rows) loses ~1.4× in forward and input gradient to the copy (docs/sparse.md). Tests
+/// switch it to cover both paths.
+inline std::atomic<int>& phase_split_policy() noexcept {
+  static std::atomic<int> v{1};
+  return v;
+}
+
+struct StrideSplit {
+  bool ok = false;
+  Conv2dGeometry g1;  // the stride-1 layer over phase planes: input channel ci·P + phase
+  PhaseDim rows, cols;
+  CsrWeight w1;                     // its weight (values copied in by load_values)
+  std::vector<std::uint32_t> from;  // w1 entry j is wt entry from[j]
+
+  /// Strided layers whose stride-1 form runs on the contiguous-run kernels (same-size output).
+  StrideSplit(const Conv2dGeometry& g, const CsrWeight& wt) {
+    if (g.stride_h == 1 && g.stride_w == 1) return;
+    rows = phase_dim(g.h, g.out_h(), g.kh, g.stride_h, g.pad_h);
+    cols = phase_dim(g.w, g.out_w(), g.kw, g.stride_w, g.pad_w);
+    if (!rows.ok || !cols.ok) return;
+    const std::size_t phases = rows.phases.size() * cols.phases.size();
+    const int policy = phase_split_policy().load(std::memory_order_relaxed);
+    if (policy == 0 || (policy == 1 && phases > 1 && g.out_w() >= 16)) return;
+    g1 = {g.batch, g.c_in * phases, rows.n1, cols.n1, g.c_out, rows.k1, cols.k1, 1, 1, rows.p1, cols.p1};
+    if (g1.out_h() != g.out_h() || g1.out_w() != g.out_w() || g1.out_w() != g1.w) return;
+    const std::size_t khw = g.kh * g.kw, khw1 = g1.kh * g1.kw;
+    const std::uint32_t* rp = wt.row_ptr();
+    const std::uint32_t* col = wt.col();
+    std::vector<std::uint32_t> col1(wt.nnz());
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> row;  // (new column, old entry)
+    from.resize(wt.nnz());
+    for (std::size_t co = 0; co < g.c_out; ++co) {
+      row.clear();
+      for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
+        const std::size_t ci = col[j] / khw, rs = col[j] % khw, r = rs / g.kw, s = rs % g.kw;
+        const std::size_t c1 = (ci * rows.phases.size() + rows.phase_of[r]) * cols.phases.size() + cols.phase_of[s];
+        row.emplace_back(static_cast<std::uint32_t>(c1 * khw1 + rows.r1[r] * g1.kw + cols.r1[s]), j);
+      }
+      std::sort(row.begin(), row.end());
+      for (std::size_t i = 0; i < row.size(); ++i) {
+        col1[rp[co] + i] = row[i].first;
+        from[rp[co] + i] = row[i].second;
+      }
+    }
+    w1 = CsrWeight::from_index(g.c_out, g1.c_in * khw1, khw1, std::vector<std::uint32_t>(rp, rp + g.c_out + 1),
+                               std::move(col1));
+    ok = true;
+  }
+  void load_values(const CsrWeight& wt) {
+    const float* v = wt.values();
+    float* v1 = w1.values();
+    for (std::size_t j = 0; j < from.size(); ++j) v1[j] = v[from[j]];
+  }
+  /// xp {N, C·phases, n1_h, n1_w} = the phase planes of x (zero past the input's end). One pass
+  /// over the input rows; each row's columns are dealt to its column phases.
+  void split(const Conv2dGeometry& g, const float* x, float* xp) const {
+    const std::size_t hw = g.h * g.w, hw1 = g1.h * g1.w, pr = rows.phases.size(), pc = cols.phases.size();
+    parallel_for(g.batch * g.c_in, static_cast<double>(g.input_size()), [&](std::size_t plane) {
+      const float* src = x + plane * hw;
+      float* dst = xp + plane * pr * pc * hw1;
+      for (std::size_t ia = 0; ia < pr; ++ia)
+        for (std::size_t i = 0; i < g1.h; ++i) {
+          const std::size_t ih = i * g.stride_h + rows.phases[ia];
+          float* d = dst + ia * pc * hw1 + i * g1.w;
+          if (ih >= g.h) {
+            for (std::size_t ib = 0; ib < pc; ++ib) std::fill(d + ib * hw1, d + ib * hw1 + g1.w, 0.0f);
+            continue;
+          }
+          deal(src + ih * g.w, g.w, g.stride_w, d, hw1);
+        }
+    });
+  }
+  /// The adjoint of split: dx = the phase planes' gradients put back in place, 0 where no phase
+  /// reads (odd rows and columns of a 1×1 stride-2 layer).
+  void merge(const Conv2dGeometry& g, const float* dxp, float* dx) const {
+    const std::size_t hw = g.h * g.w, hw1 = g1.h * g1.w, pr = rows.phases.size(), pc = cols.phases.size();
+    const bool covers = pr == g.stride_h && pc == g.stride_w;
+    parallel_for(g.batch * g.c_in, static_cast<double>(g.input_size()), [&](std::size_t plane) {
+      float* dst = dx + plane * hw;
+      const float* src = dxp + plane * pr * pc * hw1;
+      if (!covers) std::fill(dst, dst + hw, 0.0f);
+      for (std::size_t ia = 0; ia < pr; ++ia)
+        for (std::size_t i = 0; i < g1.h; ++i) {
+          const std::size_t ih = i * g.stride_h + rows.phases[ia];
+          if (ih >= g.h) break;
+          gather(src + ia * pc * hw1 + i * g1.w, hw1, g.stride_w, dst + ih * g.w, g.w);
+        }
+    });
+  }
+  // One input row of length w → its column phases (row j of phase ib at d + ib·step), zero-padded
+  // to n1. Stride 2 with both phases (3×3 layers) or the even one (1×1) has its own loops, which
+  // the compiler vectorizes.
+  void deal(const float* s, std::size_t w, std::size_t stride, float* d, std::size_t step) const {
+    const std::size_t pc = cols.phases.size(), n1 = cols.n1;
+    if (stride == 2 && pc == 2 && cols.phases[0] == 0 && w == 2 * n1) {
+      float* d0 = d;
+      float* d1 = d + step;
+      for (std::size_t j = 0; j < n1; ++j) {
+        d0[j] = s[2 * j];
+        d1[j] = s[2 * j + 1];
+      }
+      return;
+    }
+    if (stride == 2 && pc == 1 && cols.phases[0] == 0 && w == 2 * n1) {
+      for (std::size_t j = 0; j < n1; ++j) d[j] = s[2 * j];
+      return;
+    }
+    for (std::size_t ib = 0; ib < pc; ++ib) {
+      const std::size_t b = cols.phases[ib], n = (w - b + stride - 1) / stride;
+      float* di = d + ib * step;
+      for (std::size_t j = 0; j < n; ++j) di[j] = s[j * stride + b];
+      std::fill(di + n, di + n1, 0.0f);
+    }
+  }
+  // The adjoint of deal for one row: row j of phase ib (at s + ib·step) → columns j·stride + b.
+  void gather(const float* s, std::size_t step, std::size_t stride, float* d, std::size_t w) const {
+    const std::size_t pc = cols.phases.size(), n1 = cols.n1;
+    if (stride == 2 && pc == 2 && cols.phases[0] == 0 && w == 2 * n1) {
+      const float* s0 = s;
+      const float* s1 = s + step;
+      for (std::size_t j = 0; j < n1; ++j) {
+        d[2 * j] = s0[j];
+        d[2 * j + 1] = s1[j];
+      }
+      return;
+    }
+    for (std::size_t ib = 0; ib < pc; ++ib) {
+      const std::size_t b = cols.phases[ib], n = (w - b + stride - 1) / stride;
+      const float* si = s + ib * step;
+      for (std::size_t j = 0; j < n; ++j) d[j * stride + b] = si[j];
+    }
+  }
+  /// Scratch for phase planes, kept per thread across calls (a fresh allocation per call costs
+  /// page faults on every step).
+  static float* scratch(std::size_t n) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
+  }
+};
+
 #if defined(EAST_KERNELS_X86)
 // The small-plane kernels over images [n0, n1) of one channel: groups of small_group<NW>()
 // images, then single images; groups touching image 0 or batch − 1 load only needed lanes.
@@ -391,6 +578,13 @@ EAST_ALWAYS_INLINE float dot_run(const float* EAST_RESTRICT a, const float* EAST
 inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWeight& wt, float* y,
                            const float* bias = nullptr) {
   g.check_weight(wt, "east::sparse::conv2d_forward()");
+  if (detail::StrideSplit ss(g, wt); ss.ok) {
+    ss.load_values(wt);
+    float* xp = detail::StrideSplit::scratch(ss.g1.input_size());
+    ss.split(g, x, xp);
+    conv2d_forward(ss.g1, xp, ss.w1, y, bias);
+    return;
+  }
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
   const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
@@ -463,6 +657,13 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
 /// @param dx {batch, c_in, h, w}, overwritten.
 inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const CsrWeight& wt, float* dx) {
   g.check_weight(wt, "east::sparse::conv2d_grad_input()");
+  if (detail::StrideSplit ss(g, wt); ss.ok) {
+    ss.load_values(wt);
+    float* dxp = detail::StrideSplit::scratch(ss.g1.input_size());
+    conv2d_grad_input(ss.g1, dy, ss.w1, dxp);
+    ss.merge(g, dxp, dx);
+    return;
+  }
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
   const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
@@ -538,6 +739,15 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
 inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const float* dy, const CsrWeight& wt,
                                float* gw) {
   g.check_weight(wt, "east::sparse::conv2d_grad_weight()");
+  if (detail::StrideSplit ss(g, wt); ss.ok) {
+    float* xp = detail::StrideSplit::scratch(ss.g1.input_size());
+    ss.split(g, x, xp);
+    thread_local std::vector<float> gw1;
+    gw1.resize(wt.nnz());
+    conv2d_grad_weight(ss.g1, xp, dy, ss.w1, gw1.data());
+    for (std::size_t j = 0; j < gw1.size(); ++j) gw[ss.from[j]] = gw1[j];
+    return;
+  }
   const detail::ConvSpans sp(g);
   const detail::FlatRuns fr(g, sp);
   const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);

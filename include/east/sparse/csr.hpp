@@ -51,6 +51,36 @@ class CsrWeight {
     return CsrWeight(dense, mask, static_cast<std::size_t>(shape[0]), cols, group);
   }
 
+  /// Builds from an index: row r's entries are col[row_ptr[r] .. row_ptr[r + 1]), strictly
+  /// increasing and < cols. Values are zero.
+  static CsrWeight from_index(std::size_t rows, std::size_t cols, std::size_t group_size,
+                              std::vector<std::uint32_t> row_ptr, std::vector<std::uint32_t> col) {
+    constexpr const char* where = "east::sparse::CsrWeight::from_index()";
+    ::east::detail::require(rows >= 1 && cols >= 1 && group_size >= 1 && cols % group_size == 0, where, "rows ",
+                            rows, ", cols ", cols, ", group_size ", group_size,
+                            " (valid: >= 1, group_size divides cols)");
+    ::east::detail::require(row_ptr.size() == rows + 1 && row_ptr.front() == 0 && row_ptr.back() == col.size(),
+                            where, "row_ptr has ", row_ptr.size(), " entries ending at ",
+                            row_ptr.empty() ? 0 : row_ptr.back(), " (valid: rows + 1 = ", rows + 1,
+                            ", from 0 to the ", col.size(), " entries)");
+    for (std::size_t r = 0; r < rows; ++r) {
+      ::east::detail::require(row_ptr[r] <= row_ptr[r + 1], where, "row_ptr decreases at row ", r);
+      for (std::uint32_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j)
+        ::east::detail::require(col[j] < cols && (j == row_ptr[r] || col[j - 1] < col[j]), where, "row ", r,
+                                " entry ", j, " has column ", col[j], " (valid: < ", cols,
+                                ", increasing within the row)");
+    }
+    CsrWeight w;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    w.group_ = group_size;
+    w.row_ptr_ = std::move(row_ptr);
+    w.col_ = std::move(col);
+    w.values_.assign(w.col_.size(), 0.0f);
+    w.build_transposed();
+    return w;
+  }
+
   /// Rebuilds the index for a new mask; values are zeroed (use remap to carry them over).
   void build(const BitMask& mask, std::size_t rows, std::size_t cols, std::size_t group_size = 1) {
     constexpr const char* where = "east::sparse::CsrWeight::build()";
