@@ -262,6 +262,37 @@ TEST_CASE("the Sparsifier refuses bad input and changes nothing", "[sparsifier]"
   torch::optim::SGD o2(no_prunable->parameters(), torch::optim::SGDOptions(0.1));
   CHECK_THROWS_WITH(ta::Sparsifier(*no_prunable, o2, east::presets::rigl(0.1), 10, quiet(2.0)),
                     Catch::Contains("no prunable parameter"));
+  ta::SparsifierOptions nan_strided = quiet(2.0);
+  nan_strided.crossover.conv_strided = std::nan("");
+  CHECK_THROWS_WITH(ta::Sparsifier(*n, opt, east::presets::rigl(0.1), 10, nan_strided),
+                    Catch::Contains("conv_strided a number"));
+  CHECK(n->conv1->east_layer() == nullptr);
+}
+
+TEST_CASE("strided convolutions switch at their own crossover", "[sparsifier]") {
+  // Two layers of one shape, so ERK gives both the same density (5%): above the 1.5% crossover
+  // of stride-1 convolutions, below the 10% of strided ones.
+  torch::manual_seed(2);
+  torch::nn::Sequential m(east::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).padding(1)),
+                          east::nn::Conv2d(torch::nn::Conv2dOptions(8, 8, 3).padding(1).stride(2)));
+  torch::optim::SGD opt(m->parameters(), torch::optim::SGDOptions(0.01));
+  ta::SparsifierOptions o;
+  o.log = nullptr;
+  {
+    ta::Sparsifier sp(*m, opt, east::presets::static_mask(0.05), 10, o);
+    CHECK(sp.compact_layers() == 1);
+    CHECK(m[0]->as<east::nn::Conv2d>()->east_layer()->mode().compact == false);
+    CHECK(m[1]->as<east::nn::Conv2d>()->east_layer()->mode().compact == true);
+  }
+  // The same model bound again (its first Sparsifier destroyed): with the strided crossover
+  // lowered, both stay dense.
+  o.crossover.conv_strided = 0.01;
+  ta::Sparsifier sp(*m, opt, east::presets::static_mask(0.05), 10, o);
+  CHECK(sp.compact_layers() == 0);
+  CHECK(m[1]->named_parameters(false).size() == 3);  // weight, bias, compact_values: not registered twice
+  std::size_t held = 0;
+  for (const auto& g : opt.param_groups()) held += g.params().size();
+  CHECK(held == 6);
 }
 
 TEST_CASE("layers east's kernels do not cover stay dense, with a notice", "[sparsifier]") {

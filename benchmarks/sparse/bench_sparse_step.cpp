@@ -11,7 +11,8 @@
 //   east_bench_sparse_step [--model=resnet|mnist-cnn] [--batch=64] [--threads=2] [--steps=3] [--depth=34]
 //                          [--width=1] [--hw=32] [--densities=0.01,0.001,0.0005,0.0001] [--no-dense] [--no-update]
 //                          [--default-malloc]   (without east::keep_freed_memory_for_reuse(), which the trainer calls)
-//                          [--crossover=CONV[,LINEAR]]  (the compact path's per-layer switch; default the Sparsifier's)
+//                          [--crossover=CONV[,LINEAR[,STRIDED]]]  (the compact path's per-layer switch; default the
+//                          Sparsifier's; STRIDED: strided convolutions, default max(CONV, 10%))
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -172,13 +173,20 @@ int main(int argc, char** argv) {
     } else if (a == "--no-dense") cfg.dense = false;
     else if (a == "--default-malloc") cfg.tune_malloc = false;
     else if (a == "--no-update") cfg.update = false;
-    else if (const char* v = val("--crossover")) {  // conv[,linear]
-      char *end = nullptr, *end2 = nullptr;
-      cfg.crossover.conv = std::strtod(v, &end);
-      if (*end == ',') cfg.crossover.linear = std::strtod(end + 1, &end2);
-      if (end == v || (*end != '\0' && (*end != ',' || *end2 != '\0' || end2 == end + 1)) ||
-          cfg.crossover.conv < 0 || cfg.crossover.linear < 0) {
-        std::fprintf(stderr, "east_bench_sparse_step: --crossover=%s (valid: CONV or CONV,LINEAR, numbers >= 0)\n", v);
+    else if (const char* v = val("--crossover")) {  // conv[,linear[,strided conv]]
+      double* fields[] = {&cfg.crossover.conv, &cfg.crossover.linear, &cfg.crossover.conv_strided};
+      std::stringstream ss(v);
+      std::size_t n = 0;
+      bool ok = true;
+      for (std::string f; ok && std::getline(ss, f, ',');) {
+        char* end = nullptr;
+        const double x = std::strtod(f.c_str(), &end);
+        ok = n < 3 && !f.empty() && *end == '\0' && x >= 0;
+        if (ok) *fields[n++] = x;
+      }
+      if (!ok || n == 0 || (!std::string(v).empty() && std::string(v).back() == ',')) {
+        std::fprintf(stderr,
+                     "east_bench_sparse_step: --crossover=%s (valid: CONV[,LINEAR[,STRIDED]], numbers >= 0)\n", v);
         return 2;
       }
     }
@@ -186,7 +194,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: east_bench_sparse_step [--batch=64] [--threads=2] [--steps=3] [--depth=34] [--width=1] "
                    "[--hw=32] [--densities=0.01,0.001,...] [--no-dense] [--no-update] [--default-malloc] "
-                   "[--crossover=CONV[,LINEAR]]\n");
+                   "[--crossover=CONV[,LINEAR[,STRIDED]]]\n");
       return 2;
     }
   }
@@ -208,9 +216,13 @@ int main(int argc, char** argv) {
   else
     std::printf("public ResNet-%d width %g, batch %ld, 3x%ldx%ld, ", cfg.depth, cfg.width, cfg.batch, cfg.hw,
                 cfg.hw);
+  // libgomp's wait policy moves a 2-thread step by ~10% here (waking a sleeping thread per parallel
+  // region), so the run says which one it had.
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of %d steps after one "
-              "warm-up; %s\n",
-              cfg.threads, cfg.steps, cfg.tune_malloc ? "freed memory kept for reuse" : "glibc's default malloc");
+              "warm-up; %s; OMP_WAIT_POLICY=%s\n",
+              cfg.threads, cfg.steps, cfg.tune_malloc ? "freed memory kept for reuse" : "glibc's default malloc",
+              wait_policy ? wait_policy : "(unset: libgomp's default)");
   // The floor: the same path with one weight per layer (everything but the nonzero work).
   const Run floor = time_run(cfg, 0.0, true);
   std::printf("floor (one weight per layer, %zu nonzeros): step %.2f ms\n", floor.nonzeros, 1e3 * floor.step);

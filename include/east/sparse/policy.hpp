@@ -23,10 +23,22 @@ struct Crossover {
   /// layers; 7% keeps them at or above break-even. A narrow batch-major layer (1024×10) never
   /// beats the GEMM: its transposes cost more than the whole dense product.
   double linear = 0.07;
+  /// Strided convolutions (ResNet's downsampling 3×3 and 1×1 shortcut layers): east's compact
+  /// form runs them as stride-1 layers over phase planes, and libtorch's dense backward of these
+  /// shapes is slow, so compact forward + backward beat dense at every density measured, up to
+  /// 10% (2.5× for l2.0's 3×3, 22× for its 1×1 shortcut; batch 64, 2 threads, docs/sparse.md).
+  /// Negative (the default): the larger of `conv` and 10% — 0 when `conv` is 0 — so {2, 2} still
+  /// runs every layer compact and {0, 0} none.
+  double conv_strided = -1.0;
 
-  /// Backend for a convolution of the given density (in [0, 1]).
-  Backend for_conv(double density) const {
-    return pick(density, conv, "east::sparse::Crossover::for_conv()");
+  /// The crossover a strided convolution uses (conv_strided, or its default).
+  double strided_conv() const {
+    if (conv_strided >= 0.0) return conv_strided;
+    return conv > 0.0 ? (conv > 0.10 ? conv : 0.10) : 0.0;
+  }
+  /// Backend for a convolution of the given density (in [0, 1]); `strided`: stride above 1.
+  Backend for_conv(double density, bool strided = false) const {
+    return pick(density, strided ? strided_conv() : conv, "east::sparse::Crossover::for_conv()");
   }
   /// Backend for a linear layer of the given density (in [0, 1]).
   Backend for_linear(double density) const {

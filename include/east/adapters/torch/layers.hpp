@@ -65,13 +65,22 @@ class TorchLayer : public sparse::CompactLayer {
     if (kind_ != Kind::other) {
       // The compact parameter exists from the start (empty while dense), in the optimizer group
       // that holds the weight: parameter order, and so optimizer checkpoints, never change.
-      values_ = module.register_parameter("compact_values", torch::empty({0}));
-      bool found = false;
+      // A module bound before (by a Sparsifier since destroyed) keeps its emptied parameter.
+      if (auto* earlier = module.named_parameters(/*recurse=*/false).find("compact_values")) {
+        values_ = *earlier;
+        values_.set_data(torch::empty({0}));
+        values_.mutable_grad() = torch::Tensor();
+      } else {
+        values_ = module.register_parameter("compact_values", torch::empty({0}));
+      }
+      bool held = false;
+      for (const auto& g : optimizer.param_groups())
+        for (const auto& p : g.params()) held = held || p.unsafeGetTensorImpl() == values_.unsafeGetTensorImpl();
       for (auto& g : optimizer.param_groups())
         for (const auto& p : g.params())
-          if (!found && p.unsafeGetTensorImpl() == weight_t_.unsafeGetTensorImpl()) {
+          if (!held && p.unsafeGetTensorImpl() == weight_t_.unsafeGetTensorImpl()) {
             g.params().push_back(values_);
-            found = true;
+            held = true;
             break;
           }
       if (auto s = detail::initial_state(opt_kind_, values_, optimizer))

@@ -23,6 +23,7 @@
 // the Sparsifier carries the optimizer's state through every mask update. docs/torch-sparsifier.md.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -71,8 +72,11 @@ class Sparsifier {
     if (method.kind != Preset::Kind::dense) east::detail::require_density(method.density, where);
     method.schedule(total_steps);  // validates the schedule's fields
     (void)optimizer_kind(optimizer);
-    east::detail::require(options_.crossover.conv >= 0 && options_.crossover.linear >= 0, where, "crossover ",
-                          options_.crossover.conv, " / ", options_.crossover.linear, " (valid: >= 0)");
+    east::detail::require(options_.crossover.conv >= 0 && options_.crossover.linear >= 0 &&
+                              !std::isnan(options_.crossover.conv_strided),
+                          where, "crossover ", options_.crossover.conv, " / ", options_.crossover.linear, " / ",
+                          options_.crossover.conv_strided,
+                          " (valid: conv and linear >= 0; conv_strided a number, negative for its default)");
     RegisterOptions reg = options_.registration;
     reg.allocate_grads = false;
     ParameterSet params = make_parameter_set(model, reg);
@@ -97,7 +101,10 @@ class Sparsifier {
       plans.push_back(std::move(p));
     }
     for (auto& p : plans) {
-      const double x = p.kind == detail::TorchLayer::Kind::linear ? options_.crossover.linear : options_.crossover.conv;
+      const bool strided = p.geometry.stride_h > 1 || p.geometry.stride_w > 1;
+      const double x = p.kind == detail::TorchLayer::Kind::linear
+                           ? options_.crossover.linear
+                           : (strided ? options_.crossover.strided_conv() : options_.crossover.conv);
       layers_.push_back(std::make_unique<detail::TorchLayer>(params, p.name, *p.module, p.weight, p.bias, p.kind,
                                                              p.geometry, p.reason, optimizer, x));
       if (auto* c = dynamic_cast<Conv2dImpl*>(p.module)) c->set_east_layer(layers_.back().get());
