@@ -344,13 +344,14 @@ TEST_CASE("Crossover picks sparse below the crossover density", "[sparse][policy
   CHECK(c.for_conv(0.001) == east::sparse::Backend::sparse);
   CHECK(c.for_conv(0.5) == east::sparse::Backend::dense);
   CHECK_THROWS_AS(c.for_linear(1.5), east::InvalidArgument);
-  // Strided convolutions: 10% by default, never below `conv`, 0 with `conv` 0, or as set.
-  CHECK(east::sparse::Crossover{}.strided_conv() == 0.10);
-  CHECK(east::sparse::Crossover{}.for_conv(0.05, true) == east::sparse::Backend::sparse);
-  CHECK(east::sparse::Crossover{}.for_conv(0.05, false) == east::sparse::Backend::dense);
+  // Strided convolutions: 4.5% by default, never below `conv`, 0 with `conv` 0, or as set.
+  CHECK(east::sparse::Crossover{}.strided_conv() == 0.045);
+  CHECK(east::sparse::Crossover{}.for_conv(0.04, true) == east::sparse::Backend::sparse);
+  CHECK(east::sparse::Crossover{}.for_conv(0.04, false) == east::sparse::Backend::dense);
+  CHECK(east::sparse::Crossover{}.for_conv(0.05, true) == east::sparse::Backend::dense);
   CHECK(east::sparse::Crossover{2, 2}.strided_conv() == 2);
   CHECK(east::sparse::Crossover{0, 0}.for_conv(0.001, true) == east::sparse::Backend::dense);
-  CHECK(east::sparse::Crossover{0.015, 0.07, 0.02}.for_conv(0.05, true) == east::sparse::Backend::dense);
+  CHECK(east::sparse::Crossover{0.015, 0.07, 0.02}.for_conv(0.03, true) == east::sparse::Backend::dense);
 }
 
 TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {

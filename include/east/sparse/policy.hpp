@@ -23,18 +23,19 @@ struct Crossover {
   /// layers; 7% keeps them at or above break-even. A narrow batch-major layer (1024×10) never
   /// beats the GEMM: its transposes cost more than the whole dense product.
   double linear = 0.07;
-  /// Strided convolutions (ResNet's downsampling 3×3 and 1×1 shortcut layers): east's compact
-  /// form runs them as stride-1 layers over phase planes, and libtorch's dense backward of these
-  /// shapes is slow, so compact forward + backward beat dense at every density measured, up to
-  /// 10% (2.5× for l2.0's 3×3, 22× for its 1×1 shortcut; batch 64, 2 threads, docs/sparse.md).
-  /// Negative (the default): the larger of `conv` and 10% — 0 when `conv` is 0 — so {2, 2} still
-  /// runs every layer compact and {0, 0} none.
+  /// Strided convolutions (ResNet's downsampling 3×3 and 1×1 shortcut layers), whose compact
+  /// form runs as stride-1 layers over phase planes or with row bodies: measured crossovers 4.6%
+  /// (l2.0's 3×3), 5.1% (l4.0's 1×1), above 10% (l2.0's 1×1) at batch 64, 2 threads
+  /// (docs/sparse.md); 4.5% keeps them at or above break-even. Negative (the default): the larger
+  /// of `conv` and 4.5% — 0 when `conv` is 0 — so {2, 2} still runs every layer compact and {0, 0}
+  /// none.
   double conv_strided = -1.0;
 
   /// The crossover a strided convolution uses (conv_strided, or its default).
   double strided_conv() const {
+    constexpr double kStrided = 0.045;
     if (conv_strided >= 0.0) return conv_strided;
-    return conv > 0.0 ? (conv > 0.10 ? conv : 0.10) : 0.0;
+    return conv > 0.0 ? (conv > kStrided ? conv : kStrided) : 0.0;
   }
   /// Backend for a convolution of the given density (in [0, 1]); `strided`: stride above 1.
   Backend for_conv(double density, bool strided = false) const {
