@@ -544,7 +544,8 @@ TEST_CASE("sparse conv2d: strided layers run as stride-1 layers over phase plane
       Conv2dGeometry::square(2, 3, 12, 4, 5, 2, 2),  Conv2dGeometry::square(2, 3, 9, 4, 3, 2, 0),
       Conv2dGeometry{2, 3, 8, 10, 4, 3, 3, 2, 1, 1, 1},  // stride 2 along rows only
       Conv2dGeometry{2, 3, 9, 8, 4, 1, 3, 1, 2, 0, 1},
-      Conv2dGeometry::square(2, 2, 34, 3, 3, 2, 1)};  // 17-wide output rows: split only under policy 2
+      Conv2dGeometry::square(2, 2, 34, 3, 3, 2, 1),  // 17-wide output rows: split only under policy 2
+      Conv2dGeometry{2, 3, 1, 8, 4, 1, 3, 2, 2, 1, 1}};  // a 1-row input whose one row phase is padding
   int split_ran = 0;
   for (const auto isa : east::kernels::available_isas())
     for (int policy : {0, 1, 2})

@@ -310,6 +310,7 @@ inline PhaseDim phase_dim(std::size_t in, std::size_t out, std::size_t k, std::s
   const std::ptrdiff_t lo = *std::min_element(dr.begin(), dr.end()), hi = *std::max_element(dr.begin(), dr.end());
   d.p1 = static_cast<std::size_t>(std::max<std::ptrdiff_t>(0, -lo));
   d.n1 = (in - d.phases.front() + stride - 1) / stride;  // the first phase is the longest
+  if (d.n1 == 0) return d;                                // every phase read lies in the padding
   // The kernel size that gives the same output length (taps beyond the used ones stay empty).
   const auto k1 = static_cast<std::ptrdiff_t>(d.n1 + 2 * d.p1 + 1) - static_cast<std::ptrdiff_t>(out);
   if (k1 < static_cast<std::ptrdiff_t>(d.p1) + hi + 1) return d;
