@@ -128,6 +128,38 @@ struct ThreadGuard {
   }
 };
 
+// Forward, input gradient and weight gradient of `wt` (dense form `w`) with 1 and 2 threads:
+// identical bits, and within the reference's tolerance. The input gradients start non-zero, so
+// every path must overwrite them.
+void check_layer(const Conv2dGeometry& g, const CsrWeight& wt, const std::vector<float>& w,
+                 const std::vector<float>& x, const std::vector<float>& dy) {
+  std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size(), 3.0f),
+      dx2(g.input_size(), -2.0f), gw(wt.nnz()), gw2(wt.nnz());
+  east::kernels::set_threads(1);
+  east::sparse::conv2d_forward(g, x.data(), wt, y.data());
+  east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+  east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
+  east::kernels::set_threads(2);
+  east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
+  east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+  east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
+  CHECK(y == y2);
+  CHECK(dx == dx2);
+  CHECK(gw == gw2);
+  std::vector<double> ref, mag;
+  Dense::forward(g, x.data(), w.data(), ref, mag);
+  check_close(y, ref, mag);
+  Dense::grad_input(g, dy.data(), w.data(), ref, mag);
+  check_close(dx, ref, mag);
+  Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
+  std::vector<double> rc(wt.nnz()), mc(wt.nnz());
+  for (std::size_t j = 0; j < wt.nnz(); ++j) {
+    rc[j] = ref[wt.position(j)];
+    mc[j] = mag[wt.position(j)];
+  }
+  check_close(gw, rc, mc);
+}
+
 }  // namespace
 
 TEST_CASE("sparse conv2d matches the masked dense reference", "[sparse][conv]") {
@@ -418,31 +450,7 @@ TEST_CASE("sparse conv2d: one-run path of stride-1 'same' convs on small planes"
              dy = randn(g.output_size(), rng);
         mask.apply(wv.data());
         const CsrWeight wt(wv.data(), mask, g.c_out, cols, k * k);
-        std::vector<double> ref, mag;
-        std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size()), dx2(g.input_size());
-        std::vector<float> gw(wt.nnz()), gw2(wt.nnz());
-        east::kernels::set_threads(1);
-        east::sparse::conv2d_forward(g, x.data(), wt, y.data());
-        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
-        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
-        east::kernels::set_threads(2);
-        east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
-        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
-        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
-        CHECK(y == y2);
-        CHECK(dx == dx2);
-        CHECK(gw == gw2);
-        Dense::forward(g, x.data(), wv.data(), ref, mag);
-        check_close(y, ref, mag);
-        Dense::grad_input(g, dy.data(), wv.data(), ref, mag);
-        check_close(dx, ref, mag);
-        Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
-        std::vector<double> rc(wt.nnz()), mc(wt.nnz());
-        for (std::size_t j = 0; j < wt.nnz(); ++j) {
-          rc[j] = ref[wt.position(j)];
-          mc[j] = mag[wt.position(j)];
-        }
-        check_close(gw, rc, mc);
+        check_layer(g, wt, wv, x, dy);
       }
 }
 
@@ -561,31 +569,7 @@ TEST_CASE("sparse conv2d: strided layers run as stride-1 layers over phase plane
         mask.apply(wv.data());
         const CsrWeight wt(wv.data(), mask, g.c_out, cols, g.kh * g.kw);
         if (east::sparse::detail::StrideSplit(g, wt).ok) ++split_ran;
-        std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size(), 3.0f),
-            dx2(g.input_size(), -2.0f), gw(wt.nnz()), gw2(wt.nnz());
-        east::kernels::set_threads(1);
-        east::sparse::conv2d_forward(g, x.data(), wt, y.data());
-        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
-        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
-        east::kernels::set_threads(2);
-        east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
-        east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
-        east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
-        CHECK(y == y2);
-        CHECK(dx == dx2);
-        CHECK(gw == gw2);
-        std::vector<double> ref, mag;
-        Dense::forward(g, x.data(), wv.data(), ref, mag);
-        check_close(y, ref, mag);
-        Dense::grad_input(g, dy.data(), wv.data(), ref, mag);
-        check_close(dx, ref, mag);
-        Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
-        std::vector<double> rc(wt.nnz()), mc(wt.nnz());
-        for (std::size_t j = 0; j < wt.nnz(); ++j) {
-          rc[j] = ref[wt.position(j)];
-          mc[j] = mag[wt.position(j)];
-        }
-        check_close(gw, rc, mc);
+        check_layer(g, wt, wv, x, dy);
       }
   // Policy 2 splits every shape but the unpadded 3×3 one (its output is shorter than the phase
   // planes, so the stride-1 form is not a 'same' layer), policy 1 also leaves the 17-wide one.
