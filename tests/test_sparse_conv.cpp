@@ -387,6 +387,7 @@ TEST_CASE("Crossover picks sparse below the crossover density", "[sparse][policy
 }
 
 TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
+  ThreadGuard guard;
   std::mt19937 rng(13);
   for (auto g : {Conv2dGeometry::square(2, 6, 32, 5, 3, 1, 1), Conv2dGeometry::square(2, 6, 32, 5, 3, 2, 1),
                  Conv2dGeometry::square(2, 6, 32, 5, 1, 2, 0), Conv2dGeometry::square(3, 5, 16, 4, 3, 1, 1),
@@ -399,22 +400,7 @@ TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
     auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
     mask.apply(w.data());
     const CsrWeight wt(w.data(), mask, g.c_out, cols, g.kh * g.kw);
-    std::vector<double> ref, mag;
-    std::vector<float> y(g.output_size()), dx(g.input_size()), gw(wt.nnz());
-    east::sparse::conv2d_forward(g, x.data(), wt, y.data());
-    Dense::forward(g, x.data(), w.data(), ref, mag);
-    check_close(y, ref, mag);
-    east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
-    Dense::grad_input(g, dy.data(), w.data(), ref, mag);
-    check_close(dx, ref, mag);
-    east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
-    Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
-    std::vector<double> rc(wt.nnz()), mc(wt.nnz());
-    for (std::size_t j = 0; j < wt.nnz(); ++j) {
-      rc[j] = ref[wt.position(j)];
-      mc[j] = mag[wt.position(j)];
-    }
-    check_close(gw, rc, mc);
+    check_layer(g, wt, w, x, dy);
   }
 }
 
