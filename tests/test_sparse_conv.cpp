@@ -404,6 +404,27 @@ TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
   }
 }
 
+TEST_CASE("sparse conv2d: weight gradient over chunks of images", "[sparse][conv]") {
+  // Planes larger than 8×8 take the weight gradient in chunks of images (~512 KiB of input and
+  // output gradient each, so K = 1 image at 64 + 48 channels of 32×32, 2 at 96 + 96 of 16×16):
+  // several chunks and a partial last one, partial sums added in chunk order, every ISA.
+  ThreadGuard guard;
+  east::sparse::detail::min_parallel_work() = 0;
+  std::mt19937 rng(31);
+  for (const auto isa : east::kernels::available_isas())
+    for (auto g : {Conv2dGeometry::square(3, 64, 32, 48, 3, 1, 1), Conv2dGeometry::square(5, 96, 16, 96, 3, 1, 1),
+                   Conv2dGeometry::square(3, 128, 16, 160, 1, 1, 0)}) {
+      INFO("isa " << east::kernels::isa_name(isa) << " batch " << g.batch << " hw " << g.h << " k " << g.kh);
+      east::kernels::set_isa(isa);
+      const std::size_t cols = g.c_in * g.kh * g.kw;
+      const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.02, rng, 99, 99);
+      auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+      mask.apply(w.data());
+      const CsrWeight wt(w.data(), mask, g.c_out, cols, g.kh * g.kw);
+      check_layer(g, wt, w, x, dy);
+    }
+}
+
 TEST_CASE("sparse conv2d: one-run path of stride-1 'same' convs on small planes", "[sparse][conv]") {
   // 3×3 pad 1 and 1×1 pad 0 at stride 1 take FlatRuns (one masked multiply-add per stored weight
   // and image); small, non-square and one-row/one-column planes, 1 and 2 threads.

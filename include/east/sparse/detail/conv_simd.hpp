@@ -26,19 +26,11 @@ EAST_TARGET_AVX512 EAST_ALWAYS_INLINE __mmask16 column_mask(const float* mask, _
   return _mm512_mask_cmp_ps_mask(valid, m, _mm512_setzero_ps(), _CMP_NEQ_OQ);
 }
 
-// Adds a[i]·b[i] (masked) of one run to acc.
-EAST_TARGET_AVX512 EAST_ALWAYS_INLINE __m512 dot_acc(__m512 acc, const float* a, const float* b,
-                                                     const float* mask, std::size_t n) {
-  std::size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __mmask16 k = mask ? column_mask(mask + i, 0xFFFF) : static_cast<__mmask16>(0xFFFF);
-    acc = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc, k);
-  }
-  if (i < n) {
-    const __mmask16 t = tail_mask(n - i), k = mask ? column_mask(mask + i, t) : t;
-    acc = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(t, a + i), _mm512_maskz_loadu_ps(t, b + i), acc, k);
-  }
-  return acc;
+// acc + a[i..i+16)·b[i..i+16) on the lanes the column mask keeps (all when mask is null).
+EAST_TARGET_AVX512 EAST_ALWAYS_INLINE __m512 dot_term(__m512 acc, const float* a, const float* b,
+                                                      const float* mask, std::size_t i) {
+  const __mmask16 k = mask ? column_mask(mask + i, 0xFFFF) : static_cast<__mmask16>(0xFFFF);
+  return _mm512_mask3_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc, k);
 }
 
 EAST_TARGET_AVX512 EAST_ALWAYS_INLINE float hsum(__m512 v) {
@@ -50,22 +42,32 @@ EAST_TARGET_AVX512 EAST_ALWAYS_INLINE float hsum(__m512 v) {
 }
 
 /// Σ over images m < batch of Σ_i a_m[i] · b_m[i] (masked), a_m = a + m·a_stride, b_m = b + m·b_stride:
-/// one stored weight's gradient, images innermost. Four accumulators take images m ≡ 0..3 (mod 4),
-/// so short runs (one vector per image on 4×4 planes) do not wait on one FMA chain; fixed order.
+/// one stored weight's gradient over a chunk of images. A run here is more than 4 vectors (planes
+/// larger than 8×8): four accumulators take its vectors i ≡ 0..3 (mod 4) so the FMAs do not wait
+/// on one chain (the last whole vectors go to the first three, the masked tail to the fourth).
+/// Fixed order.
 EAST_TARGET_AVX512 inline float dot_runs(const float* a, std::size_t a_stride, const float* b,
                                          std::size_t b_stride, std::size_t batch, const float* mask,
                                          std::size_t n) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-  std::size_t m = 0;
-  for (; m + 4 <= batch; m += 4) {
-    acc0 = dot_acc(acc0, a + m * a_stride, b + m * b_stride, mask, n);
-    acc1 = dot_acc(acc1, a + (m + 1) * a_stride, b + (m + 1) * b_stride, mask, n);
-    acc2 = dot_acc(acc2, a + (m + 2) * a_stride, b + (m + 2) * b_stride, mask, n);
-    acc3 = dot_acc(acc3, a + (m + 3) * a_stride, b + (m + 3) * b_stride, mask, n);
+  for (std::size_t m = 0; m < batch; ++m) {
+    const float* am = a + m * a_stride;
+    const float* bm = b + m * b_stride;
+    std::size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+      acc0 = dot_term(acc0, am, bm, mask, i);
+      acc1 = dot_term(acc1, am, bm, mask, i + 16);
+      acc2 = dot_term(acc2, am, bm, mask, i + 32);
+      acc3 = dot_term(acc3, am, bm, mask, i + 48);
+    }
+    if (i + 16 <= n) acc0 = dot_term(acc0, am, bm, mask, i), i += 16;
+    if (i + 16 <= n) acc1 = dot_term(acc1, am, bm, mask, i), i += 16;
+    if (i + 16 <= n) acc2 = dot_term(acc2, am, bm, mask, i), i += 16;
+    if (i < n) {
+      const __mmask16 t = tail_mask(n - i), k = mask ? column_mask(mask + i, t) : t;
+      acc3 = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(t, am + i), _mm512_maskz_loadu_ps(t, bm + i), acc3, k);
+    }
   }
-  if (m < batch) acc0 = dot_acc(acc0, a + m * a_stride, b + m * b_stride, mask, n);
-  if (m + 1 < batch) acc1 = dot_acc(acc1, a + (m + 1) * a_stride, b + (m + 1) * b_stride, mask, n);
-  if (m + 2 < batch) acc2 = dot_acc(acc2, a + (m + 2) * a_stride, b + (m + 2) * b_stride, mask, n);
   return hsum(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
 }
 
