@@ -195,6 +195,57 @@ TEST_CASE("fused BN+ReLU: every instruction set's body agrees with the baseline 
   }
 }
 
+TEST_CASE("fused BN+ReLU without a residual: the mask recomputed from x is the output's mask", "[torch][fused]") {
+  // batchnorm_backward with y = nullptr recomputes the ReLU's mask from x as the forward computed
+  // the output; it must give the same bits as reading y, on every instruction set, in training and
+  // eval, with channels whose values sit on the ReLU's edge (x = mean exactly, beta = 0) and NaNs.
+  ThreadGuard guard;
+  struct IsaGuard {
+    ~IsaGuard() { east::kernels::reset_isa(); }
+  } isa_guard;
+  for (const auto isa : east::kernels::available_isas())
+    for (const bool training : {true, false})
+      for (const auto& shape : {std::vector<long>{4, 5, 23, 29}, std::vector<long>{16, 8, 4, 4},
+                                std::vector<long>{3, 6, 7, 7}}) {
+        INFO("isa " << east::kernels::isa_name(isa) << " training " << training << " shape " << shape);
+        east::kernels::set_isa(isa);
+        torch::manual_seed(5);
+        auto x = torch::randn(shape);
+        x.select(1, 1).fill_(0.25f);             // a constant channel: x − mean = 0 exactly
+        x.select(1, 2).mul_(0.5f).round_();      // many ties
+        x.select(1, 3).index_put_({0, 0, 0}, NAN);  // non-finite input: masked to 0 both ways
+        const long c = shape[1];
+        auto w = torch::rand({c}).add_(0.5f), b = torch::randn({c});
+        b.index_put_({1}, 0.0f);
+        b.index_put_({2}, 0.0f);
+        auto rm = torch::randn({c}), rv = torch::rand({c}).add_(0.5f);
+        rm.index_put_({1}, 0.25f);  // eval normalises with it: channel 1 sits on the edge in both modes
+        const auto dy = torch::randn(shape);
+        const es::BatchNormShape s = ta::detail::bn_shape(x);
+        es::BatchNormOptions o;
+        o.training = training;
+        auto y = torch::empty_like(x), mean = torch::empty({c}), invstd = torch::empty({c});
+        es::batchnorm_forward<float>(s, x.data_ptr<float>(), nullptr, w.data_ptr<float>(), b.data_ptr<float>(),
+                                     rm.data_ptr<float>(), rv.data_ptr<float>(), o, y.data_ptr<float>(),
+                                     mean.data_ptr<float>(), invstd.data_ptr<float>());
+        at::Tensor dx[2], dw[2], db[2];
+        for (int from_x = 0; from_x < 2; ++from_x) {
+          dx[from_x] = torch::empty_like(x), dw[from_x] = torch::empty({c}), db[from_x] = torch::empty({c});
+          es::batchnorm_backward<float>(s, dy.data_ptr<float>(), x.data_ptr<float>(),
+                                        from_x ? nullptr : y.data_ptr<float>(), w.data_ptr<float>(),
+                                        b.data_ptr<float>(), mean.data_ptr<float>(), invstd.data_ptr<float>(), o,
+                                        dx[from_x].data_ptr<float>(), nullptr, dw[from_x].data_ptr<float>(),
+                                        db[from_x].data_ptr<float>());
+        }
+        CHECK(y.select(1, 1).eq(0).all().item<bool>());  // the edge is hit
+        // Same bits (NaN where the other has NaN: a NaN input spoils its channel's statistics).
+        CHECK(torch::allclose(dx[0], dx[1], 0.0, 0.0, /*equal_nan=*/true));
+        CHECK(torch::allclose(dw[0], dw[1], 0.0, 0.0, /*equal_nan=*/true));
+        CHECK(torch::allclose(db[0], db[1], 0.0, 0.0, /*equal_nan=*/true));
+        CHECK(dx[1].select(1, 0).isfinite().all().item<bool>());
+      }
+}
+
 TEST_CASE("BatchNormReLU2d is a drop-in for BatchNorm2d + ReLU (state dict, steps, eval)", "[torch][fused]") {
   torch::manual_seed(3);
   torch::nn::BatchNorm2d tbn(torch::nn::BatchNorm2dOptions(6));

@@ -11,7 +11,8 @@
 //
 // Semantics follow torch.nn.BatchNorm2d in training mode: batch statistics (biased variance for
 // normalising), running_mean/var updated with the unbiased variance and `momentum`, saved mean and
-// 1/sqrt(var + eps) for the backward. The backward recomputes the ReLU mask from the output (y > 0).
+// 1/sqrt(var + eps) for the backward. The backward takes the ReLU's mask from the output (y > 0),
+// or, without a residual, recomputes it from the input (then y is not read).
 // Determinism: every channel is reduced by one thread in a fixed order (float over at most 8 terms
 // per lane, then double accumulators), so results do not depend on the thread count.
 #include <algorithm>
@@ -194,31 +195,55 @@ struct Moments {
   }
 };
 
-// (g, g·(x − mu)) with g = dy masked by the ReLU (y > 0) when Relu.
-template <bool Relu, class T>
+// How the backward finds the ReLU's mask: none (no ReLU), from the output (y > 0), or, when the
+// forward added no residual, from the input ((x − mean)·a + b > 0, the forward's own arithmetic:
+// affine() below), which spares reading y.
+enum class Mask { none, from_output, from_input };
+
+// The forward's pre-activation (x − mu)·a + b, one expression for the forward and the backward
+// so that both round it alike.
+template <class V, class T>
+EAST_ALWAYS_INLINE V affine(V x, T mu, T a, T b) {
+  return (x - mu) * a + b;
+}
+
+// g = dy where the ReLU passed (every lane for Mask::none), for one vector at offset i.
+template <Mask M, class T>
+EAST_ALWAYS_INLINE void masked_grad(typename Simd<T>::vec& g, const T* dy, const T* x, const T* y,
+                                    typename Simd<T>::vec xv, std::size_t i, T mu, T a, T b) {
+  using S = Simd<T>;
+  typename S::vec zero = {};
+  S::load(g, dy + i);
+  if constexpr (M == Mask::from_output) {
+    typename S::vec yv;
+    S::load(yv, y + i);
+    S::keep(g, yv > zero);
+  } else if constexpr (M == Mask::from_input) {
+    S::keep(g, affine(xv, mu, a, b) > zero);
+  }
+  (void)x;
+}
+
+// (g, g·(x − mu)) with g = dy masked by the ReLU.
+template <Mask M, class T>
 struct GradSums {
   using S = Simd<T>;
   const T *dy, *x, *y;
-  T mu;
+  T mu, a, b;
   EAST_ALWAYS_INLINE void operator()(std::size_t i, typename S::vec& u, typename S::vec& v) const {
-    typename S::vec xv, zero = {};
-    S::load(u, dy + i);
-    if (Relu) {
-      typename S::vec yv;
-      S::load(yv, y + i);
-      S::keep(u, yv > zero);
-    }
+    typename S::vec xv;
     S::load(xv, x + i);
+    masked_grad<M, T>(u, dy, x, y, xv, i, mu, a, b);
     v = u * (xv - mu);
   }
   EAST_ALWAYS_INLINE void tail(std::size_t i, std::size_t n, typename S::vec& u, typename S::vec& v) const {
-    alignas(kVectorBytes) T a[S::lanes] = {}, b[S::lanes] = {}, c[S::lanes] = {};
+    alignas(kVectorBytes) T da[S::lanes] = {}, xa[S::lanes] = {}, ya[S::lanes] = {};
     for (std::size_t l = 0; l < n; ++l) {
-      a[l] = dy[i + l];
-      b[l] = x[i + l];
-      c[l] = y[i + l];
+      da[l] = dy[i + l];
+      xa[l] = x[i + l];
+      if (M == Mask::from_output) ya[l] = y[i + l];
     }
-    GradSums{a, b, c, mu}(0, u, v);
+    GradSums{da, xa, ya, mu, a, b}(0, u, v);
   }
 };
 
@@ -232,7 +257,7 @@ EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_
   std::size_t i = 0;
   for (; i + S::lanes <= n; i += S::lanes) {
     S::load(xv, x + i);
-    xv = (xv - mu) * a + b;
+    xv = affine(xv, mu, a, b);
     if (res) {
       S::load(r, res + i);
       xv += r;
@@ -241,32 +266,29 @@ EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_
     S::store(y + i, xv);
   }
   for (; i < n; ++i) {
-    T v = (x[i] - mu) * a + b;
+    T v = affine(x[i], mu, a, b);
     if (res) v += res[i];
     y[i] = (!Relu || v > T(0)) ? v : T(0);
   }
 }
 
-// dx = g·k + ((x − mu)·q + p) (and dres = g) over one plane.
-template <bool Relu, class T>
+// dx = g·k + ((x − mu)·q + p) (and dres = g) over one plane; (a, b) the forward's scale and shift.
+template <Mask M, class T>
 EAST_ALWAYS_INLINE void grad_input_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
-                                         const T* EAST_RESTRICT y, std::size_t n, T mu, T k, T p, T q,
+                                         const T* EAST_RESTRICT y, std::size_t n, T mu, T a, T b, T k, T p, T q,
                                          T* EAST_RESTRICT dx, T* EAST_RESTRICT dres) {
   using S = Simd<T>;
-  typename S::vec g, xv, yv, zero = {};
+  typename S::vec g, xv;
   std::size_t i = 0;
   for (; i + S::lanes <= n; i += S::lanes) {
-    S::load(g, dy + i);
-    if (Relu) {
-      S::load(yv, y + i);
-      S::keep(g, yv > zero);
-    }
-    if (dres) S::store(dres + i, g);
     S::load(xv, x + i);
+    masked_grad<M, T>(g, dy, x, y, xv, i, mu, a, b);
+    if (dres) S::store(dres + i, g);
     S::store(dx + i, g * k + ((xv - mu) * q + p));
   }
   for (; i < n; ++i) {
-    const T g1 = (!Relu || y[i] > T(0)) ? dy[i] : T(0);
+    const bool pass = M == Mask::none || (M == Mask::from_output ? y[i] > T(0) : affine(x[i], mu, a, b) > T(0));
+    const T g1 = pass ? dy[i] : T(0);
     if (dres) dres[i] = g1;
     dx[i] = g1 * k + ((x[i] - mu) * q + p);
   }
@@ -281,6 +303,12 @@ inline std::size_t channel_block(const BatchNormShape& s) {
   const std::size_t per_channel_bytes = s.per_channel() * sizeof(float);
   const std::size_t b = (std::size_t{64} << 10) / per_channel_bytes;
   return std::max<std::size_t>(1, std::min({b, s.channels, kMaxChannelBlock}));
+}
+
+// The forward's per-channel scale gamma·invstd in T.
+template <class T>
+EAST_ALWAYS_INLINE T scale(const T* gamma, const T* save_invstd, std::size_t c) {
+  return static_cast<T>((gamma ? static_cast<double>(gamma[c]) : 1.0) * static_cast<double>(save_invstd[c]));
 }
 
 // One work item (a block of channels) of the forward and of the backward. Their bodies are
@@ -319,11 +347,11 @@ struct ForwardItems {
         mean = static_cast<double>(running_mean[c]);
         var = static_cast<double>(running_var[c]);
       }
-      const double invstd = 1.0 / std::sqrt(var + o.eps);
+      // The scale from the saved (rounded) invstd: the backward recomputes it bit for bit.
       save_mean[c] = static_cast<T>(mean);
-      save_invstd[c] = static_cast<T>(invstd);
-      mu[c - c0] = static_cast<T>(mean);
-      sa[c - c0] = static_cast<T>((gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd);
+      save_invstd[c] = static_cast<T>(1.0 / std::sqrt(var + o.eps));
+      mu[c - c0] = save_mean[c];
+      sa[c - c0] = scale<T>(gamma, save_invstd, c);
       sb[c - c0] = beta ? beta[c] : T(0);
     }
     for (std::size_t n = 0; n < s.batch; ++n)
@@ -341,22 +369,35 @@ struct ForwardItems {
 template <class T>
 struct BackwardItems {
   const BatchNormShape& s;
-  const T *dy, *x, *y, *gamma, *save_mean, *save_invstd;
+  const T *dy, *x, *y, *gamma, *beta, *save_mean, *save_invstd;
   const BatchNormOptions& o;
   T *dx, *dresidual, *dgamma, *dbeta;
 
   EAST_ALWAYS_INLINE void operator()(std::size_t item) const {
+    if (!o.relu)
+      run<Mask::none>(item);
+    else if (y)
+      run<Mask::from_output>(item);
+    else
+      run<Mask::from_input>(item);
+  }
+
+  template <Mask M>
+  EAST_ALWAYS_INLINE void run(std::size_t item) const {
     constexpr std::size_t L = Simd<T>::lanes;
     const std::size_t m = s.per_channel(), cb = channel_block(s), c0 = item * cb, c1 = std::min(s.channels, c0 + cb);
+    T at[kMaxChannelBlock], bt[kMaxChannelBlock];
+    for (std::size_t c = c0; c < c1; ++c) {
+      at[c - c0] = scale<T>(gamma, save_invstd, c);
+      bt[c - c0] = beta ? beta[c] : T(0);
+    }
     // Pass 1: Σ g and Σ g·(x − mean) per channel, g = dy masked by the ReLU.
     alignas(64) double a1[kMaxChannelBlock][L] = {}, a2[kMaxChannelBlock][L] = {};
     for (std::size_t n = 0; n < s.batch; ++n)
       for (std::size_t c = c0; c < c1; ++c) {
-        const std::size_t off = (n * s.channels + c) * s.plane;
-        if (o.relu)
-          plane_sums<T>(s.plane, GradSums<true, T>{dy + off, x + off, y + off, save_mean[c]}, a1[c - c0], a2[c - c0]);
-        else
-          plane_sums<T>(s.plane, GradSums<false, T>{dy + off, x + off, y + off, save_mean[c]}, a1[c - c0], a2[c - c0]);
+        const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
+        plane_sums<T>(s.plane, GradSums<M, T>{dy + off, x + off, y ? y + off : nullptr, save_mean[c], at[i], bt[i]},
+                      a1[i], a2[i]);
       }
     // Pass 2: dx = k·(g − Σg/M − (x − mean)·invstd²·Σg(x − mean)/M), k = gamma·invstd; in eval the
     // statistics are constants, so dx = k·g.
@@ -374,11 +415,8 @@ struct BackwardItems {
     for (std::size_t n = 0; n < s.batch; ++n)
       for (std::size_t c = c0; c < c1; ++c) {
         const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
-        T* dr = dresidual ? dresidual + off : nullptr;
-        if (o.relu)
-          grad_input_plane<true>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i], qt[i], dx + off, dr);
-        else
-          grad_input_plane<false>(dy + off, x + off, y + off, s.plane, save_mean[c], kt[i], pt[i], qt[i], dx + off, dr);
+        grad_input_plane<M>(dy + off, x + off, y ? y + off : nullptr, s.plane, save_mean[c], at[i], bt[i], kt[i],
+                            pt[i], qt[i], dx + off, dresidual ? dresidual + off : nullptr);
       }
   }
 };
@@ -429,19 +467,22 @@ void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, c
                                             save_mean, save_invstd});
 }
 
-/// Backward of batchnorm_forward. @param dy gradient of y  @param x, y the forward input and output
-/// (y gives the ReLU mask)  @param save_mean, save_invstd from the forward
-/// @param dx gradient of x  @param dresidual gradient of the residual, or nullptr (no aliasing)
+/// Backward of batchnorm_forward. @param dy gradient of y  @param x the forward input
+/// @param y the forward output, for the ReLU's mask (y > 0); nullptr when the forward added no
+/// residual: the mask is then recomputed from x, gamma and beta as the forward computed it, which
+/// spares a read of y  @param gamma, beta the forward's (nullptr: 1 and 0)
+/// @param save_mean, save_invstd from the forward  @param dx gradient of x
+/// @param dresidual gradient of the residual, or nullptr (no aliasing)
 /// @param dgamma, dbeta C values, or nullptr. `o` must be the forward's.
 template <class T>
 void batchnorm_backward(const BatchNormShape& s, const T* dy, const T* x, const T* y, const T* gamma,
-                        const T* save_mean, const T* save_invstd, const BatchNormOptions& o, T* dx,
+                        const T* beta, const T* save_mean, const T* save_invstd, const BatchNormOptions& o, T* dx,
                         T* dresidual, T* dgamma, T* dbeta) {
   constexpr const char* where = "east::sparse::batchnorm_backward()";
   detail::check_batchnorm(s, o, where);
   const std::size_t cb = detail::channel_block(s), items = (s.channels + cb - 1) / cb;
   detail::run_items(items, 6.0 * static_cast<double>(s.size()),
-                    detail::BackwardItems<T>{s, dy, x, y, gamma, save_mean, save_invstd, o, dx, dresidual,
+                    detail::BackwardItems<T>{s, dy, x, y, gamma, beta, save_mean, save_invstd, o, dx, dresidual,
                                              dgamma, dbeta});
 }
 

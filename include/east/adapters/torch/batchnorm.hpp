@@ -83,11 +83,13 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
                                   detail::mut_ptr_or_null<scalar_t>(running_var), o, y.data_ptr<scalar_t>(),
                                   mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>());
     });
-    ctx->save_for_backward({x, y, weight, mean, invstd});
+    // Without a residual the backward recomputes the ReLU's mask from x: y is not kept for it.
+    const bool has_res = detail::given(residual);
+    ctx->save_for_backward({x, relu && has_res ? y : at::Tensor(), weight, bias, mean, invstd});
     ctx->saved_data["training"] = o.training;
     ctx->saved_data["relu"] = relu;
     ctx->saved_data["eps"] = eps;
-    ctx->saved_data["has_residual"] = detail::given(residual);
+    ctx->saved_data["has_residual"] = has_res;
     ctx->saved_data["has_bias"] = detail::given(bias);
     return y;
   }
@@ -95,7 +97,8 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &y = saved[1], &weight = saved[2], &mean = saved[3], &invstd = saved[4];
+    const at::Tensor &x = saved[0], &y = saved[1], &weight = saved[2], &bias = saved[3], &mean = saved[4],
+                     &invstd = saved[5];
     const at::Tensor dy = grads[0].contiguous();
     sparse::BatchNormOptions o;
     o.training = ctx->saved_data["training"].toBool();
@@ -111,8 +114,9 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     at::Tensor db = need_b ? torch::empty({c}, x.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "east_batchnorm_relu_backward", [&] {
       sparse::batchnorm_backward<scalar_t>(
-          detail::bn_shape(x), dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-          detail::ptr_or_null<scalar_t>(weight), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), o,
+          detail::bn_shape(x), dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), detail::ptr_or_null<scalar_t>(y),
+          detail::ptr_or_null<scalar_t>(weight), detail::ptr_or_null<scalar_t>(bias), mean.data_ptr<scalar_t>(),
+          invstd.data_ptr<scalar_t>(), o,
           dx.data_ptr<scalar_t>(), detail::mut_ptr_or_null<scalar_t>(dres),
           detail::mut_ptr_or_null<scalar_t>(dw), detail::mut_ptr_or_null<scalar_t>(db));
     });
