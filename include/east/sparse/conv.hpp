@@ -629,7 +629,14 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
       if (fr.ok) {
         for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
           const detail::FlatTap& t = taps[j];
-          if (t.n) detail::axpy_run(val[j], xn + t.x_off, t.mask, yp + t.o0, t.n);
+          if (!t.n) continue;
+#if defined(EAST_KERNELS_X86)
+          if (simd) {
+            detail::avx512::axpy_run(val[j], xn + t.x_off, t.mask, yp + t.o0, t.n);
+            continue;
+          }
+#endif
+          detail::axpy_run(val[j], xn + t.x_off, t.mask, yp + t.o0, t.n);
         }
         continue;
       }
@@ -709,7 +716,14 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
         for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
           const std::uint32_t j = tpos[t];
           const detail::FlatTap& tp = taps[j];
-          if (tp.n) detail::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
+          if (!tp.n) continue;
+#if defined(EAST_KERNELS_X86)
+          if (simd) {
+            detail::avx512::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
+            continue;
+          }
+#endif
+          detail::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
         }
         continue;
       }

@@ -41,6 +41,23 @@ EAST_TARGET_AVX512 EAST_ALWAYS_INLINE float hsum(__m512 v) {
   return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
+/// dst[i] += v · src[i] over one run on the lanes the column mask keeps (every lane when mask is
+/// null): the forward's and input gradient's step on planes larger than 8×8, 512-bit whatever the
+/// caller's compiler flags.
+EAST_TARGET_AVX512 inline void axpy_run(float v, const float* src, const float* mask, float* dst, std::size_t n) {
+  const __m512 vv = _mm512_set1_ps(v);
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __mmask16 k = mask ? column_mask(mask + i, 0xFFFF) : static_cast<__mmask16>(0xFFFF);
+    _mm512_storeu_ps(dst + i, _mm512_mask3_fmadd_ps(vv, _mm512_loadu_ps(src + i), _mm512_loadu_ps(dst + i), k));
+  }
+  if (i < n) {
+    const __mmask16 t = tail_mask(n - i), k = mask ? column_mask(mask + i, t) : t;
+    _mm512_mask_storeu_ps(
+        dst + i, t, _mm512_mask3_fmadd_ps(vv, _mm512_maskz_loadu_ps(t, src + i), _mm512_maskz_loadu_ps(t, dst + i), k));
+  }
+}
+
 /// Σ over images m < batch of Σ_i a_m[i] · b_m[i] (masked), a_m = a + m·a_stride, b_m = b + m·b_stride:
 /// one stored weight's gradient over a chunk of images. A run here is more than 4 vectors (planes
 /// larger than 8×8): four accumulators take its vectors i ≡ 0..3 (mod 4) so the FMAs do not wait
