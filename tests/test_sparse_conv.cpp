@@ -130,27 +130,37 @@ struct ThreadGuard {
 
 // Forward, input gradient and weight gradient of `wt` (dense form `w`) with 1 and 2 threads:
 // identical bits, and within the reference's tolerance. The input gradients start non-zero, so
-// every path must overwrite them.
+// every path must overwrite them; with `add` they must add to what is there (a joined gradient).
 void check_layer(const Conv2dGeometry& g, const CsrWeight& wt, const std::vector<float>& w,
                  const std::vector<float>& x, const std::vector<float>& dy) {
   std::vector<float> y(g.output_size()), y2(g.output_size()), dx(g.input_size(), 3.0f),
-      dx2(g.input_size(), -2.0f), gw(wt.nnz()), gw2(wt.nnz());
+      dx2(g.input_size(), -2.0f), gw(wt.nnz()), gw2(wt.nnz()), base(g.input_size());
+  for (std::size_t i = 0; i < base.size(); ++i) base[i] = 0.5f * static_cast<float>(std::sin(0.37 * i));
+  std::vector<float> da(base), da2(base);
   east::kernels::set_threads(1);
   east::sparse::conv2d_forward(g, x.data(), wt, y.data());
   east::sparse::conv2d_grad_input(g, dy.data(), wt, dx.data());
+  east::sparse::conv2d_grad_input(g, dy.data(), wt, da.data(), /*add=*/true);
   east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw.data());
   east::kernels::set_threads(2);
   east::sparse::conv2d_forward(g, x.data(), wt, y2.data());
   east::sparse::conv2d_grad_input(g, dy.data(), wt, dx2.data());
+  east::sparse::conv2d_grad_input(g, dy.data(), wt, da2.data(), /*add=*/true);
   east::sparse::conv2d_grad_weight(g, x.data(), dy.data(), wt, gw2.data());
   CHECK(y == y2);
   CHECK(dx == dx2);
+  CHECK(da == da2);
   CHECK(gw == gw2);
   std::vector<double> ref, mag;
   Dense::forward(g, x.data(), w.data(), ref, mag);
   check_close(y, ref, mag);
   Dense::grad_input(g, dy.data(), w.data(), ref, mag);
   check_close(dx, ref, mag);
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    ref[i] += base[i];
+    mag[i] += std::fabs(base[i]);
+  }
+  check_close(da, ref, mag);
   Dense::grad_weight(g, x.data(), dy.data(), ref, mag);
   std::vector<double> rc(wt.nnz()), mc(wt.nnz());
   for (std::size_t j = 0; j < wt.nnz(); ++j) {

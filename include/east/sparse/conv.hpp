@@ -401,19 +401,22 @@ struct StrideSplit {
     });
   }
   /// The adjoint of split: dx = the phase planes' gradients put back in place, 0 where no phase
-  /// reads (odd rows and columns of a 1×1 stride-2 layer).
-  void merge(const Conv2dGeometry& g, const float* dxp, float* dx) const {
+  /// reads (odd rows and columns of a 1×1 stride-2 layer); with `add`, dx += them.
+  void merge(const Conv2dGeometry& g, const float* dxp, float* dx, bool add) const {
     const std::size_t hw = g.h * g.w, hw1 = g1.h * g1.w, pr = rows.phases.size(), pc = cols.phases.size();
     const bool covers = pr == g.stride_h && pc == g.stride_w;
     parallel_for(g.batch * g.c_in, static_cast<double>(g.input_size()), [&](std::size_t plane) {
       float* dst = dx + plane * hw;
       const float* src = dxp + plane * pr * pc * hw1;
-      if (!covers) std::fill(dst, dst + hw, 0.0f);
+      if (!covers && !add) std::fill(dst, dst + hw, 0.0f);
       for (std::size_t ia = 0; ia < pr; ++ia)
         for (std::size_t i = 0; i < g1.h; ++i) {
           const std::size_t ih = i * g.stride_h + rows.phases[ia];
           if (ih >= g.h) break;
-          gather(src + ia * pc * hw1 + i * g1.w, hw1, g.stride_w, dst + ih * g.w, g.w);
+          if (add)
+            gather<true>(src + ia * pc * hw1 + i * g1.w, hw1, g.stride_w, dst + ih * g.w, g.w);
+          else
+            gather<false>(src + ia * pc * hw1 + i * g1.w, hw1, g.stride_w, dst + ih * g.w, g.w);
         }
     });
   }
@@ -442,22 +445,24 @@ struct StrideSplit {
       std::fill(di + n, di + n1, 0.0f);
     }
   }
-  // The adjoint of deal for one row: row j of phase ib (at s + ib·step) → columns j·stride + b.
+  // The adjoint of deal for one row: row j of phase ib (at s + ib·step) → columns j·stride + b
+  // (added to them when Add).
+  template <bool Add>
   void gather(const float* s, std::size_t step, std::size_t stride, float* d, std::size_t w) const {
     const std::size_t pc = cols.phases.size(), n1 = cols.n1;
     if (stride == 2 && pc == 2 && cols.phases[0] == 0 && w == 2 * n1) {
       const float* s0 = s;
       const float* s1 = s + step;
       for (std::size_t j = 0; j < n1; ++j) {
-        d[2 * j] = s0[j];
-        d[2 * j + 1] = s1[j];
+        d[2 * j] = Add ? d[2 * j] + s0[j] : s0[j];
+        d[2 * j + 1] = Add ? d[2 * j + 1] + s1[j] : s1[j];
       }
       return;
     }
     for (std::size_t ib = 0; ib < pc; ++ib) {
       const std::size_t b = cols.phases[ib], n = (w - b + stride - 1) / stride;
       const float* si = s + ib * step;
-      for (std::size_t j = 0; j < n; ++j) d[j * stride + b] = si[j];
+      for (std::size_t j = 0; j < n; ++j) d[j * stride + b] = Add ? d[j * stride + b] + si[j] : si[j];
     }
   }
   /// Scratch for phase planes, kept per thread across calls (a fresh allocation per call costs
@@ -494,21 +499,21 @@ void small_grad_input_images(std::size_t n0, std::size_t n1, std::size_t batch, 
                              std::size_t dys, std::size_t hwo, const std::uint32_t* tpos,
                              const std::uint32_t* trow, const float* val, const std::uint16_t* rs,
                              const std::ptrdiff_t* d, const std::uint64_t* mi, std::uint32_t tb,
-                             std::uint32_t te, float* dx, std::size_t dxs, std::size_t hw) {
+                             std::uint32_t te, float* dx, std::size_t dxs, std::size_t hw, bool add) {
   constexpr int G = avx512::small_group<NW>();
   std::size_t n = n0;
   for (; n + G <= n1; n += G) {
     const bool edge = n == 0 || n + G == batch;
     if (edge)
       avx512::small_grad_input<NW, G, true>(dy + n * dys, dys, hwo, tpos, trow, val, rs, d, mi, tb, te,
-                                            dx + n * dxs, dxs, hw);
+                                            dx + n * dxs, dxs, hw, add);
     else
       avx512::small_grad_input<NW, G, false>(dy + n * dys, dys, hwo, tpos, trow, val, rs, d, mi, tb, te,
-                                             dx + n * dxs, dxs, hw);
+                                             dx + n * dxs, dxs, hw, add);
   }
   for (; n < n1; ++n)
     avx512::small_grad_input<NW, 1, true>(dy + n * dys, dys, hwo, tpos, trow, val, rs, d, mi, tb, te,
-                                          dx + n * dxs, dxs, hw);
+                                          dx + n * dxs, dxs, hw, add);
 }
 #define EAST_SMALL_NW(nw, CALL) \
   switch (nw) {                 \
@@ -662,14 +667,16 @@ inline void conv2d_forward(const Conv2dGeometry& g, const float* x, const CsrWei
 }
 
 /// Gradient of the input: dx = conv2d_transpose(dy, W). @param dy {batch, c_out, out_h, out_w}
-/// @param dx {batch, c_in, h, w}, overwritten.
-inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const CsrWeight& wt, float* dx) {
+/// @param dx {batch, c_in, h, w}, overwritten, or with `add` added to (dx += conv2d_transpose(dy,
+/// W): another gradient of the same input joined in this pass instead of a separate sum).
+inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const CsrWeight& wt, float* dx,
+                              bool add = false) {
   g.check_weight(wt, "east::sparse::conv2d_grad_input()");
   if (detail::StrideSplit ss(g, wt); ss.ok) {
     ss.load_values(wt);
     float* dxp = detail::StrideSplit::scratch(ss.g1.input_size());
     conv2d_grad_input(ss.g1, dy, ss.w1, dxp);
-    ss.merge(g, dxp, dx);
+    ss.merge(g, dxp, dx, add);
     return;
   }
   const detail::ConvSpans sp(g);
@@ -696,7 +703,7 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
 #define EAST_CALL(NW)                                                                                       \
   detail::small_grad_input_images<NW>(n0, n1, g.batch, dy, g.c_out * hwo, hwo, tpos, trow, val,             \
                                       small.rs.data(), small.d.data(), small.mi.data(), gp[ci], gp[ci + 1], \
-                                      dx + ci * hw, g.c_in * hw, hw)
+                                      dx + ci * hw, g.c_in * hw, hw, add)
         EAST_SMALL_NW(small.nw, EAST_CALL)
 #undef EAST_CALL
       }
@@ -710,7 +717,7 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
     const float* dyn = dy + n * g.c_out * hwo;
     for (std::size_t ci = c0; ci < c1; ++ci) {
       float* xp = dx + (n * g.c_in + ci) * hw;
-      for (std::size_t i = 0; i < hw; ++i) xp[i] = 0.0f;
+      if (!add) std::fill(xp, xp + hw, 0.0f);
       if (fr.ok) {
         float* dxn = dx + n * g.c_in * hw;
         for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {

@@ -142,16 +142,22 @@ EAST_TARGET_AVX512 void small_forward(const float* x0, std::size_t xs, const flo
 }
 
 /// G images' input-gradient planes of one channel: dx_u = Σ over the entries [tb, te) of its
-/// transposed group of v · dy_u(co) shifted by −d (position q of the input plane reads dy at q − d).
+/// transposed group of v · dy_u(co) shifted by −d (position q of the input plane reads dy at q − d);
+/// added to dx_u's values when `add`.
 template <int NW, int G, bool Edge>
 EAST_TARGET_AVX512 void small_grad_input(const float* dy0, std::size_t dys, std::size_t hwo,
                                          const std::uint32_t* tpos, const std::uint32_t* trow,
                                          const float* val, const std::uint16_t* rs, const std::ptrdiff_t* d,
                                          const std::uint64_t* mi, std::uint32_t tb, std::uint32_t te,
-                                         float* dx0, std::size_t dxs, std::size_t hw) {
+                                         float* dx0, std::size_t dxs, std::size_t hw, bool add) {
   __m512 acc[G][NW];
   for (int u = 0; u < G; ++u)
-    for (int w = 0; w < NW; ++w) acc[u][w] = _mm512_setzero_ps();
+    for (int w = 0; w < NW; ++w) {
+      const std::size_t p = 16 * static_cast<std::size_t>(w);
+      acc[u][w] = !add          ? _mm512_setzero_ps()
+                  : p + 16 <= hw ? _mm512_loadu_ps(dx0 + u * dxs + p)
+                                 : _mm512_maskz_loadu_ps(tail_mask(hw - p), dx0 + u * dxs + p);
+    }
   for (std::uint32_t t = tb; t < te; ++t) {
     const std::uint32_t j = tpos[t];
     const std::uint16_t r = rs[j];
