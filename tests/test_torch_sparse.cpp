@@ -77,6 +77,40 @@ TEST_CASE("compact Conv2d forward and gradients equal torch's conv2d with the ma
   }
 }
 
+TEST_CASE("a GradientJoin hands the residual gradient to a compact convolution's input-gradient pass",
+          "[torch][sparse]") {
+  // y = BN(conv(x), residual x): the BN's backward hands dL/dresidual to conv's backward, which adds
+  // its own input gradient into it; x's gradient equals the one autograd sums without the join.
+  // A dense (not compact) convolution does not accept the join, and then nothing is handed over.
+  for (const bool compact : {true, false}) {
+    INFO("compact " << compact);
+    torch::manual_seed(5);
+    east::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 8, 3).padding(1).bias(false));
+    ta::BatchNormReLU2d bn(8);
+    torch::optim::SGD opt(conv->parameters(), torch::optim::SGDOptions(0.1));
+    auto so = all_compact();
+    if (!compact) so.crossover = {0.0, 0.0};
+    ta::Sparsifier sp(*conv, opt, east::presets::static_mask(0.2), 10, so);
+    REQUIRE(sp.compact_layers() == (compact ? 1u : 0u));
+    const auto x0 = torch::randn({3, 8, 6, 6}), dy = torch::randn({3, 8, 6, 6});
+    auto x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+    bn->forward(conv->forward(x1), x1).backward(dy);
+    const auto join = c10::make_intrusive<ta::GradientJoin>();
+    bn->forward(conv->forward_joined(x2, join), x2, join).backward(dy);
+    CHECK(join->accepted == compact);
+    CHECK(!join->pending.defined());  // taken (or, dense, never handed over)
+    CHECK(rel_diff(x2.grad(), x1.grad()) < 1e-6);
+    // The BN alone with an accepted join: the residual's gradient waits in the join, not in x.
+    const auto held = c10::make_intrusive<ta::GradientJoin>();
+    held->accepted = true;
+    auto x3 = x0.clone().requires_grad_(true);
+    bn->forward(conv->forward(x0).detach().requires_grad_(true), x3, held).backward(dy);
+    REQUIRE(held->pending.defined());
+    CHECK(!x3.grad().defined());
+    CHECK(held->pending.abs().sum().item<double>() > 0);
+  }
+}
+
 TEST_CASE("compact Linear forward and gradients equal torch's linear with the mask applied", "[torch][sparse]") {
   for (const bool bias : {true, false}) {
     torch::manual_seed(5);

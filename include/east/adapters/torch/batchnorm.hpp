@@ -14,6 +14,7 @@
 
 #include "../../core/error.hpp"
 #include "../../sparse/batchnorm.hpp"
+#include "gradient_join.hpp"
 
 namespace east::torch_adapter {
 
@@ -45,7 +46,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& residual,
                             at::Tensor running_mean, at::Tensor running_var, bool training, double momentum,
-                            double eps, bool relu) {
+                            double eps, bool relu, GradientJoinPtr join) {
     constexpr const char* where = "east::torch_adapter::BatchNormReLUFunction::forward()";
     ::east::detail::require(input.defined() && input.device().is_cpu() && input.dim() >= 2, where,
                             "input must be a CPU tensor with >= 2 dimensions (N, C, ...)");
@@ -91,6 +92,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["has_residual"] = has_res;
     ctx->saved_data["has_bias"] = detail::given(bias);
+    if (has_res && join && join->accepted) detail::save_join(ctx, join);
     return y;
   }
 
@@ -109,6 +111,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     const bool need_b = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
     auto dx = torch::empty_like(x);
     at::Tensor dres = has_res && ctx->needs_input_grad(3) ? torch::empty_like(x) : at::Tensor();
+    const GradientJoinPtr join = detail::saved_join(ctx);
     const long c = x.size(1);
     at::Tensor dw = need_w ? torch::empty({c}, x.options()) : at::Tensor();
     at::Tensor db = need_b ? torch::empty({c}, x.options()) : at::Tensor();
@@ -120,22 +123,24 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
           dx.data_ptr<scalar_t>(), detail::mut_ptr_or_null<scalar_t>(dres),
           detail::mut_ptr_or_null<scalar_t>(dw), detail::mut_ptr_or_null<scalar_t>(db));
     });
-    return {dx,           dw,           db,           dres,         at::Tensor(),
+    if (join && dres.defined()) join->pending = std::move(dres);  // the convolution adds into it
+    return {dx,           dw,           db,           dres,         at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 /// y = relu(batch_norm(x) [+ residual]) (relu = false: without the ReLU) with east's fused kernels.
 /// weight, bias, residual, running_mean/var may be undefined; the running statistics are updated
-/// in place when `training`. Gradients flow to input, weight, bias and residual.
+/// in place when `training`. Gradients flow to input, weight, bias and residual; with an accepted
+/// `join` (gradient_join.hpp) the residual's gradient is handed to the convolution that accepted it.
 inline at::Tensor batchnorm_relu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                                  const at::Tensor& residual, const at::Tensor& running_mean,
                                  const at::Tensor& running_var, bool training, double momentum, double eps,
-                                 bool relu = true) {
+                                 bool relu = true, const GradientJoinPtr& join = {}) {
   ::east::detail::require(input.defined(), "east::torch_adapter::batchnorm_relu()", "input is undefined");
   auto e = [&](const at::Tensor& t) { return detail::absent_as_empty(t, input); };
   return BatchNormReLUFunction::apply(input, e(weight), e(bias), e(residual), e(running_mean), e(running_var),
-                                      training, momentum, eps, relu);
+                                      training, momentum, eps, relu, join);
 }
 
 /// Drop-in for torch::nn::BatchNorm2d followed by ReLU (relu = true) or alone (relu = false),
@@ -160,7 +165,9 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
   explicit BatchNormReLU2dImpl(long num_features, bool relu = true)
       : BatchNormReLU2dImpl(torch::nn::BatchNorm2dOptions(num_features), relu) {}
 
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {}) {
+  /// relu(BN(x) [+ residual]); `join`: hand the residual's gradient to the convolution that
+  /// accepted it (a residual block's first one, gradient_join.hpp) instead of to autograd.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {}, const GradientJoinPtr& join = {}) {
     ::east::detail::require(x.dim() == 4, "east::torch_adapter::BatchNormReLU2d", "input has ", x.dim(),
                             " dimensions (valid: 4, NCHW)");
     double momentum = options.momentum().value_or(0.0);
@@ -170,7 +177,7 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
       // (the values it would blend into the running statistics); the output is unchanged.
       auto mean = torch::zeros({options.num_features()}, x.options());
       auto var = torch::zeros({options.num_features()}, x.options());
-      auto y = batchnorm_relu(x, weight, bias, residual, mean, var, true, 1.0, options.eps(), relu_);
+      auto y = batchnorm_relu(x, weight, bias, residual, mean, var, true, 1.0, options.eps(), relu_, join);
       recorded_.push_back(std::move(mean));
       recorded_.push_back(std::move(var));
       return y;
@@ -183,7 +190,7 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
     }
     // Eval without running statistics normalises with the batch (torch does the same).
     return batchnorm_relu(x, weight, bias, residual, running_mean, running_var,
-                          is_training() || !options.track_running_stats(), momentum, options.eps(), relu_);
+                          is_training() || !options.track_running_stats(), momentum, options.eps(), relu_, join);
   }
 
   /// Deferred running statistics (gradient accumulation, data parallelism): while on, a training

@@ -18,6 +18,7 @@
 #include "../../masks/bit_mask.hpp"
 #include "../../sparse/compact_layer.hpp"
 #include "../../sparse/policy.hpp"
+#include "gradient_join.hpp"
 #include "optimizer_state.hpp"
 
 namespace east {
@@ -242,7 +243,9 @@ class TorchLayer : public sparse::CompactLayer {
   torch::nn::Module* module() const { return module_; }
 
   // ---------------------------------------------------------------- forward on compact weights
-  torch::Tensor forward(const torch::Tensor& x);
+  /// `join` (convolutions): this forward's input gradient is added to the residual gradient the
+  /// join hands over (gradient_join.hpp); the join is accepted here.
+  torch::Tensor forward(const torch::Tensor& x, const GradientJoinPtr& join = {});
 
   // Used by the autograd functions.
   void copy_values_in() {
@@ -328,7 +331,7 @@ class TorchLayer : public sparse::CompactLayer {
 class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
-                               const torch::Tensor& values, TorchLayer* layer) {
+                               const torch::Tensor& values, TorchLayer* layer, GradientJoinPtr join) {
     constexpr const char* where = "east::nn::Conv2d::forward()";
     ::east::detail::require(input.dim() == 4 && input.scalar_type() == torch::kFloat && input.device().is_cpu(),
                             where, "layer '", layer->name(), "': input must be a float32 CPU NCHW tensor, got ",
@@ -344,6 +347,8 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
     sparse::conv2d_forward(g, x.data_ptr<float>(), layer->csr(), y.data_ptr<float>());
     ctx->save_for_backward({x});
     ctx->saved_data["layer"] = reinterpret_cast<std::int64_t>(layer);  // the module outlives its graphs
+    if (join) join->accepted = true;
+    detail::save_join(ctx, join);
     return y;
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -354,15 +359,26 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
     const torch::Tensor dy = grads[0].contiguous();
     torch::Tensor dx, dv;
     if (ctx->needs_input_grad(0)) {
-      dx = torch::empty_like(x);
-      sparse::conv2d_grad_input(g, dy.data_ptr<float>(), layer->csr(), dx.data_ptr<float>());
+      const GradientJoinPtr join = detail::saved_join(ctx);
+      const bool add = join && join->pending.defined();
+      if (add) {  // the residual gradient handed over: add this one into it
+        dx = std::move(join->pending);
+        join->pending = torch::Tensor();
+        ::east::detail::require(dx.sizes() == x.sizes() && dx.scalar_type() == torch::kFloat && dx.is_contiguous(),
+                                "east::nn::Conv2d backward", "layer '", layer->name(), "': joined gradient ",
+                                dx.sizes(), " (valid: a contiguous float32 tensor of the input's shape ", x.sizes(),
+                                ")");
+      } else {
+        dx = torch::empty_like(x);
+      }
+      sparse::conv2d_grad_input(g, dy.data_ptr<float>(), layer->csr(), dx.data_ptr<float>(), add);
     }
     if (ctx->needs_input_grad(1)) {
       dv = torch::empty({static_cast<long>(layer->csr().nnz())});
       sparse::conv2d_grad_weight(g, x.data_ptr<float>(), dy.data_ptr<float>(), layer->csr(), dv.data_ptr<float>());
     }
     layer->keep_for_gradient(x, dy);
-    return {dx, dv, torch::Tensor()};
+    return {dx, dv, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -400,9 +416,9 @@ class CompactLinearFunction : public torch::autograd::Function<CompactLinearFunc
   }
 };
 
-inline torch::Tensor TorchLayer::forward(const torch::Tensor& x) {
+inline torch::Tensor TorchLayer::forward(const torch::Tensor& x, const GradientJoinPtr& join) {
   if (kind_ == Kind::conv2d) {
-    auto y = CompactConv2dFunction::apply(x, values_, this);
+    auto y = CompactConv2dFunction::apply(x, values_, this, join);
     return bias_.defined() ? y + bias_.view({1, -1, 1, 1}) : y;
   }
   // Linear: any leading dimensions, like torch::nn::Linear.
@@ -425,14 +441,18 @@ inline torch::Tensor TorchLayer::forward(const torch::Tensor& x) {
 class Conv2dImpl : public torch::nn::Conv2dImpl {
  public:
   using torch::nn::Conv2dImpl::Conv2dImpl;
-  torch::Tensor forward(const torch::Tensor& input) {
-    if (east_layer_ && east_layer_->detached()) return east_layer_->forward(input);
+  torch::Tensor forward(const torch::Tensor& input) { return forward_joined(input, {}); }
+  /// forward() whose input gradient joins the residual gradient `join` hands over, when this
+  /// layer runs on compact weights (gradient_join.hpp; a residual block's first convolution).
+  torch::Tensor forward_joined(const torch::Tensor& input, const GradientJoinPtr& join) {
+    if (east_layer_ && east_layer_->detached()) return east_layer_->forward(input, join);
     return torch::nn::Conv2dImpl::forward(input);
   }
   /// conv2d(input, scale · weight) for a one-element `scale`: a weight-shared use (EAST's residual
-  /// sharing) of this layer's tensor, on the same compact weights.
-  torch::Tensor forward_scaled(const torch::Tensor& input, const torch::Tensor& scale) {
-    if (east_layer_ && east_layer_->detached()) return east_layer_->forward(input) * scale;
+  /// sharing) of this layer's tensor, on the same compact weights; `join` as forward_joined().
+  torch::Tensor forward_scaled(const torch::Tensor& input, const torch::Tensor& scale,
+                               const GradientJoinPtr& join = {}) {
+    if (east_layer_ && east_layer_->detached()) return east_layer_->forward(input, join) * scale;
     return torch::nn::functional::detail::conv2d(input, weight * scale, bias, options.stride(), options.padding(),
                                                  options.dilation(), options.groups());
   }

@@ -34,7 +34,9 @@ class SharedConv2dImpl : public torch::nn::Module, public SharesWeights {
   SharedConv2dImpl(Conv2d owner, double init_scale) : owner_(std::move(owner)) {
     scale = register_parameter("scale", torch::full({1}, init_scale));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return owner_->forward_scaled(x, scale); }
+  torch::Tensor forward(const torch::Tensor& x, const GradientJoinPtr& join = {}) {
+    return owner_->forward_scaled(x, scale, join);
+  }
   std::vector<torch::Tensor> borrowed_weights() const override { return {owner_->weight}; }
   torch::Tensor scale;
 
@@ -115,12 +117,15 @@ class ResidualBlockImpl : public torch::nn::Module {
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
+    // With an identity shortcut, x's two gradients (through conv1, and the residual's from the
+    // last BN) are summed by conv1's input-gradient pass when conv1 runs compact (GradientJoin).
+    const GradientJoinPtr join = shortcut ? GradientJoinPtr() : c10::make_intrusive<GradientJoin>();
     torch::Tensor h = x;
     const std::size_t n = bns_.size();
-    for (std::size_t i = 0; i + 1 < n; ++i) h = act(i, bns_[i](conv(i, h)));
+    for (std::size_t i = 0; i + 1 < n; ++i) h = act(i, bns_[i](conv(i, h, i == 0 ? join : GradientJoinPtr())));
     // The last BN adds the shortcut (and applies the ReLU) in the same pass.
     const torch::Tensor shortcut_out = shortcut ? shortcut_bn(shortcut(x)) : x;
-    return act(n - 1, bns_[n - 1](conv(n - 1, h), shortcut_out));
+    return act(n - 1, bns_[n - 1](conv(n - 1, h, GradientJoinPtr()), shortcut_out, join));
   }
 
   bool is_shared() const { return own_.empty(); }
@@ -128,7 +133,9 @@ class ResidualBlockImpl : public torch::nn::Module {
   BatchNormReLU2d shortcut_bn{nullptr};
 
  private:
-  torch::Tensor conv(std::size_t i, const torch::Tensor& h) { return own_.empty() ? shared_[i](h) : own_[i](h); }
+  torch::Tensor conv(std::size_t i, const torch::Tensor& h, const GradientJoinPtr& join) {
+    return own_.empty() ? shared_[i]->forward(h, join) : own_[i]->forward_joined(h, join);
+  }
   // DyReLU where the model has it; the ReLU is fused into the BN otherwise.
   torch::Tensor act(std::size_t i, const torch::Tensor& h) { return acts_[i] ? acts_[i](h) : h; }
   bool bottleneck_;
