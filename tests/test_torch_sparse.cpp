@@ -77,37 +77,65 @@ TEST_CASE("compact Conv2d forward and gradients equal torch's conv2d with the ma
   }
 }
 
-TEST_CASE("a GradientJoin hands the residual gradient to a compact convolution's input-gradient pass",
+TEST_CASE("a GradientJoin sums a tensor's gradients in a compact convolution's input-gradient pass",
           "[torch][sparse]") {
-  // y = BN(conv(x), residual x): the BN's backward hands dL/dresidual to conv's backward, which adds
-  // its own input gradient into it; x's gradient equals the one autograd sums without the join.
-  // A dense (not compact) convolution does not accept the join, and then nothing is handed over.
+  // A residual block's two uses of x: y = BN(conv(x), residual x) (the BN parks dL/dresidual, the
+  // convolution adds its input gradient into it) and y = conv_a(x) + conv_b(x) (a projection
+  // shortcut: whichever backward runs first parks, the other adds). x's gradient equals autograd's
+  // own sum; a dense (not compact) convolution does not join, and then its gradient goes to
+  // autograd as usual.
+  auto compact_conv = [](bool compact, long k) {
+    east::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 8, k).padding(k / 2).bias(false));
+    auto opt = std::make_shared<torch::optim::SGD>(conv->parameters(), torch::optim::SGDOptions(0.1));
+    auto so = all_compact();
+    if (!compact) so.crossover = {0.0, 0.0};
+    auto sp = std::make_shared<ta::Sparsifier>(*conv, *opt, east::presets::static_mask(0.2), 10, so);
+    REQUIRE(sp->compact_layers() == (compact ? 1u : 0u));
+    return std::make_tuple(conv, opt, sp);
+  };
+  const auto x0 = torch::randn({3, 8, 6, 6}), dy = torch::randn({3, 8, 6, 6});
   for (const bool compact : {true, false}) {
     INFO("compact " << compact);
     torch::manual_seed(5);
-    east::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 8, 3).padding(1).bias(false));
+    auto [conv, opt, sp] = compact_conv(compact, 3);
     ta::BatchNormReLU2d bn(8);
-    torch::optim::SGD opt(conv->parameters(), torch::optim::SGDOptions(0.1));
-    auto so = all_compact();
-    if (!compact) so.crossover = {0.0, 0.0};
-    ta::Sparsifier sp(*conv, opt, east::presets::static_mask(0.2), 10, so);
-    REQUIRE(sp.compact_layers() == (compact ? 1u : 0u));
-    const auto x0 = torch::randn({3, 8, 6, 6}), dy = torch::randn({3, 8, 6, 6});
     auto x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
     bn->forward(conv->forward(x1), x1).backward(dy);
     const auto join = c10::make_intrusive<ta::GradientJoin>();
     bn->forward(conv->forward_joined(x2, join), x2, join).backward(dy);
-    CHECK(join->accepted == compact);
-    CHECK(!join->pending.defined());  // taken (or, dense, never handed over)
+    CHECK(join->convolutions == (compact ? 1 : 0));
+    CHECK(join->uses == (compact ? 2 : 0));  // the BN joins only after a compact convolution
+    CHECK(join->arrived == 0);
+    CHECK(!join->pending.defined());
     CHECK(rel_diff(x2.grad(), x1.grad()) < 1e-6);
-    // The BN alone with an accepted join: the residual's gradient waits in the join, not in x.
+  }
+  {  // The BN alone, with a convolution to come: its residual gradient waits in the join, not in x.
+    ta::BatchNormReLU2d bn(8);
     const auto held = c10::make_intrusive<ta::GradientJoin>();
-    held->accepted = true;
-    auto x3 = x0.clone().requires_grad_(true);
-    bn->forward(conv->forward(x0).detach().requires_grad_(true), x3, held).backward(dy);
+    held->convolutions = held->uses = 1;
+    auto h = torch::randn({3, 8, 6, 6}).requires_grad_(true), x3 = x0.clone().requires_grad_(true);
+    bn->forward(h, x3, held).backward(dy);
     REQUIRE(held->pending.defined());
+    CHECK(held->arrived == 1);
     CHECK(!x3.grad().defined());
     CHECK(held->pending.abs().sum().item<double>() > 0);
+  }
+  for (const bool b_compact : {true, false}) {  // two convolutions of x, both or only one compact
+    INFO("second convolution compact " << b_compact);
+    torch::manual_seed(6);
+    auto [ca, oa, sa] = compact_conv(true, 3);
+    auto [cb, ob, sb] = compact_conv(b_compact, 1);
+    auto x1 = x0.clone().requires_grad_(true), x2 = x0.clone().requires_grad_(true);
+    (ca->forward(x1) + cb->forward(x1)).backward(dy);
+    const auto join = c10::make_intrusive<ta::GradientJoin>();
+    const auto y = ca->forward_joined(x2, join) + cb->forward_joined(x2, join);
+    y.backward(dy, {}, /*retain_graph=*/true);
+    CHECK(join->uses == (b_compact ? 2 : 1));
+    CHECK(rel_diff(x2.grad(), x1.grad()) < 1e-6);
+    y.backward(dy);  // the same graph again: the join starts over
+    CHECK(join->arrived == 0);
+    CHECK(!join->pending.defined());
+    CHECK(rel_diff(x2.grad(), 2 * x1.grad()) < 1e-6);
   }
 }
 

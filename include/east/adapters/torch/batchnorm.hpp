@@ -92,7 +92,10 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["has_residual"] = has_res;
     ctx->saved_data["has_bias"] = detail::given(bias);
-    if (has_res && join && join->accepted) detail::save_join(ctx, join);
+    if (has_res && join && join->convolutions > 0) {  // a compact convolution of the residual will add
+      ++join->uses;
+      detail::save_join(ctx, join);
+    }
     return y;
   }
 
@@ -123,7 +126,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
           dx.data_ptr<scalar_t>(), detail::mut_ptr_or_null<scalar_t>(dres),
           detail::mut_ptr_or_null<scalar_t>(dw), detail::mut_ptr_or_null<scalar_t>(db));
     });
-    if (join && dres.defined()) join->pending = std::move(dres);  // the convolution adds into it
+    if (join) dres = detail::arrive(*join, std::move(dres));  // parked: the convolution adds into it
     return {dx,           dw,           db,           dres,         at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -131,8 +134,9 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
 
 /// y = relu(batch_norm(x) [+ residual]) (relu = false: without the ReLU) with east's fused kernels.
 /// weight, bias, residual, running_mean/var may be undefined; the running statistics are updated
-/// in place when `training`. Gradients flow to input, weight, bias and residual; with an accepted
-/// `join` (gradient_join.hpp) the residual's gradient is handed to the convolution that accepted it.
+/// in place when `training`. Gradients flow to input, weight, bias and residual; with a `join` that a
+/// compact convolution of the residual joined (gradient_join.hpp), the residual's gradient is
+/// summed in that convolution's input-gradient pass.
 inline at::Tensor batchnorm_relu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                                  const at::Tensor& residual, const at::Tensor& running_mean,
                                  const at::Tensor& running_var, bool training, double momentum, double eps,
@@ -165,8 +169,8 @@ class BatchNormReLU2dImpl : public torch::nn::Module {
   explicit BatchNormReLU2dImpl(long num_features, bool relu = true)
       : BatchNormReLU2dImpl(torch::nn::BatchNorm2dOptions(num_features), relu) {}
 
-  /// relu(BN(x) [+ residual]); `join`: hand the residual's gradient to the convolution that
-  /// accepted it (a residual block's first one, gradient_join.hpp) instead of to autograd.
+  /// relu(BN(x) [+ residual]); `join`: sum the residual's gradient in the input-gradient pass of
+  /// a compact convolution of the residual that joined it (gradient_join.hpp).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {}, const GradientJoinPtr& join = {}) {
     ::east::detail::require(x.dim() == 4, "east::torch_adapter::BatchNormReLU2d", "input has ", x.dim(),
                             " dimensions (valid: 4, NCHW)");

@@ -243,8 +243,8 @@ class TorchLayer : public sparse::CompactLayer {
   torch::nn::Module* module() const { return module_; }
 
   // ---------------------------------------------------------------- forward on compact weights
-  /// `join` (convolutions): this forward's input gradient is added to the residual gradient the
-  /// join hands over (gradient_join.hpp); the join is accepted here.
+  /// `join` (convolutions): this use's input gradient is summed with the other uses' in the join's
+  /// passes (gradient_join.hpp).
   torch::Tensor forward(const torch::Tensor& x, const GradientJoinPtr& join = {});
 
   // Used by the autograd functions.
@@ -347,7 +347,7 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
     sparse::conv2d_forward(g, x.data_ptr<float>(), layer->csr(), y.data_ptr<float>());
     ctx->save_for_backward({x});
     ctx->saved_data["layer"] = reinterpret_cast<std::int64_t>(layer);  // the module outlives its graphs
-    if (join) join->accepted = true;
+    if (join) ++join->convolutions, ++join->uses;
     detail::save_join(ctx, join);
     return y;
   }
@@ -358,10 +358,10 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
     const auto g = layer->conv_geometry(x);
     const torch::Tensor dy = grads[0].contiguous();
     torch::Tensor dx, dv;
+    const GradientJoinPtr join = detail::saved_join(ctx);
     if (ctx->needs_input_grad(0)) {
-      const GradientJoinPtr join = detail::saved_join(ctx);
       const bool add = join && join->pending.defined();
-      if (add) {  // the residual gradient handed over: add this one into it
+      if (add) {  // another use's gradient of x, parked: add this one into it
         dx = std::move(join->pending);
         join->pending = torch::Tensor();
         ::east::detail::require(dx.sizes() == x.sizes() && dx.scalar_type() == torch::kFloat && dx.is_contiguous(),
@@ -373,6 +373,7 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
       }
       sparse::conv2d_grad_input(g, dy.data_ptr<float>(), layer->csr(), dx.data_ptr<float>(), add);
     }
+    if (join) dx = detail::arrive(*join, std::move(dx));
     if (ctx->needs_input_grad(1)) {
       dv = torch::empty({static_cast<long>(layer->csr().nnz())});
       sparse::conv2d_grad_weight(g, x.data_ptr<float>(), dy.data_ptr<float>(), layer->csr(), dv.data_ptr<float>());
@@ -442,8 +443,8 @@ class Conv2dImpl : public torch::nn::Conv2dImpl {
  public:
   using torch::nn::Conv2dImpl::Conv2dImpl;
   torch::Tensor forward(const torch::Tensor& input) { return forward_joined(input, {}); }
-  /// forward() whose input gradient joins the residual gradient `join` hands over, when this
-  /// layer runs on compact weights (gradient_join.hpp; a residual block's first convolution).
+  /// forward() whose input gradient is summed with the other uses of `input` in `join`, when this
+  /// layer runs on compact weights (gradient_join.hpp; a residual block's convolutions of its input).
   torch::Tensor forward_joined(const torch::Tensor& input, const GradientJoinPtr& join) {
     if (east_layer_ && east_layer_->detached()) return east_layer_->forward(input, join);
     return torch::nn::Conv2dImpl::forward(input);

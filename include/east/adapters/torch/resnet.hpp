@@ -117,15 +117,15 @@ class ResidualBlockImpl : public torch::nn::Module {
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
-    // With an identity shortcut, x's two gradients (through conv1, and the residual's from the
-    // last BN) are summed by conv1's input-gradient pass when conv1 runs compact (GradientJoin).
-    const GradientJoinPtr join = shortcut ? GradientJoinPtr() : c10::make_intrusive<GradientJoin>();
+    // x's two gradients (through conv1, and through the shortcut: the last BN's residual or the
+    // projection) are summed in a compact convolution's input-gradient pass (GradientJoin).
+    const auto join = c10::make_intrusive<GradientJoin>();
     torch::Tensor h = x;
     const std::size_t n = bns_.size();
     for (std::size_t i = 0; i + 1 < n; ++i) h = act(i, bns_[i](conv(i, h, i == 0 ? join : GradientJoinPtr())));
     // The last BN adds the shortcut (and applies the ReLU) in the same pass.
-    const torch::Tensor shortcut_out = shortcut ? shortcut_bn(shortcut(x)) : x;
-    return act(n - 1, bns_[n - 1](conv(n - 1, h, GradientJoinPtr()), shortcut_out, join));
+    const torch::Tensor shortcut_out = shortcut ? shortcut_bn(shortcut->forward_joined(x, join)) : x;
+    return act(n - 1, bns_[n - 1](conv(n - 1, h, GradientJoinPtr()), shortcut_out, shortcut ? GradientJoinPtr() : join));
   }
 
   bool is_shared() const { return own_.empty(); }
