@@ -386,12 +386,17 @@ TEST_CASE("Crossover picks sparse below the crossover density", "[sparse][policy
   CHECK(c.for_conv(0.001) == east::sparse::Backend::sparse);
   CHECK(c.for_conv(0.5) == east::sparse::Backend::dense);
   CHECK_THROWS_AS(c.for_linear(1.5), east::InvalidArgument);
-  // Strided convolutions: 4.5% by default, never below `conv`, 0 with `conv` 0, or as set.
+  // Defaults: 10% for stride-1 convolutions; strided ones 4.5%, except with `conv` 0 (all
+  // dense) or above 1 (all compact), or as set.
+  CHECK(east::sparse::Crossover{}.conv == 0.10);
   CHECK(east::sparse::Crossover{}.strided_conv() == 0.045);
   CHECK(east::sparse::Crossover{}.for_conv(0.04, true) == east::sparse::Backend::sparse);
-  CHECK(east::sparse::Crossover{}.for_conv(0.04, false) == east::sparse::Backend::dense);
-  CHECK(east::sparse::Crossover{}.for_conv(0.05, true) == east::sparse::Backend::dense);
+  CHECK(east::sparse::Crossover{}.for_conv(0.06, false) == east::sparse::Backend::sparse);
+  CHECK(east::sparse::Crossover{}.for_conv(0.06, true) == east::sparse::Backend::dense);
+  CHECK(east::sparse::Crossover{}.for_conv(0.11, false) == east::sparse::Backend::dense);
+  CHECK(east::sparse::Crossover{0.015, 0.07}.strided_conv() == 0.045);
   CHECK(east::sparse::Crossover{2, 2}.strided_conv() == 2);
+  CHECK(east::sparse::Crossover{2, 2}.for_conv(1.0, true) == east::sparse::Backend::sparse);
   CHECK(east::sparse::Crossover{0, 0}.for_conv(0.001, true) == east::sparse::Backend::dense);
   CHECK(east::sparse::Crossover{0.015, 0.07, 0.02}.for_conv(0.03, true) == east::sparse::Backend::dense);
 }
