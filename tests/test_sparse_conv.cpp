@@ -170,6 +170,19 @@ void check_layer(const Conv2dGeometry& g, const CsrWeight& wt, const std::vector
   check_close(gw, rc, mc);
 }
 
+// check_layer on a random layer of geometry g (mask as random_mask with the given density, empty
+// filter and empty input channel); returns its compact weight.
+CsrWeight check_random_layer(const Conv2dGeometry& g, double density, std::mt19937& rng, std::size_t empty_row,
+                             std::size_t empty_in) {
+  const std::size_t cols = g.c_in * g.kh * g.kw;
+  const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, density, rng, empty_row, empty_in);
+  auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
+  mask.apply(w.data());
+  CsrWeight wt(w.data(), mask, g.c_out, cols, g.kh * g.kw);
+  check_layer(g, wt, w, x, dy);
+  return wt;
+}
+
 }  // namespace
 
 TEST_CASE("sparse conv2d matches the masked dense reference", "[sparse][conv]") {
@@ -410,12 +423,7 @@ TEST_CASE("sparse conv2d: CIFAR-sized planes", "[sparse][conv]") {
                  // stride 2 with rows of 35 and 34 outputs: two whole 16-lane chunks and a partial one
                  Conv2dGeometry::square(5, 3, 70, 4, 3, 2, 1), Conv2dGeometry::square(3, 3, 67, 3, 1, 2, 0)}) {
     INFO("k " << g.kh << " stride " << g.stride_h << " hw " << g.h);
-    const std::size_t cols = g.c_in * g.kh * g.kw;
-    const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.3, rng, 99, 99);
-    auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
-    mask.apply(w.data());
-    const CsrWeight wt(w.data(), mask, g.c_out, cols, g.kh * g.kw);
-    check_layer(g, wt, w, x, dy);
+    check_random_layer(g, 0.3, rng, 99, 99);
   }
 }
 
@@ -431,12 +439,7 @@ TEST_CASE("sparse conv2d: weight gradient over chunks of images", "[sparse][conv
                    Conv2dGeometry::square(3, 128, 16, 160, 1, 1, 0)}) {
       INFO("isa " << east::kernels::isa_name(isa) << " batch " << g.batch << " hw " << g.h << " k " << g.kh);
       east::kernels::set_isa(isa);
-      const std::size_t cols = g.c_in * g.kh * g.kw;
-      const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.02, rng, 99, 99);
-      auto w = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
-      mask.apply(w.data());
-      const CsrWeight wt(w.data(), mask, g.c_out, cols, g.kh * g.kw);
-      check_layer(g, wt, w, x, dy);
+      check_random_layer(g, 0.02, rng, 99, 99);
     }
 }
 
@@ -466,13 +469,7 @@ TEST_CASE("sparse conv2d: one-run path of stride-1 'same' convs on small planes"
         Conv2dGeometry g{batch, 20, h, w, 18, k, k, 1, 1, k / 2, k / 2};
         INFO("isa " << east::kernels::isa_name(isa) << " batch " << batch << " h " << h << " w " << w << " k "
                     << k);
-        const std::size_t cols = g.c_in * k * k;
-        const BitMask mask = random_mask(g.c_out, cols, k * k, 0.2, rng, 0, 1);
-        auto wv = randn(g.weight_size(), rng), x = randn(g.input_size(), rng),
-             dy = randn(g.output_size(), rng);
-        mask.apply(wv.data());
-        const CsrWeight wt(wv.data(), mask, g.c_out, cols, k * k);
-        check_layer(g, wt, wv, x, dy);
+        check_random_layer(g, 0.2, rng, 0, 1);
       }
 }
 
@@ -585,13 +582,8 @@ TEST_CASE("sparse conv2d: strided layers run as stride-1 layers over phase plane
         INFO("isa " << east::kernels::isa_name(isa) << " policy " << policy << " k " << g.kh << "x" << g.kw
                     << " stride " << g.stride_h << "x" << g.stride_w << " pad " << g.pad_h << " h " << g.h
                     << " w " << g.w);
-        const std::size_t cols = g.c_in * g.kh * g.kw;
-        const BitMask mask = random_mask(g.c_out, cols, g.kh * g.kw, 0.4, rng, 0, 1);
-        auto wv = randn(g.weight_size(), rng), x = randn(g.input_size(), rng), dy = randn(g.output_size(), rng);
-        mask.apply(wv.data());
-        const CsrWeight wt(wv.data(), mask, g.c_out, cols, g.kh * g.kw);
+        const CsrWeight wt = check_random_layer(g, 0.4, rng, 0, 1);
         if (east::sparse::detail::StrideSplit(g, wt).ok) ++split_ran;
-        check_layer(g, wt, wv, x, dy);
       }
   // Policy 2 splits every shape but the unpadded 3×3 one (its output is shorter than the phase
   // planes, so the stride-1 form is not a 'same' layer), policy 1 also leaves the 17-wide one.
