@@ -209,8 +209,8 @@ EAST_ALWAYS_INLINE V affine(V x, T mu, T a, T b) {
 
 // g = dy where the ReLU passed (every lane for Mask::none), for one vector at offset i.
 template <Mask M, class T>
-EAST_ALWAYS_INLINE void masked_grad(typename Simd<T>::vec& g, const T* dy, const T* x, const T* y,
-                                    typename Simd<T>::vec xv, std::size_t i, T mu, T a, T b) {
+EAST_ALWAYS_INLINE void masked_grad(typename Simd<T>::vec& g, const T* dy, const T* y, typename Simd<T>::vec xv,
+                                    std::size_t i, T mu, T a, T b) {
   using S = Simd<T>;
   typename S::vec zero = {};
   S::load(g, dy + i);
@@ -221,7 +221,6 @@ EAST_ALWAYS_INLINE void masked_grad(typename Simd<T>::vec& g, const T* dy, const
   } else if constexpr (M == Mask::from_input) {
     S::keep(g, affine(xv, mu, a, b) > zero);
   }
-  (void)x;
 }
 
 // (g, g·(x − mu)) with g = dy masked by the ReLU.
@@ -233,7 +232,7 @@ struct GradSums {
   EAST_ALWAYS_INLINE void operator()(std::size_t i, typename S::vec& u, typename S::vec& v) const {
     typename S::vec xv;
     S::load(xv, x + i);
-    masked_grad<M, T>(u, dy, x, y, xv, i, mu, a, b);
+    masked_grad<M, T>(u, dy, y, xv, i, mu, a, b);
     v = u * (xv - mu);
   }
   EAST_ALWAYS_INLINE void tail(std::size_t i, std::size_t n, typename S::vec& u, typename S::vec& v) const {
@@ -272,25 +271,25 @@ EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_
   }
 }
 
-// dx = g·k + ((x − mu)·q + p) (and dres = g) over one plane; (a, b) the forward's scale and shift.
+// dx = g·a + ((x − mu)·q + p) (and dres = g) over one plane; (a, b) the forward's scale and shift.
 template <Mask M, class T>
 EAST_ALWAYS_INLINE void grad_input_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
-                                         const T* EAST_RESTRICT y, std::size_t n, T mu, T a, T b, T k, T p, T q,
+                                         const T* EAST_RESTRICT y, std::size_t n, T mu, T a, T b, T p, T q,
                                          T* EAST_RESTRICT dx, T* EAST_RESTRICT dres) {
   using S = Simd<T>;
   typename S::vec g, xv;
   std::size_t i = 0;
   for (; i + S::lanes <= n; i += S::lanes) {
     S::load(xv, x + i);
-    masked_grad<M, T>(g, dy, x, y, xv, i, mu, a, b);
+    masked_grad<M, T>(g, dy, y, xv, i, mu, a, b);
     if (dres) S::store(dres + i, g);
-    S::store(dx + i, g * k + ((xv - mu) * q + p));
+    S::store(dx + i, g * a + ((xv - mu) * q + p));
   }
   for (; i < n; ++i) {
     const bool pass = M == Mask::none || (M == Mask::from_output ? y[i] > T(0) : affine(x[i], mu, a, b) > T(0));
     const T g1 = pass ? dy[i] : T(0);
     if (dres) dres[i] = g1;
-    dx[i] = g1 * k + ((x[i] - mu) * q + p);
+    dx[i] = g1 * a + ((x[i] - mu) * q + p);
   }
 }
 
@@ -400,23 +399,22 @@ struct BackwardItems {
                       a1[i], a2[i]);
       }
     // Pass 2: dx = k·(g − Σg/M − (x − mean)·invstd²·Σg(x − mean)/M), k = gamma·invstd; in eval the
-    // statistics are constants, so dx = k·g.
-    T kt[kMaxChannelBlock], pt[kMaxChannelBlock], qt[kMaxChannelBlock];
+    // statistics are constants, so dx = k·g. k in T is the forward's scale `at`.
+    T pt[kMaxChannelBlock], qt[kMaxChannelBlock];
     for (std::size_t c = c0; c < c1; ++c) {
       const double invstd = static_cast<double>(save_invstd[c]);
       const double sg = sum_lanes<T>(a1[c - c0]), sgx = sum_lanes<T>(a2[c - c0]);
       if (dgamma) dgamma[c] = static_cast<T>(sgx * invstd);
       if (dbeta) dbeta[c] = static_cast<T>(sg);
       const double k = (gamma ? static_cast<double>(gamma[c]) : 1.0) * invstd;
-      kt[c - c0] = static_cast<T>(k);
       pt[c - c0] = o.training ? static_cast<T>(-k * sg / static_cast<double>(m)) : T(0);
       qt[c - c0] = o.training ? static_cast<T>(-k * invstd * invstd * sgx / static_cast<double>(m)) : T(0);
     }
     for (std::size_t n = 0; n < s.batch; ++n)
       for (std::size_t c = c0; c < c1; ++c) {
         const std::size_t off = (n * s.channels + c) * s.plane, i = c - c0;
-        grad_input_plane<M>(dy + off, x + off, y ? y + off : nullptr, s.plane, save_mean[c], at[i], bt[i], kt[i],
-                            pt[i], qt[i], dx + off, dresidual ? dresidual + off : nullptr);
+        grad_input_plane<M>(dy + off, x + off, y ? y + off : nullptr, s.plane, save_mean[c], at[i], bt[i], pt[i],
+                            qt[i], dx + off, dresidual ? dresidual + off : nullptr);
       }
   }
 };
