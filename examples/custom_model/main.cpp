@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <east/adapters/torch/allocator.hpp>
 #include <east/adapters/torch/sparsifier.hpp>
 #include <east/data/idx.hpp>
 #include <east/platform.hpp>
@@ -165,6 +166,7 @@ int main(int argc, char** argv) try {
   torch::set_num_threads(o.threads);
   east::kernels::set_threads(o.threads);
   east::keep_freed_memory_for_reuse();  // glibc: reuse freed activations instead of page-faulting them
+  east::torch_adapter::use_caching_allocator();  // large tensors: page-aligned blocks, reused
   const Data train_set = load(o.data + "/train-images-idx3-ubyte.gz", o.data + "/train-labels-idx1-ubyte.gz", o.train_subset);
   const Data test_set = load(o.data + "/t10k-images-idx3-ubyte.gz", o.data + "/t10k-labels-idx1-ubyte.gz", o.test_subset);
   std::fprintf(stderr, "Fashion-MNIST: %ld train, %ld test images; %d epochs, batch %ld, %d thread(s)\n",

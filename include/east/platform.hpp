@@ -1,5 +1,6 @@
 #pragma once
 // Process-wide settings that help training loops; nothing in east calls them by itself.
+#include <cstddef>  // defines __GLIBC__ (via features.h) before the test below
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

@@ -9,7 +9,9 @@
 //   SharedConv2d, ResidualBlock, ResNet   CIFAR ResNets with residual weight sharing
 //   resnet_connectivity(net)     a ResNet's channel graph for east::check_connectivity / connect_masks
 //   tensor/state helpers for checkpoints (state.hpp)
+//   use_caching_allocator()      page-aligned reuse of large CPU tensors (allocator.hpp)
 #include "../east.hpp"
+#include "torch/allocator.hpp"
 #include "torch/dyrelu.hpp"
 #include "torch/registration.hpp"
 #include "torch/resnet.hpp"
