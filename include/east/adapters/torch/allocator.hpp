@@ -6,7 +6,8 @@
 // (libtorch's default CPU allocator is posix_memalign) they come back at 64-byte alignment
 // wherever the heap has room, page-faulted in again whenever the heap was trimmed. Here a freed
 // block is kept and handed to the next request of its size: page-aligned (so a 32×32 float plane
-// is exactly one page), with no page faults after the first step. Measured on the CIFAR
+// is exactly one page; blocks of 2 MiB+ on huge pages where the kernel allows), with no page
+// faults after the first step. Measured on the CIFAR
 // ResNet-34 step (docs/sparse.md): ~10% off the 99.9%-sparse step, ~5% off the dense one.
 // Blocks are never returned to the system until empty_cache(); memory held = the step's peak of
 // live large tensors, rounded up per block (to 64 KiB).
@@ -16,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <unordered_map>
 #include <vector>
 
@@ -116,10 +118,23 @@ class CachingCpuAllocator final : public c10::Allocator {
     }
     a.base_->raw_deleter()(p);
   }
+  // Blocks of 2 MiB or more start on a 2 MiB boundary and are advised for transparent huge pages
+  // (where the kernel has them): fewer TLB misses on the step's gigabyte of activations (the
+  // 99.9% ResNet-34 step: 3–7% faster than on 4 KiB pages, alternated in one process).
   static void* map(std::size_t size) {
 #if defined(EAST_CACHING_ALLOCATOR_MMAP)
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
+    constexpr std::size_t huge = std::size_t{2} << 20;
+    const std::size_t extra = size >= huge ? huge : 0;
+    void* raw = mmap(nullptr, size + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    if (!extra) return raw;
+    char* r = static_cast<char*>(raw);
+    char* p = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(r) + huge - 1) & ~(huge - 1));
+    if (p > r) munmap(r, static_cast<std::size_t>(p - r));  // the unaligned head and tail
+    if (p + size < r + size + extra) munmap(p + size, static_cast<std::size_t>(r + size + extra - (p + size)));
+#if defined(MADV_HUGEPAGE)
+    madvise(p, size, MADV_HUGEPAGE);  // a hint: where it fails, 4 KiB pages
+#endif
     return p;
 #else
     void* p = ::operator new(size, std::align_val_t{4096});
