@@ -1,5 +1,5 @@
 // east::torch_adapter::use_caching_allocator() (adapters/torch/allocator.hpp): large CPU tensors
-// come page-aligned and their blocks are reused; small ones go to the allocator it replaced; the
+// come page-aligned (2 MiB-aligned from 2 MiB) and their blocks are reused; small ones go to the allocator it replaced; the
 // raw interface (oneDNN's convolutions use it) works for both; empty_cache() returns free blocks;
 // a training step computes the same values as without it.
 #include <east/adapters/torch/allocator.hpp>
@@ -51,7 +51,7 @@ TEST_CASE("the caching CPU allocator reuses page-aligned blocks and leaves small
   {
     const auto t = torch::empty({big});
     first = address(t);
-    CHECK(first % 4096 == 0);
+    CHECK(first % (std::uintptr_t{2} << 20) == 0);  // 2 MiB or more: on a huge-page boundary
     CHECK(cache.held_bytes() >= static_cast<std::size_t>(big) * 4);
     CHECK(cache.cached_bytes() == 0);
   }
@@ -63,6 +63,8 @@ TEST_CASE("the caching CPU allocator reuses page-aligned blocks and leaves small
     const auto u = torch::empty({big});  // while that one is in use: a new block
     CHECK(address(u) != first);
     CHECK(address(u) % 4096 == 0);
+    const auto v = torch::empty({300000});  // 1.2 MB: a block, page-aligned, below huge pages
+    CHECK(address(v) % 4096 == 0);
   }
   const std::size_t held = cache.held_bytes();
   {

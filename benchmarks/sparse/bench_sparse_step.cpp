@@ -5,7 +5,8 @@
 // masked-dense training every other DST library does). One step = zero_grad, forward,
 // cross-entropy, backward, optimizer.step(), sparsity.step(). Also: a mask-update step, the same
 // step with one weight per layer (the floor: everything but the nonzero work), and the memory of
-// weights + optimizer state. Same threads for all; `uptime` before and after.
+// weights + optimizer state. Same threads for all; `uptime` before and after. The compact and
+// masked-dense runs alternate in rounds and the ratio is the median of the rounds' (time_pair).
 // --model=mnist-cnn times examples/custom_model's network (libtorch's MNIST CNN, no BatchNorm, on
 // 1×28×28) the same way instead.
 //   east_bench_sparse_step [--model=resnet|mnist-cnn] [--batch=64] [--threads=2] [--steps=3] [--depth=34]
@@ -54,90 +55,145 @@ struct Run {
   std::size_t logical = 0;  // prunable weights, every shared use counted (what a density is of)
 };
 
-// Builds the model and its Sparsifier, then times ordinary steps and (optionally) one update step.
-Run time_run(const Config& cfg, double density, bool compact_path) {
-  torch::manual_seed(0);
-  const bool cnn = cfg.model == "mnist-cnn";
-  std::shared_ptr<torch::nn::Module> model_ptr;
-  std::function<torch::Tensor(const torch::Tensor&)> forward;
-  if (cnn) {
-    custom_model::Net net;
-    model_ptr = net.ptr();
-    forward = [net](const torch::Tensor& x) mutable { return net->forward(x); };
-  } else {
-    ta::ResNetOptions o;
-    o.depth = cfg.depth;
-    o.width = cfg.width;
-    o.in_channels = 3;
-    o.num_classes = 10;
-    ta::ResNet net(o);
-    model_ptr = net.ptr();
-    forward = [net](const torch::Tensor& x) mutable { return net->forward(x); };
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Rounds of timed steps per path (time_pair), and the steps before the update step.
+constexpr int kRounds = 3;
+int steps_before_update(const Config& cfg) { return 2 + kRounds * (cfg.steps + 1); }
+
+// One model with its optimizer and Sparsifier, on the compact or the masked-dense path; step()
+// runs and times one training step.
+class Trial {
+ public:
+  Trial(const Config& cfg, double density, bool compact_path) {
+    torch::manual_seed(0);
+    const bool cnn = cfg.model == "mnist-cnn";
+    if (cnn) {
+      custom_model::Net net;
+      model_ = net.ptr();
+      forward_ = [net](const torch::Tensor& x) mutable { return net->forward(x); };
+    } else {
+      ta::ResNetOptions o;
+      o.depth = cfg.depth;
+      o.width = cfg.width;
+      o.in_channels = 3;
+      o.num_classes = 10;
+      ta::ResNet net(o);
+      model_ = net.ptr();
+      forward_ = [net](const torch::Tensor& x) mutable { return net->forward(x); };
+    }
+    model_->train();
+    opt_ = std::make_unique<torch::optim::SGD>(
+        model_->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9).nesterov(true).weight_decay(5e-4));
+    if (density <= 0) {  // the floor: one weight per layer (the minimum the allocation allows)
+      std::size_t n = 0, layers = 0;
+      for (const auto& r : ta::prunable_parameters(*model_)) n += static_cast<std::size_t>(r.weight.numel()), ++layers;
+      density = static_cast<double>(layers) / static_cast<double>(n);
+    }
+    auto method = east::presets::rigl(density);
+    // Warm-up and timed steps are ordinary; the next one updates.
+    method.update_interval = steps_before_update(cfg);
+    method.update_end = 1.0;
+    ta::SparsifierOptions so;
+    so.log = nullptr;
+    so.init = east::InitScaling::none;
+    so.crossover = compact_path ? cfg.crossover : east::sparse::Crossover{0.0, 0.0};
+    const std::int64_t total = 4L * (steps_before_update(cfg) + 1);
+    sparsity_ = std::make_unique<ta::Sparsifier>(*model_, *opt_, method, total, so);
+    x_ = cnn ? torch::randn({cfg.batch, 1, 28, 28}) : torch::randn({cfg.batch, 3, cfg.hw, cfg.hw});
+    y_ = torch::randint(0, 10, {cfg.batch});
   }
-  torch::nn::Module& model = *model_ptr;
-  model.train();
-  torch::optim::SGD opt(model.parameters(),
-                        torch::optim::SGDOptions(0.01).momentum(0.9).nesterov(true).weight_decay(5e-4));
-  if (density <= 0) {  // the floor: one weight per layer (the minimum the allocation allows)
-    std::size_t n = 0, layers = 0;
-    for (const auto& r : ta::prunable_parameters(model)) n += static_cast<std::size_t>(r.weight.numel()), ++layers;
-    density = static_cast<double>(layers) / static_cast<double>(n);
-  }
-  auto method = east::presets::rigl(density);
-  // The two warm-up steps and `steps` timed steps are ordinary; the next one (step steps + 2) updates.
-  method.update_interval = cfg.steps + 2;
-  method.update_end = 1.0;
-  ta::SparsifierOptions so;
-  so.log = nullptr;
-  so.init = east::InitScaling::none;
-  so.crossover = compact_path ? cfg.crossover : east::sparse::Crossover{0.0, 0.0};
-  const std::int64_t total = 4L * (cfg.steps + 3);
-  ta::Sparsifier sparsity(model, opt, method, total, so);
-  const auto x = cnn ? torch::randn({cfg.batch, 1, 28, 28}) : torch::randn({cfg.batch, 3, cfg.hw, cfg.hw});
-  const auto y = torch::randint(0, 10, {cfg.batch});
-  std::vector<double> phases[4];
-  auto one_step = [&] {
+  /// One step = zero_grad, forward, cross-entropy, backward, optimizer.step(), sparsity.step();
+  /// its seconds (its phases go to phases_ when `record`).
+  double step(bool record = true) {
     using clock = std::chrono::steady_clock;
     auto secs = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
     const auto t0 = clock::now();
-    opt.zero_grad();
-    const auto loss = torch::nn::functional::cross_entropy(forward(x), y);
+    opt_->zero_grad();
+    const auto loss = torch::nn::functional::cross_entropy(forward_(x_), y_);
     const auto t1 = clock::now();
     loss.backward();
     const auto t2 = clock::now();
-    opt.step();
+    opt_->step();
     const auto t3 = clock::now();
-    sparsity.step();
+    sparsity_->step();
     const auto t4 = clock::now();
-    for (auto [i, a, b] : {std::tuple{0, t0, t1}, std::tuple{1, t1, t2}, std::tuple{2, t2, t3}, std::tuple{3, t3, t4}})
-      phases[i].push_back(secs(a, b));
+    if (record)
+      for (auto [i, a, b] : {std::tuple{0, t0, t1}, std::tuple{1, t1, t2}, std::tuple{2, t2, t3}, std::tuple{3, t3, t4}})
+        phases_[i].push_back(secs(a, b));
     return secs(t0, t4);
-  };
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  Run r;
-  one_step();  // warm-up: allocations, lazy optimizer state; the second step still allocates some
-  one_step();
-  for (auto& p : phases) p.clear();
-  std::vector<double> t;
-  for (int i = 0; i < cfg.steps; ++i) t.push_back(one_step());
-  r.step = median(t);
-  for (int i = 0; i < 4; ++i) r.phase[i] = median(phases[i]);
-  if (cfg.update) {
-    if (!sparsity.is_update_step()) throw std::logic_error("bench: the schedule did not place an update here");
-    r.update_step = one_step();
   }
-  r.compact = sparsity.compact_layers();
-  r.layers = sparsity.layers();
-  r.nonzeros = sparsity.nonzeros();
-  r.logical = sparsity.controller().params().logical_size();
-  for (const auto& p : model.parameters()) r.state_bytes += static_cast<std::size_t>(p.numel()) * 4;
-  for (const auto& kv : opt.state())
-    for (torch::Tensor* s : ta::detail::state_tensors(*kv.second))
-      r.state_bytes += static_cast<std::size_t>(s->numel()) * 4;
-  return r;
+  double update_step() {
+    if (!sparsity_->is_update_step()) throw std::logic_error("bench: the schedule did not place an update here");
+    return step(false);
+  }
+  /// The run's figures, `steps` its timed ordinary steps.
+  Run summary(const std::vector<double>& steps, double update) const {
+    Run r;
+    r.step = median(steps);
+    for (int i = 0; i < 4; ++i) r.phase[i] = median(phases_[i]);
+    r.update_step = update;
+    r.compact = sparsity_->compact_layers();
+    r.layers = sparsity_->layers();
+    r.nonzeros = sparsity_->nonzeros();
+    r.logical = sparsity_->controller().params().logical_size();
+    for (const auto& p : model_->parameters()) r.state_bytes += static_cast<std::size_t>(p.numel()) * 4;
+    for (const auto& kv : opt_->state())
+      for (torch::Tensor* st : ta::detail::state_tensors(*kv.second))
+        r.state_bytes += static_cast<std::size_t>(st->numel()) * 4;
+    return r;
+  }
+
+ private:
+  std::shared_ptr<torch::nn::Module> model_;
+  std::function<torch::Tensor(const torch::Tensor&)> forward_;
+  std::unique_ptr<torch::optim::SGD> opt_;
+  std::unique_ptr<ta::Sparsifier> sparsity_;
+  torch::Tensor x_, y_;
+  std::vector<double> phases_[4];
+};
+
+// Times the compact path and, with `dense`, the masked-dense one at one density, in kRounds
+// rounds: per round one untimed step then `steps` timed ones of the compact model, then the same
+// for the dense one. Each path runs steps back to back as in training (a step right after the
+// other model's runs ~10% slower: caches), and both see the same minutes of a host whose speed
+// drifts by up to ~25%; `ratio` is the median over rounds of (dense median ÷ compact median).
+// Then one update step each.
+struct Pair {
+  Run compact, dense;
+  double ratio = 0;
+};
+Pair time_pair(const Config& cfg, double density, bool dense) {
+  Trial c(cfg, density, true);
+  std::unique_ptr<Trial> d = dense ? std::make_unique<Trial>(cfg, density, false) : nullptr;
+  for (int i = 0; i < 2; ++i) {  // warm-up: allocations, lazy optimizer state
+    c.step(false);
+    if (d) d->step(false);
+  }
+  std::vector<double> tc, td, ratios;
+  for (int r = 0; r < kRounds; ++r) {
+    std::vector<double> rc, rd;
+    c.step(false);
+    for (int i = 0; i < cfg.steps; ++i) rc.push_back(c.step());
+    tc.insert(tc.end(), rc.begin(), rc.end());
+    if (!d) continue;
+    d->step(false);
+    for (int i = 0; i < cfg.steps; ++i) rd.push_back(d->step());
+    td.insert(td.end(), rd.begin(), rd.end());
+    ratios.push_back(median(rd) / median(rc));
+  }
+  const double uc = cfg.update ? c.update_step() : 0.0;
+  const double ud = cfg.update && d ? d->update_step() : 0.0;
+  Pair p;
+  p.compact = c.summary(tc, uc);
+  if (d) {
+    p.dense = d->summary(td, ud);
+    p.ratio = median(ratios);
+  }
+  return p;
 }
 
 std::string uptime() {
@@ -224,12 +280,12 @@ int main(int argc, char** argv) {
   // libgomp's wait policy moves a 2-thread step by ~10% here (waking a sleeping thread per parallel
   // region), so the run says which one it had.
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
-  std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of %d steps after two "
-              "warm-ups; %s; OMP_WAIT_POLICY=%s\n",
+  std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of 3 rounds x %d steps "
+              "(compact and masked dense alternate by rounds; two warm-ups); %s; OMP_WAIT_POLICY=%s\n",
               cfg.threads, cfg.steps, cfg.tune_malloc ? "east's caching CPU allocator" : "glibc's default malloc",
               wait_policy ? wait_policy : "(unset: libgomp's default)");
   // The floor: the same path with one weight per layer (everything but the nonzero work).
-  const Run floor = time_run(cfg, 0.0, true);
+  const Run floor = time_pair(cfg, 0.0, false).compact;
   std::printf("floor (one weight per layer, %zu nonzeros): step %.2f ms\n", floor.nonzeros, 1e3 * floor.step);
   std::vector<std::pair<std::string, Run>> splits{{"floor", floor}};
   std::printf("\n| density | masked dense ms | east ms | dense ÷ east | east ÷ floor | update step: dense ms | east ms "
@@ -241,10 +297,9 @@ int main(int argc, char** argv) {
                   std::floor(d * static_cast<double>(floor.logical)), floor.layers);
       continue;
     }
-    const Run e = time_run(cfg, d, true);
+    const Pair pair = time_pair(cfg, d, cfg.dense);
+    const Run &e = pair.compact, &m = pair.dense;
     splits.emplace_back(std::to_string(d), e);
-    Run m;
-    if (cfg.dense) m = time_run(cfg, d, false);
     auto ms = [](double s) {
       char b[32];
       std::snprintf(b, sizeof b, "%.2f", 1e3 * s);
@@ -252,7 +307,7 @@ int main(int argc, char** argv) {
     };
     char ratio[32] = "-", mb[32] = "-";
     if (cfg.dense) {
-      std::snprintf(ratio, sizeof ratio, "%.2fx", m.step / e.step);
+      std::snprintf(ratio, sizeof ratio, "%.2fx", pair.ratio);
       std::snprintf(mb, sizeof mb, "%.2f", m.state_bytes / 1e6);
     }
     std::printf("| %g | %s | %s | %s | %.2f | %s | %s | %zu of %zu | %s / %.2f |\n", d,
