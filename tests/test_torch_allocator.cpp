@@ -1,7 +1,7 @@
 // east::torch_adapter::use_caching_allocator() (adapters/torch/allocator.hpp): large CPU tensors
-// come page-aligned (2 MiB-aligned from 2 MiB) and their blocks are reused; small ones go to the allocator it replaced; the
-// raw interface (oneDNN's convolutions use it) works for both; empty_cache() returns free blocks;
-// a training step computes the same values as without it.
+// come page-aligned (2 MiB-aligned from 2 MiB) and their blocks are reused; small ones go to the
+// allocator it replaced; the raw interface (oneDNN's convolutions use it) works for both;
+// empty_cache() returns free blocks; a training step computes the same values as without it.
 #include <east/adapters/torch/allocator.hpp>
 // glog (through c10) defines CHECK; Catch2 must own it.
 #undef CHECK

@@ -60,9 +60,9 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Rounds of timed steps per path (time_pair), and the steps before the update step.
-constexpr int kRounds = 3;
-int steps_before_update(const Config& cfg) { return 2 + kRounds * (cfg.steps + 1); }
+// Warm-up steps and rounds of timed steps per path (time_pair), and the steps before the update.
+constexpr int kWarmups = 2, kRounds = 3;
+int steps_before_update(const Config& cfg) { return kWarmups + kRounds * (cfg.steps + 1); }
 
 // One model with its optimizer and Sparsifier, on the compact or the masked-dense path; step()
 // runs and times one training step.
@@ -169,7 +169,7 @@ struct Pair {
 Pair time_pair(const Config& cfg, double density, bool dense) {
   Trial c(cfg, density, true);
   std::unique_ptr<Trial> d = dense ? std::make_unique<Trial>(cfg, density, false) : nullptr;
-  for (int i = 0; i < 2; ++i) {  // warm-up: allocations, lazy optimizer state
+  for (int i = 0; i < kWarmups; ++i) {  // allocations, lazy optimizer state
     c.step(false);
     if (d) d->step(false);
   }
@@ -280,9 +280,9 @@ int main(int argc, char** argv) {
   // libgomp's wait policy moves a 2-thread step by ~10% here (waking a sleeping thread per parallel
   // region), so the run says which one it had.
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
-  std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of 3 rounds x %d steps "
-              "(compact and masked dense alternate by rounds; two warm-ups); %s; OMP_WAIT_POLICY=%s\n",
-              cfg.threads, cfg.steps, cfg.tune_malloc ? "east's caching CPU allocator" : "glibc's default malloc",
+  std::printf("%d thread(s), RigL ERK masks, SGD (momentum, Nesterov, weight decay); median of %d rounds x %d steps "
+              "(compact and masked dense alternate by rounds; %d warm-ups); %s; OMP_WAIT_POLICY=%s\n",
+              cfg.threads, kRounds, cfg.steps, kWarmups, cfg.tune_malloc ? "east's caching CPU allocator" : "glibc's default malloc",
               wait_policy ? wait_policy : "(unset: libgomp's default)");
   // The floor: the same path with one weight per layer (everything but the nonzero work).
   const Run floor = time_pair(cfg, 0.0, false).compact;

@@ -28,7 +28,7 @@
 
 namespace east::torch_adapter {
 
-/// The allocator behind use_caching_allocator(). Requests of at least `min_bytes` get blocks of
+/// The allocator behind use_caching_allocator(). Requests of at least kMinBytes get blocks of
 /// their size rounded up to 64 KiB, reused by later requests of the same rounded size; smaller
 /// ones go to the allocator it replaced. Thread-safe.
 class CachingCpuAllocator final : public c10::Allocator {
@@ -43,10 +43,8 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(std::size_t n) const override {
-    auto* self = const_cast<CachingCpuAllocator*>(this);
-    c10::Allocator* small = base_ ? base_ : c10::GetDefaultCPUAllocator();  // (not installed: pass through)
-    if (n < kMinBytes || !base_) return small->allocate(n);
-    void* p = self->take(round(n));
+    if (n < kMinBytes || !base_) return previous()->allocate(n);  // (not installed: pass through)
+    void* p = const_cast<CachingCpuAllocator*>(this)->take(round(n));
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
@@ -83,6 +81,8 @@ class CachingCpuAllocator final : public c10::Allocator {
   CachingCpuAllocator() = default;
 
   static std::size_t round(std::size_t n) { return (n + kGranule - 1) / kGranule * kGranule; }
+  // The allocator replaced, or libtorch's default one before use_caching_allocator().
+  c10::Allocator* previous() const { return base_ ? base_ : c10::GetDefaultCPUAllocator(); }
 
   void* take(std::size_t size) {
     {
@@ -115,7 +115,7 @@ class CachingCpuAllocator final : public c10::Allocator {
         return;
       }
     }
-    (a.base_ ? a.base_ : c10::GetDefaultCPUAllocator())->raw_deleter()(p);
+    a.previous()->raw_deleter()(p);
   }
   // Blocks of 2 MiB or more start on a 2 MiB boundary and are advised for transparent huge pages
   // (where the kernel has them): fewer TLB misses on the step's gigabyte of activations (the
