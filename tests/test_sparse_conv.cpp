@@ -151,6 +151,35 @@ void check_layer(const Conv2dGeometry& g, const CsrWeight& wt, const std::vector
   CHECK(dx == dx2);
   CHECK(da == da2);
   CHECK(gw == gw2);
+  // Both gradients in one call (fused where the kernels allow): the same bits, with and without
+  // `add`, and written over dy where the layer allows it in place.
+  for (int threads : {1, 2}) {
+    INFO("conv2d_backward, threads " << threads);
+    east::kernels::set_threads(threads);
+    std::vector<float> fx(g.input_size(), 7.0f), fa(base), fw(wt.nnz(), 9.0f), fa_w(wt.nnz());
+    east::sparse::conv2d_backward(g, x.data(), dy.data(), wt, fx.data(), fw.data());
+    east::sparse::conv2d_backward(g, x.data(), dy.data(), wt, fa.data(), fa_w.data(), /*add=*/true);
+    CHECK(fx == dx);
+    CHECK(fw == gw);
+    CHECK(fa == da);
+    CHECK(fa_w == gw);
+    std::vector<float> dw_only(wt.nnz());
+    east::sparse::conv2d_backward(g, x.data(), dy.data(), wt, nullptr, dw_only.data());
+    CHECK(dw_only == gw);
+    if (east::sparse::conv2d_backward_in_place_ok(g)) {
+      std::vector<float> buf(dy), iw(wt.nnz());
+      east::sparse::conv2d_backward(g, x.data(), buf.data(), wt, buf.data(), iw.data());
+      CHECK(buf == dx);
+      CHECK(iw == gw);
+      CHECK_THROWS_WITH(east::sparse::conv2d_backward(g, x.data(), buf.data(), wt, buf.data(), iw.data(), true),
+                        Catch::Contains("add = false"));
+    } else if (g.input_size() == g.output_size()) {
+      std::vector<float> buf(dy), iw(wt.nnz());
+      CHECK_THROWS_WITH(east::sparse::conv2d_backward(g, x.data(), buf.data(), wt, buf.data(), iw.data()),
+                        Catch::Contains("conv2d_backward_in_place_ok"));
+      CHECK(buf == dy);  // refused before anything was written
+    }
+  }
   std::vector<double> ref, mag;
   Dense::forward(g, x.data(), w.data(), ref, mag);
   check_close(y, ref, mag);

@@ -272,10 +272,11 @@ EAST_ALWAYS_INLINE void normalize_plane(const T* EAST_RESTRICT x, const T* EAST_
 }
 
 // dx = g·a + ((x − mu)·q + p) (and dres = g) over one plane; (a, b) the forward's scale and shift.
+// dx may be dy (each element is read before it is written).
 template <Mask M, class T>
-EAST_ALWAYS_INLINE void grad_input_plane(const T* EAST_RESTRICT dy, const T* EAST_RESTRICT x,
-                                         const T* EAST_RESTRICT y, std::size_t n, T mu, T a, T b, T p, T q,
-                                         T* EAST_RESTRICT dx, T* EAST_RESTRICT dres) {
+EAST_ALWAYS_INLINE void grad_input_plane(const T* dy, const T* EAST_RESTRICT x, const T* EAST_RESTRICT y,
+                                         std::size_t n, T mu, T a, T b, T p, T q, T* dx,
+                                         T* EAST_RESTRICT dres) {
   using S = Simd<T>;
   typename S::vec g, xv;
   std::size_t i = 0;
@@ -469,7 +470,7 @@ void batchnorm_forward(const BatchNormShape& s, const T* x, const T* residual, c
 /// @param y the forward output, for the ReLU's mask (y > 0); nullptr when the forward added no
 /// residual: the mask is then recomputed from x, gamma and beta as the forward computed it, which
 /// spares a read of y  @param gamma, beta the forward's (nullptr: 1 and 0)
-/// @param save_mean, save_invstd from the forward  @param dx gradient of x
+/// @param save_mean, save_invstd from the forward  @param dx gradient of x; may be dy (in place)
 /// @param dresidual gradient of the residual, or nullptr (no aliasing)
 /// @param dgamma, dbeta C values, or nullptr. `o` must be the forward's.
 template <class T>

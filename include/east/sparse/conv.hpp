@@ -756,6 +756,25 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
   });
 }
 
+namespace detail {
+// The geometry conv2d_backward() runs fused (the AVX-512 contiguous-run kernels: stride-1 "same"
+// layers with planes larger than 8×8), and whether it may also run in place.
+struct FusedBackward {
+  bool ok = false, in_place = false;
+  explicit FusedBackward(const Conv2dGeometry& g) {
+    // FlatRuns::ok, and not FlatSmall::ok
+    ok = g.stride_h == 1 && g.stride_w == 1 && g.out_w() == g.w && flat_avx512() && g.out_h() * g.out_w() > 64;
+    in_place = ok && g.c_in == g.c_out && g.out_h() == g.h;
+  }
+};
+// Images per chunk of the weight gradient's large-plane path (~512 KiB of input and output
+// gradient per chunk): shared by conv2d_grad_weight and conv2d_backward, whose sums must agree.
+inline std::size_t weight_chunk_images(const Conv2dGeometry& g) {
+  const std::size_t image_bytes = (g.c_in * g.h * g.w + g.c_out * g.out_h() * g.out_w()) * sizeof(float);
+  return std::clamp<std::size_t>((std::size_t{512} << 10) / image_bytes, 1, g.batch);
+}
+}  // namespace detail
+
 /// Gradient of the weights at the stored (active) positions only: gw[j] = ∂L/∂values[j],
 /// nnz floats, overwritten. @param x the forward input  @param dy the output gradient.
 inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const float* dy, const CsrWeight& wt,
@@ -789,8 +808,7 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
     // the six 64-channel layers, docs/sparse.md). K depends on the geometry only and the partials
     // are added in chunk order, so results do not depend on the thread count; items split a
     // chunk's output channels when there are fewer chunks than threads.
-    const std::size_t nnz = wt.nnz(), image_bytes = (g.c_in * hw + g.c_out * hwo) * sizeof(float);
-    const std::size_t k_img = std::clamp<std::size_t>((std::size_t{512} << 10) / image_bytes, 1, g.batch);
+    const std::size_t nnz = wt.nnz(), k_img = detail::weight_chunk_images(g);
     const std::size_t chunks = (g.batch + k_img - 1) / k_img;
     const std::size_t threads = static_cast<std::size_t>(std::max(1, ::east::kernels::threads()));
     const std::size_t splits = std::min<std::size_t>(g.c_out, (4 * threads + chunks - 1) / chunks);
@@ -877,6 +895,86 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
       }
     }
   });
+}
+
+
+/// Whether conv2d_backward() may write the input gradient over the output gradient (dx == dy):
+/// stride-1 "same" layers with as many input as output channels, on the AVX-512 kernels.
+inline bool conv2d_backward_in_place_ok(const Conv2dGeometry& g) { return detail::FusedBackward(g).in_place; }
+
+/// Both gradients of a layer: dx as conv2d_grad_input (with `add`) and gw as conv2d_grad_weight
+/// (nnz floats; nullptr: not wanted), bit for bit. Where the AVX-512 contiguous-run kernels apply,
+/// one pass over chunks of images computes both, so each output-gradient image comes from memory
+/// once instead of twice; with dx == dy (conv2d_backward_in_place_ok(g), not `add`) each chunk's
+/// input gradient is then written over its output gradient, whose cache lines are at hand.
+inline void conv2d_backward(const Conv2dGeometry& g, const float* x, const float* dy, const CsrWeight& wt,
+                            float* dx, float* gw, bool add = false) {
+  constexpr const char* where = "east::sparse::conv2d_backward()";
+  g.check_weight(wt, where);
+  const detail::FusedBackward fused(g);
+  const bool in_place = dx == dy;
+  ::east::detail::require(!in_place || (fused.in_place && !add), where,
+                          "dx == dy needs a stride-1 same-size layer with c_in == c_out on the AVX-512 kernels "
+                          "(conv2d_backward_in_place_ok()) and add = false");
+#if defined(EAST_KERNELS_X86)
+  if (fused.ok && dx) {
+    const detail::ConvSpans sp(g);
+    const detail::FlatRuns fr(g, sp);
+    // A plain pointer: the workers must not name the caller's thread_local vector.
+    const detail::FlatTap* const taps = detail::flat_taps(g, sp, fr, wt).data();
+    const std::size_t hw = g.h * g.w, hwo = g.out_h() * g.out_w(), nnz = wt.nnz();
+    const std::uint32_t* rp = wt.row_ptr();
+    const std::uint32_t* gp = wt.group_ptr();
+    const std::uint32_t* trow = wt.t_row();
+    const std::uint32_t* tpos = wt.t_pos();
+    const float* val = wt.values();
+    const std::size_t k_img = detail::weight_chunk_images(g), chunks = (g.batch + k_img - 1) / k_img;
+    thread_local std::vector<float> partial_buffer;  // (a name in the body would be each worker's own)
+    partial_buffer.resize(gw ? chunks * nnz : 0);
+    float* const partial = partial_buffer.data();
+    const double work = 2.0 * static_cast<double>(nnz) * g.batch * hwo + static_cast<double>(g.input_size());
+    detail::parallel_for(chunks, work, [&](std::size_t chunk) {
+      const std::size_t n0 = chunk * k_img, n1 = std::min(g.batch, n0 + k_img), k = n1 - n0;
+      const float* xc = x + n0 * g.c_in * hw;
+      const float* dc = dy + n0 * g.c_out * hwo;
+      if (gw) {  // the chunk's partial sums, as conv2d_grad_weight takes them
+        float* out = partial + chunk * nnz;
+        for (std::size_t co = 0; co < g.c_out; ++co)
+          for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
+            const detail::FlatTap& t = taps[j];
+            out[j] = t.n ? detail::avx512::dot_runs(dc + co * hwo + t.o0, g.c_out * hwo, xc + t.x_off, g.c_in * hw,
+                                                    k, t.mask, t.n)
+                         : 0.0f;
+          }
+      }
+      thread_local std::vector<float> image;  // this worker's input gradient of one image (in place)
+      if (in_place) image.resize(g.c_in * hw);
+      for (std::size_t n = n0; n < n1; ++n) {
+        const float* dyn = dy + n * g.c_out * hwo;
+        float* dxn = in_place ? image.data() : dx + n * g.c_in * hw;
+        for (std::size_t ci = 0; ci < g.c_in; ++ci) {
+          if (!add) std::fill(dxn + ci * hw, dxn + (ci + 1) * hw, 0.0f);
+          for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
+            const std::uint32_t j = tpos[t];
+            const detail::FlatTap& tp = taps[j];
+            if (tp.n) detail::avx512::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
+          }
+        }
+        if (in_place) std::copy_n(image.data(), g.c_in * hw, dx + n * g.c_in * hw);
+      }
+    });
+    if (gw) {
+      std::copy_n(partial, nnz, gw);
+      for (std::size_t chunk = 1; chunk < chunks; ++chunk) {
+        const float* p = partial + chunk * nnz;
+        for (std::size_t j = 0; j < nnz; ++j) gw[j] += p[j];
+      }
+    }
+    return;
+  }
+#endif
+  if (dx) conv2d_grad_input(g, dy, wt, dx, add);
+  if (gw) conv2d_grad_weight(g, x, dy, wt, gw);
 }
 
 /// Dense weight gradient of output channels [row_begin, row_end): out holds

@@ -15,6 +15,7 @@
 #include "../../core/error.hpp"
 #include "../../sparse/batchnorm.hpp"
 #include "gradient_join.hpp"
+#include "gradient_reuse.hpp"
 
 namespace east::torch_adapter {
 
@@ -104,6 +105,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &y = saved[1], &weight = saved[2], &bias = saved[3], &mean = saved[4],
                      &invstd = saved[5];
+    const bool in_place = detail::reusable_gradient(grads, 0, x);  // dx written over dy (gradient_reuse.hpp)
     const at::Tensor dy = grads[0].contiguous();
     sparse::BatchNormOptions o;
     o.training = ctx->saved_data["training"].toBool();
@@ -112,7 +114,7 @@ class BatchNormReLUFunction : public torch::autograd::Function<BatchNormReLUFunc
     const bool has_res = ctx->saved_data["has_residual"].toBool();
     const bool need_w = detail::given(weight) && ctx->needs_input_grad(1);
     const bool need_b = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
-    auto dx = torch::empty_like(x);
+    auto dx = in_place ? dy : torch::empty_like(x);
     at::Tensor dres = has_res && ctx->needs_input_grad(3) ? torch::empty_like(x) : at::Tensor();
     const GradientJoinPtr join = detail::saved_join(ctx);
     const long c = x.size(1);

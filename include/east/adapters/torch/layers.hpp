@@ -19,6 +19,7 @@
 #include "../../sparse/compact_layer.hpp"
 #include "../../sparse/policy.hpp"
 #include "gradient_join.hpp"
+#include "gradient_reuse.hpp"
 #include "optimizer_state.hpp"
 
 namespace east {
@@ -255,6 +256,7 @@ class TorchLayer : public sparse::CompactLayer {
   void keep_for_gradient(const torch::Tensor& x, const torch::Tensor& dy) {
     if (capture_) captures_t_.emplace_back(x, dy);
   }
+  bool keeps_gradients() const { return capture_; }  // this backward's dy is kept (an update step)
   sparse::Conv2dGeometry conv_geometry(const torch::Tensor& x) const {
     return {static_cast<std::size_t>(x.size(0)), static_cast<std::size_t>(x.size(1)),
             static_cast<std::size_t>(x.size(2)), static_cast<std::size_t>(x.size(3)),
@@ -356,11 +358,14 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
     const auto x = ctx->get_saved_variables()[0];
     auto* layer = reinterpret_cast<TorchLayer*>(ctx->saved_data["layer"].toInt());
     const auto g = layer->conv_geometry(x);
+    const GradientJoinPtr join = detail::saved_join(ctx);
+    const bool add = join && join->pending.defined();
+    // dx written over dy (gradient_reuse.hpp) unless dy is kept for a mask update's dense gradient
+    const bool in_place = ctx->needs_input_grad(0) && !add && !layer->keeps_gradients() &&
+                          sparse::conv2d_backward_in_place_ok(g) && detail::reusable_gradient(grads, 0, x);
     const torch::Tensor dy = grads[0].contiguous();
     torch::Tensor dx, dv;
-    const GradientJoinPtr join = detail::saved_join(ctx);
     if (ctx->needs_input_grad(0)) {
-      const bool add = join && join->pending.defined();
       if (add) {  // another use's gradient of x, parked: add this one into it
         dx = std::move(join->pending);
         join->pending = torch::Tensor();
@@ -369,15 +374,14 @@ class CompactConv2dFunction : public torch::autograd::Function<CompactConv2dFunc
                                 dx.sizes(), " (valid: a contiguous float32 tensor of the input's shape ", x.sizes(),
                                 ")");
       } else {
-        dx = torch::empty_like(x);
+        dx = in_place ? dy : torch::empty_like(x);
       }
-      sparse::conv2d_grad_input(g, dy.data_ptr<float>(), layer->csr(), dx.data_ptr<float>(), add);
     }
+    if (ctx->needs_input_grad(1)) dv = torch::empty({static_cast<long>(layer->csr().nnz())});
+    sparse::conv2d_backward(g, x.data_ptr<float>(), dy.data_ptr<float>(), layer->csr(),
+                            dx.defined() ? dx.data_ptr<float>() : nullptr, dv.defined() ? dv.data_ptr<float>() : nullptr,
+                            add);
     if (join) dx = detail::arrive(*join, std::move(dx));
-    if (ctx->needs_input_grad(1)) {
-      dv = torch::empty({static_cast<long>(layer->csr().nnz())});
-      sparse::conv2d_grad_weight(g, x.data_ptr<float>(), dy.data_ptr<float>(), layer->csr(), dv.data_ptr<float>());
-    }
     layer->keep_for_gradient(x, dy);
     return {dx, dv, torch::Tensor(), torch::Tensor()};
   }
