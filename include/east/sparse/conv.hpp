@@ -773,6 +773,29 @@ inline std::size_t weight_chunk_images(const Conv2dGeometry& g) {
   const std::size_t image_bytes = (g.c_in * g.h * g.w + g.c_out * g.out_h() * g.out_w()) * sizeof(float);
   return std::clamp<std::size_t>((std::size_t{512} << 10) / image_bytes, 1, g.batch);
 }
+#if defined(EAST_KERNELS_X86)
+// One chunk's partial weight-gradient sums of output channels [c0, c1): out[j] over the chunk's k
+// images xc / dc (its first input and output-gradient images).
+inline void chunk_weight_sums(const Conv2dGeometry& g, const FlatTap* taps, const std::uint32_t* rp,
+                              const float* xc, const float* dc, std::size_t k, std::size_t c0, std::size_t c1,
+                              float* out) {
+  const std::size_t hw = g.h * g.w, hwo = g.out_h() * g.out_w();
+  for (std::size_t co = c0; co < c1; ++co)
+    for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
+      const FlatTap& t = taps[j];
+      out[j] = t.n ? avx512::dot_runs(dc + co * hwo + t.o0, g.c_out * hwo, xc + t.x_off, g.c_in * hw, k, t.mask, t.n)
+                   : 0.0f;
+    }
+}
+#endif
+// gw = the chunks' partial sums added in chunk order (so the thread count cannot change them).
+inline void add_chunk_sums(const float* partial, std::size_t chunks, std::size_t nnz, float* gw) {
+  std::copy_n(partial, nnz, gw);
+  for (std::size_t chunk = 1; chunk < chunks; ++chunk) {
+    const float* p = partial + chunk * nnz;
+    for (std::size_t j = 0; j < nnz; ++j) gw[j] += p[j];
+  }
+}
 }  // namespace detail
 
 /// Gradient of the weights at the stored (active) positions only: gw[j] = ∂L/∂values[j],
@@ -819,23 +842,10 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
       const std::size_t chunk = item / splits, part = item % splits;
       const std::size_t n0 = chunk * k_img, k = std::min(g.batch, n0 + k_img) - n0;
       const std::size_t c0 = g.c_out * part / splits, c1 = g.c_out * (part + 1) / splits;
-      const float* xc = x + n0 * g.c_in * hw;
-      const float* dc = dy + n0 * g.c_out * hwo;
-      float* out = partial + chunk * nnz;
-      for (std::size_t co = c0; co < c1; ++co) {
-        const float* d = dc + co * hwo;
-        for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
-          const detail::FlatTap& t = taps[j];
-          out[j] = t.n ? detail::avx512::dot_runs(d + t.o0, g.c_out * hwo, xc + t.x_off, g.c_in * hw, k, t.mask, t.n)
-                       : 0.0f;
-        }
-      }
+      detail::chunk_weight_sums(g, taps.data(), rp, x + n0 * g.c_in * hw, dy + n0 * g.c_out * hwo, k, c0, c1,
+                                partial + chunk * nnz);
     });
-    std::copy_n(partial, nnz, gw);
-    for (std::size_t chunk = 1; chunk < chunks; ++chunk) {
-      const float* p = partial + chunk * nnz;
-      for (std::size_t j = 0; j < nnz; ++j) gw[j] += p[j];
-    }
+    detail::add_chunk_sums(partial, chunks, nnz, gw);
     return;
   }
 #endif
@@ -920,8 +930,7 @@ inline void conv2d_backward(const Conv2dGeometry& g, const float* x, const float
   if (fused.ok && dx) {
     const detail::ConvSpans sp(g);
     const detail::FlatRuns fr(g, sp);
-    // A plain pointer: the workers must not name the caller's thread_local vector.
-    const detail::FlatTap* const taps = detail::flat_taps(g, sp, fr, wt).data();
+    const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
     const std::size_t hw = g.h * g.w, hwo = g.out_h() * g.out_w(), nnz = wt.nnz();
     const std::uint32_t* rp = wt.row_ptr();
     const std::uint32_t* gp = wt.group_ptr();
@@ -937,16 +946,8 @@ inline void conv2d_backward(const Conv2dGeometry& g, const float* x, const float
       const std::size_t n0 = chunk * k_img, n1 = std::min(g.batch, n0 + k_img), k = n1 - n0;
       const float* xc = x + n0 * g.c_in * hw;
       const float* dc = dy + n0 * g.c_out * hwo;
-      if (gw) {  // the chunk's partial sums, as conv2d_grad_weight takes them
-        float* out = partial + chunk * nnz;
-        for (std::size_t co = 0; co < g.c_out; ++co)
-          for (std::uint32_t j = rp[co]; j < rp[co + 1]; ++j) {
-            const detail::FlatTap& t = taps[j];
-            out[j] = t.n ? detail::avx512::dot_runs(dc + co * hwo + t.o0, g.c_out * hwo, xc + t.x_off, g.c_in * hw,
-                                                    k, t.mask, t.n)
-                         : 0.0f;
-          }
-      }
+      if (gw)  // the chunk's partial sums, as conv2d_grad_weight takes them
+        detail::chunk_weight_sums(g, taps.data(), rp, xc, dc, k, 0, g.c_out, partial + chunk * nnz);
       thread_local std::vector<float> image;  // this worker's input gradient of one image (in place)
       if (in_place) image.resize(g.c_in * hw);
       for (std::size_t n = n0; n < n1; ++n) {
@@ -963,13 +964,7 @@ inline void conv2d_backward(const Conv2dGeometry& g, const float* x, const float
         if (in_place) std::copy_n(image.data(), g.c_in * hw, dx + n * g.c_in * hw);
       }
     });
-    if (gw) {
-      std::copy_n(partial, nnz, gw);
-      for (std::size_t chunk = 1; chunk < chunks; ++chunk) {
-        const float* p = partial + chunk * nnz;
-        for (std::size_t j = 0; j < nnz; ++j) gw[j] += p[j];
-      }
-    }
+    if (gw) detail::add_chunk_sums(partial, chunks, nnz, gw);
     return;
   }
 #endif
