@@ -198,7 +198,8 @@ TEST_CASE("fused BN+ReLU: every instruction set's body agrees with the baseline 
 TEST_CASE("fused BN+ReLU without a residual: the mask recomputed from x is the output's mask", "[torch][fused]") {
   // batchnorm_backward with y = nullptr recomputes the ReLU's mask from x as the forward computed
   // the output; it must give the same bits as reading y, on every instruction set, in training and
-  // eval, with channels whose values sit on the ReLU's edge (x = mean exactly, beta = 0) and NaNs.
+  // eval, with channels whose values sit on the ReLU's edge (x = mean exactly, beta = 0) and NaNs;
+  // and the same again written in place over dy.
   ThreadGuard guard;
   struct IsaGuard {
     ~IsaGuard() { east::kernels::reset_isa(); }
@@ -236,6 +237,14 @@ TEST_CASE("fused BN+ReLU without a residual: the mask recomputed from x is the o
                                         b.data_ptr<float>(), mean.data_ptr<float>(), invstd.data_ptr<float>(), o,
                                         dx[from_x].data_ptr<float>(), nullptr, dw[from_x].data_ptr<float>(),
                                         db[from_x].data_ptr<float>());
+        }
+        {  // in place (dx = dy, as BatchNormReLU2d does when only autograd holds dy): the same bits
+          auto buf = dy.clone(), dw2 = torch::empty({c}), db2 = torch::empty({c});
+          es::batchnorm_backward<float>(s, buf.data_ptr<float>(), x.data_ptr<float>(), nullptr, w.data_ptr<float>(),
+                                        b.data_ptr<float>(), mean.data_ptr<float>(), invstd.data_ptr<float>(), o,
+                                        buf.data_ptr<float>(), nullptr, dw2.data_ptr<float>(), db2.data_ptr<float>());
+          CHECK(torch::allclose(buf, dx[1], 0.0, 0.0, /*equal_nan=*/true));
+          CHECK(torch::allclose(dw2, dw[1], 0.0, 0.0, /*equal_nan=*/true));
         }
         CHECK(y.select(1, 1).eq(0).all().item<bool>());  // the edge is hit
         // Same bits (NaN where the other has NaN: a NaN input spoils its channel's statistics).
