@@ -6,6 +6,7 @@
 // glog (through c10) defines CHECK; Catch2 must own it.
 #undef CHECK
 #include <catch2/catch.hpp>
+#include "torch_helpers.hpp"
 
 #include <vector>
 
@@ -45,13 +46,7 @@ struct ReuseGuard {
   ~ReuseGuard() { ta::gradient_reuse() = true; }
 };
 
-ta::SparsifierOptions all_compact() {
-  ta::SparsifierOptions o;
-  o.crossover = {2.0, 2.0};
-  o.log = nullptr;
-  o.init = east::InitScaling::none;
-  return o;
-}
+using east_test::all_compact;
 
 // x → Seen → layer → Fresh → Σ (·w): the gradients of x and of the parameters, and whether the
 // layer's input gradient lies where its output gradient was (written in place).
