@@ -6,6 +6,7 @@
 // glog (through c10) defines CHECK; Catch2 must own it.
 #undef CHECK
 #include "idx_files.hpp"
+#include "torch_helpers.hpp"
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <string>
@@ -29,13 +30,7 @@ double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return scale > 0 ? d / scale : d;
 }
 
-ta::SparsifierOptions all_compact() {
-  ta::SparsifierOptions o;
-  o.crossover = {2.0, 2.0};
-  o.log = nullptr;
-  o.init = east::InitScaling::none;
-  return o;
-}
+using east_test::all_compact;
 
 }  // namespace
 
@@ -129,7 +124,7 @@ TEST_CASE("a GradientJoin sums a tensor's gradients in a compact convolution's i
     (ca->forward(x1) + cb->forward(x1)).backward(dy);
     const auto join = c10::make_intrusive<ta::GradientJoin>();
     const auto y = ca->forward_joined(x2, join) + cb->forward_joined(x2, join);
-    y.backward(dy, {}, /*retain_graph=*/true);
+    y.backward(dy, /*retain_graph=*/true);  // (the third argument would be create_graph)
     CHECK(join->uses == (b_compact ? 2 : 1));
     CHECK(rel_diff(x2.grad(), x1.grad()) < 1e-6);
     y.backward(dy);  // the same graph again: the join starts over
