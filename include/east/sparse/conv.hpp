@@ -578,6 +578,32 @@ EAST_ALWAYS_INLINE float dot_run(const float* EAST_RESTRICT a, const float* EAST
 
 }  // namespace detail
 
+namespace detail {
+// One input channel's gradient on the contiguous-run kernels: dxn (an image's c_in planes) +=
+// each tap of channel ci applied to dyn (the image's c_out output-gradient planes).
+inline void flat_grad_input_channel(const FlatTap* taps, const CsrWeight& wt, std::size_t ci, std::size_t hwo,
+                                    const float* dyn, float* dxn, bool simd) {
+  const std::uint32_t* gp = wt.group_ptr();
+  const std::uint32_t* trow = wt.t_row();
+  const std::uint32_t* tpos = wt.t_pos();
+  const float* val = wt.values();
+  for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
+    const std::uint32_t j = tpos[t];
+    const FlatTap& tp = taps[j];
+    if (!tp.n) continue;
+#if defined(EAST_KERNELS_X86)
+    if (simd) {
+      avx512::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
+      continue;
+    }
+#else
+    (void)simd;
+#endif
+    axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
+  }
+}
+}  // namespace detail
+
 /// Forward pass: y = conv2d(x, W) with W compact. @param x input {batch, c_in, h, w}
 /// @param y output {batch, c_out, out_h, out_w}, overwritten (bias, if any, is added after
 /// by the caller or given here: c_out floats).
@@ -719,19 +745,7 @@ inline void conv2d_grad_input(const Conv2dGeometry& g, const float* dy, const Cs
       float* xp = dx + (n * g.c_in + ci) * hw;
       if (!add) std::fill(xp, xp + hw, 0.0f);
       if (fr.ok) {
-        float* dxn = dx + n * g.c_in * hw;
-        for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
-          const std::uint32_t j = tpos[t];
-          const detail::FlatTap& tp = taps[j];
-          if (!tp.n) continue;
-#if defined(EAST_KERNELS_X86)
-          if (simd) {
-            detail::avx512::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
-            continue;
-          }
-#endif
-          detail::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
-        }
+        detail::flat_grad_input_channel(taps.data(), wt, ci, hwo, dyn, dx + n * g.c_in * hw, simd);
         continue;
       }
       for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
@@ -907,7 +921,6 @@ inline void conv2d_grad_weight(const Conv2dGeometry& g, const float* x, const fl
   });
 }
 
-
 /// Whether conv2d_backward() may write the input gradient over the output gradient (dx == dy):
 /// stride-1 "same" layers with as many input as output channels, on the AVX-512 kernels.
 inline bool conv2d_backward_in_place_ok(const Conv2dGeometry& g) { return detail::FusedBackward(g).in_place; }
@@ -933,10 +946,6 @@ inline void conv2d_backward(const Conv2dGeometry& g, const float* x, const float
     const std::vector<detail::FlatTap>& taps = detail::flat_taps(g, sp, fr, wt);
     const std::size_t hw = g.h * g.w, hwo = g.out_h() * g.out_w(), nnz = wt.nnz();
     const std::uint32_t* rp = wt.row_ptr();
-    const std::uint32_t* gp = wt.group_ptr();
-    const std::uint32_t* trow = wt.t_row();
-    const std::uint32_t* tpos = wt.t_pos();
-    const float* val = wt.values();
     const std::size_t k_img = detail::weight_chunk_images(g), chunks = (g.batch + k_img - 1) / k_img;
     thread_local std::vector<float> partial_buffer;  // (a name in the body would be each worker's own)
     partial_buffer.resize(gw ? chunks * nnz : 0);
@@ -953,13 +962,9 @@ inline void conv2d_backward(const Conv2dGeometry& g, const float* x, const float
       for (std::size_t n = n0; n < n1; ++n) {
         const float* dyn = dy + n * g.c_out * hwo;
         float* dxn = in_place ? image.data() : dx + n * g.c_in * hw;
-        for (std::size_t ci = 0; ci < g.c_in; ++ci) {
+        for (std::size_t ci = 0; ci < g.c_in; ++ci) {  // as conv2d_grad_input's contiguous-run path
           if (!add) std::fill(dxn + ci * hw, dxn + (ci + 1) * hw, 0.0f);
-          for (std::uint32_t t = gp[ci]; t < gp[ci + 1]; ++t) {
-            const std::uint32_t j = tpos[t];
-            const detail::FlatTap& tp = taps[j];
-            if (tp.n) detail::avx512::axpy_run(val[j], dyn + trow[t] * hwo + tp.o0, tp.mask, dxn + tp.x_off, tp.n);
-          }
+          detail::flat_grad_input_channel(taps.data(), wt, ci, hwo, dyn, dxn, /*simd=*/true);
         }
         if (in_place) std::copy_n(image.data(), g.c_in * hw, dx + n * g.c_in * hw);
       }
