@@ -158,8 +158,10 @@ struct FlatRuns {
   // kw masks of out_h·out_w: 1 where the column is valid for tap column s. Kept per thread and
   // reused across calls (a fresh allocation per call cost as much as a small layer's work).
   std::vector<float>& masks;
+  /// The layers it serves: stride 1, rows as long as the input's.
+  static bool applies(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1 && g.out_w() == g.w; }
   explicit FlatRuns(const Conv2dGeometry& g, const ConvSpans& sp) : masks(buffer()) {
-    ok = g.stride_h == 1 && g.stride_w == 1 && g.out_w() == g.w;
+    ok = applies(g);
     if (!ok) return;
     const std::size_t wo = g.out_w(), hwo = g.out_h() * wo;
     masks.assign(g.kw * hwo, 0.0f);
@@ -576,9 +578,7 @@ EAST_ALWAYS_INLINE float dot_run(const float* EAST_RESTRICT a, const float* EAST
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-}  // namespace detail
 
-namespace detail {
 // One input channel's gradient on the contiguous-run kernels: dxn (an image's c_in planes) +=
 // each tap of channel ci applied to dyn (the image's c_out output-gradient planes).
 inline void flat_grad_input_channel(const FlatTap* taps, const CsrWeight& wt, std::size_t ci, std::size_t hwo,
@@ -776,8 +776,7 @@ namespace detail {
 struct FusedBackward {
   bool ok = false, in_place = false;
   explicit FusedBackward(const Conv2dGeometry& g) {
-    // FlatRuns::ok, and not FlatSmall::ok
-    ok = g.stride_h == 1 && g.stride_w == 1 && g.out_w() == g.w && flat_avx512() && g.out_h() * g.out_w() > 64;
+    ok = FlatRuns::applies(g) && flat_avx512() && g.out_h() * g.out_w() > 64;  // (> 64: not FlatSmall)
     in_place = ok && g.c_in == g.c_out && g.out_h() == g.h;
   }
 };
